@@ -1,0 +1,1 @@
+//! A small Confluent-compatible Schema Registry.
