@@ -1,5 +1,20 @@
 //! `topology`: a Kafka Streams-style engine.
 //!
 //! A topology is a graph of sources, stateless operators, asynchronous processors and sinks,
-//! declared in Rust or in a configuration file, run over Kafka (`rdkafka`) or an embedded log.
-//! Depends on `state`; never on `connectors` or the services.
+//! declared in Rust ([`TopologyBuilder`]) or in a configuration file ([`config`]), described in
+//! Kafka Streams' text shape and as Mermaid ([`Topology::describe`]), and run by the
+//! [`Runtime`] over Kafka ([`transport::KafkaTransport`]) or an embedded sled-backed log
+//! ([`transport::EmbeddedTransport`]). [`TopologyTestDriver`] runs a topology in-process for
+//! tests. Depends on `state` within the workspace; never on `connectors` or the services.
+
+pub mod describe;
+pub mod graph;
+pub mod processor;
+mod record;
+pub mod serdes;
+
+pub use graph::{
+    FlatMapFn, MapFn, Node, NodeKind, Predicate, Stream, Topology, TopologyBuilder, TopologyError,
+};
+pub use processor::{AsyncOptions, Ordering, ProcessError, Processor, RetryPolicy, processor_fn};
+pub use record::{Header, Headers, RawRecord, Record, Value, avro_to_json};

@@ -1,0 +1,375 @@
+//! Serdes: how keys and values become bytes and back.
+//!
+//! A [`Serde`] turns bytes into a [`Value`] and back for a given topic and side (key or value).
+//! Four come with the crate: [`BytesSerde`], [`StringSerde`], [`JsonSerde`] and [`AvroSerde`],
+//! the last in Confluent's wire format (magic byte `0`, a 4-byte big-endian schema id, then the
+//! Avro datum) through a [`SchemaRegistry`]. Serdes are async because Avro may call the registry
+//! once per schema id; afterwards everything is served from cache. Failures are typed
+//! [`SerdeError`] values, never panics: the runtime sends undecodable records to the dead-letter
+//! topic.
+
+mod registry;
+
+use std::sync::Arc;
+
+use apache_avro::Schema;
+use futures::future::{BoxFuture, ready};
+
+pub use registry::{HttpSchemaRegistry, MemorySchemaRegistry, RegistryError, SchemaRegistry};
+
+use crate::Value;
+
+/// Why a key or value could not be (de)serialized.
+#[derive(Debug, thiserror::Error, Clone)]
+pub enum SerdeError {
+    /// The first byte is not the Confluent magic byte `0`.
+    #[error("wrong magic byte {found:#04x} (expected 0x00 for the Confluent wire format)")]
+    WrongMagicByte {
+        /// The byte found.
+        found: u8,
+    },
+    /// Shorter than the 5-byte wire-format header.
+    #[error("payload of {len} bytes is too short for the 5-byte wire-format header")]
+    TooShort {
+        /// Payload length.
+        len: usize,
+    },
+    /// The registry failed (unknown id, registry down, bad schema).
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The Avro datum did not match its schema (truncated, wrong types).
+    #[error("avro (schema id {schema_id:?}): {message}")]
+    Avro {
+        /// The writer schema id, when known.
+        schema_id: Option<u32>,
+        /// The decoder's message.
+        message: String,
+    },
+    /// Invalid JSON.
+    #[error("json: {0}")]
+    Json(String),
+    /// Invalid UTF-8 for the string serde.
+    #[error("utf-8: {0}")]
+    Utf8(String),
+    /// The value kind cannot be written by this serde.
+    #[error("the {serde} serde cannot write {what}")]
+    Unsupported {
+        /// Serde name.
+        serde: &'static str,
+        /// What was given.
+        what: String,
+    },
+}
+
+impl SerdeError {
+    /// A short class name for dead-letter headers and metrics.
+    pub fn class(&self) -> &'static str {
+        match self {
+            SerdeError::WrongMagicByte { .. } => "WrongMagicByte",
+            SerdeError::TooShort { .. } => "TooShort",
+            SerdeError::Registry(RegistryError::UnknownId { .. }) => "UnknownSchemaId",
+            SerdeError::Registry(_) => "Registry",
+            SerdeError::Avro { .. } => "AvroDecode",
+            SerdeError::Json(_) => "JsonDecode",
+            SerdeError::Utf8(_) => "Utf8",
+            SerdeError::Unsupported { .. } => "Unsupported",
+        }
+    }
+}
+
+/// The kind of a serde, for descriptions and configuration checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SerdeFormat {
+    /// Raw bytes.
+    Bytes,
+    /// UTF-8 text.
+    String,
+    /// JSON.
+    Json,
+    /// Avro through a Schema Registry.
+    Avro,
+}
+
+impl SerdeFormat {
+    /// Whether values of this format have fields a predicate can look at.
+    pub fn is_structured(self) -> bool {
+        matches!(self, SerdeFormat::Json | SerdeFormat::Avro)
+    }
+}
+
+impl std::fmt::Display for SerdeFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SerdeFormat::Bytes => "bytes",
+            SerdeFormat::String => "string",
+            SerdeFormat::Json => "json",
+            SerdeFormat::Avro => "avro",
+        })
+    }
+}
+
+/// Converts between bytes and [`Value`]s for one topic side.
+///
+/// # Example
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use topology::serdes::{JsonSerde, Serde};
+/// let v = JsonSerde.deserialize("t", false, br#"{"op":"c"}"#).await.unwrap();
+/// assert_eq!(v.field_str("op").as_deref(), Some("c"));
+/// let bytes = JsonSerde.serialize("t", false, &v).await.unwrap();
+/// assert_eq!(bytes, br#"{"op":"c"}"#);
+/// # });
+/// ```
+pub trait Serde: Send + Sync + std::fmt::Debug {
+    /// The format, for descriptions and checks.
+    fn format(&self) -> SerdeFormat;
+    /// Decodes `bytes` read from `topic` (`is_key` selects the key side).
+    fn deserialize<'a>(
+        &'a self,
+        topic: &'a str,
+        is_key: bool,
+        bytes: &'a [u8],
+    ) -> BoxFuture<'a, Result<Value, SerdeError>>;
+    /// Encodes `value` for `topic`.
+    fn serialize<'a>(
+        &'a self,
+        topic: &'a str,
+        is_key: bool,
+        value: &'a Value,
+    ) -> BoxFuture<'a, Result<Vec<u8>, SerdeError>>;
+}
+
+/// A shared serde.
+pub type SerdeRef = Arc<dyn Serde>;
+
+/// Raw bytes, unchanged.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BytesSerde;
+
+impl Serde for BytesSerde {
+    fn format(&self) -> SerdeFormat {
+        SerdeFormat::Bytes
+    }
+    fn deserialize<'a>(
+        &'a self,
+        _: &'a str,
+        _: bool,
+        bytes: &'a [u8],
+    ) -> BoxFuture<'a, Result<Value, SerdeError>> {
+        Box::pin(ready(Ok(Value::Bytes(bytes::Bytes::copy_from_slice(
+            bytes,
+        )))))
+    }
+    fn serialize<'a>(
+        &'a self,
+        _: &'a str,
+        _: bool,
+        value: &'a Value,
+    ) -> BoxFuture<'a, Result<Vec<u8>, SerdeError>> {
+        Box::pin(ready(Ok(value.to_bytes())))
+    }
+}
+
+/// UTF-8 strings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StringSerde;
+
+impl Serde for StringSerde {
+    fn format(&self) -> SerdeFormat {
+        SerdeFormat::String
+    }
+    fn deserialize<'a>(
+        &'a self,
+        _: &'a str,
+        _: bool,
+        bytes: &'a [u8],
+    ) -> BoxFuture<'a, Result<Value, SerdeError>> {
+        Box::pin(ready(
+            std::str::from_utf8(bytes)
+                .map(|s| Value::String(s.to_owned()))
+                .map_err(|e| SerdeError::Utf8(e.to_string())),
+        ))
+    }
+    fn serialize<'a>(
+        &'a self,
+        _: &'a str,
+        _: bool,
+        value: &'a Value,
+    ) -> BoxFuture<'a, Result<Vec<u8>, SerdeError>> {
+        Box::pin(ready(Ok(match value {
+            Value::Json(serde_json::Value::String(s)) => s.clone().into_bytes(),
+            other => other.to_bytes(),
+        })))
+    }
+}
+
+/// JSON documents (`serde_json::Value`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonSerde;
+
+impl Serde for JsonSerde {
+    fn format(&self) -> SerdeFormat {
+        SerdeFormat::Json
+    }
+    fn deserialize<'a>(
+        &'a self,
+        _: &'a str,
+        _: bool,
+        bytes: &'a [u8],
+    ) -> BoxFuture<'a, Result<Value, SerdeError>> {
+        Box::pin(ready(
+            serde_json::from_slice(bytes)
+                .map(Value::Json)
+                .map_err(|e| SerdeError::Json(e.to_string())),
+        ))
+    }
+    fn serialize<'a>(
+        &'a self,
+        _: &'a str,
+        _: bool,
+        value: &'a Value,
+    ) -> BoxFuture<'a, Result<Vec<u8>, SerdeError>> {
+        Box::pin(ready(
+            serde_json::to_vec(&value.to_json()).map_err(|e| SerdeError::Json(e.to_string())),
+        ))
+    }
+}
+
+/// Avro in Confluent's wire format through a schema registry.
+///
+/// Decoding reads the schema id, fetches the writer schema (cached by the registry client) and,
+/// when a reader schema was given, resolves the datum to it. Encoding needs a schema: it is
+/// registered (or looked up) under the subject `{topic}-value` / `{topic}-key`
+/// (TopicNameStrategy) and the returned id is written in the header.
+///
+/// # Example
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use topology::serdes::{AvroSerde, MemorySchemaRegistry, Serde};
+/// use topology::Value;
+/// let schema = apache_avro::Schema::parse_str(
+///     r#"{"type":"record","name":"E","fields":[{"name":"op","type":"string"}]}"#).unwrap();
+/// let serde = AvroSerde::new(Arc::new(MemorySchemaRegistry::default())).with_schema(schema);
+/// let bytes = serde.serialize("cdc", false, &Value::Json(serde_json::json!({"op": "c"}))).await.unwrap();
+/// assert_eq!(bytes[0], 0);
+/// let back = serde.deserialize("cdc", false, &bytes).await.unwrap();
+/// assert_eq!(back.field_str("op").as_deref(), Some("c"));
+/// # });
+/// ```
+#[derive(Debug, Clone)]
+pub struct AvroSerde {
+    registry: Arc<dyn SchemaRegistry>,
+    schema: Option<Arc<Schema>>,
+}
+
+impl AvroSerde {
+    /// A serde that decodes with writer schemas only (and cannot encode until given a schema).
+    pub fn new(registry: Arc<dyn SchemaRegistry>) -> Self {
+        AvroSerde {
+            registry,
+            schema: None,
+        }
+    }
+
+    /// Sets the schema: the reader schema when decoding, the writer schema when encoding.
+    pub fn with_schema(mut self, schema: Schema) -> Self {
+        self.schema = Some(Arc::new(schema));
+        self
+    }
+
+    /// The configured schema, if any.
+    pub fn schema(&self) -> Option<&Schema> {
+        self.schema.as_deref()
+    }
+
+    /// The subject under TopicNameStrategy.
+    pub fn subject(topic: &str, is_key: bool) -> String {
+        format!("{topic}-{}", if is_key { "key" } else { "value" })
+    }
+}
+
+impl Serde for AvroSerde {
+    fn format(&self) -> SerdeFormat {
+        SerdeFormat::Avro
+    }
+
+    fn deserialize<'a>(
+        &'a self,
+        _topic: &'a str,
+        _is_key: bool,
+        bytes: &'a [u8],
+    ) -> BoxFuture<'a, Result<Value, SerdeError>> {
+        Box::pin(async move {
+            if bytes.len() < 5 {
+                if let Some(&b) = bytes.first().filter(|b| **b != 0) {
+                    return Err(SerdeError::WrongMagicByte { found: b });
+                }
+                return Err(SerdeError::TooShort { len: bytes.len() });
+            }
+            if bytes[0] != 0 {
+                return Err(SerdeError::WrongMagicByte { found: bytes[0] });
+            }
+            let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+            let writer = self.registry.schema_by_id(id).await?;
+            let mut datum = &bytes[5..];
+            apache_avro::reader::datum::GenericDatumReader::builder(&writer)
+                .maybe_reader_schema(self.schema.as_deref())
+                .build()
+                .and_then(|r| r.read_value(&mut datum))
+                .map(Value::Avro)
+                .map_err(|e| SerdeError::Avro {
+                    schema_id: Some(id),
+                    message: e.to_string(),
+                })
+        })
+    }
+
+    fn serialize<'a>(
+        &'a self,
+        topic: &'a str,
+        is_key: bool,
+        value: &'a Value,
+    ) -> BoxFuture<'a, Result<Vec<u8>, SerdeError>> {
+        Box::pin(async move {
+            let Some(schema) = self.schema.as_deref() else {
+                return Err(SerdeError::Unsupported {
+                    serde: "avro",
+                    what: "a value without a configured writer schema".into(),
+                });
+            };
+            let avro = match value {
+                Value::Avro(a) => a.clone(),
+                Value::Json(j) => apache_avro::types::Value::try_from(j.clone()).map_err(|e| {
+                    SerdeError::Avro {
+                        schema_id: None,
+                        message: e.to_string(),
+                    }
+                })?,
+                Value::String(s) => apache_avro::types::Value::String(s.clone()),
+                Value::Bytes(b) => apache_avro::types::Value::Bytes(b.to_vec()),
+            };
+            let resolved = avro.resolve(schema).map_err(|e| SerdeError::Avro {
+                schema_id: None,
+                message: e.to_string(),
+            })?;
+            let id = self
+                .registry
+                .register(&Self::subject(topic, is_key), schema)
+                .await?;
+            let datum = apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+                .build()
+                .and_then(|w| w.write_value_to_vec(resolved))
+                .map_err(|e| SerdeError::Avro {
+                    schema_id: Some(id),
+                    message: e.to_string(),
+                })?;
+            let mut out = Vec::with_capacity(datum.len() + 5);
+            out.push(0);
+            out.extend_from_slice(&id.to_be_bytes());
+            out.extend_from_slice(&datum);
+            Ok(out)
+        })
+    }
+}
