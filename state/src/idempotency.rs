@@ -1,0 +1,363 @@
+//! Idempotent effects under at-least-once delivery.
+//!
+//! An [`IdempotencyStore`] keeps two sled trees:
+//! - `{name}.records`: record id → the outcome recorded when it was first processed (with the
+//!   time it was recorded). [`check_and_record`](IdempotencyStore::check_and_record) is an
+//!   atomic compare-and-swap: the first caller wins, every redelivery sees `false` and can
+//!   re-emit the recorded outcome instead of repeating the effect.
+//! - `{name}.positions`: entity key → the newest [`SourcePosition`] applied.
+//!   [`advance_position`](IdempotencyStore::advance_position) accepts only a strictly newer
+//!   position, so a replayed or redelivered CDC event never overwrites a newer change.
+//!
+//! Both are also available inside a [`Transaction`](crate::Transaction), so an effect, its
+//! idempotency mark and its position bump commit together.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{decode, encode};
+use crate::error::{Result, StateError, show_key};
+use crate::raw::{RawStore, StoreStats};
+
+/// Where a change sits in its source, totally ordered: compared as `(major, minor)`.
+///
+/// For MongoDB CDC use the oplog cluster time (`source.ts_ms / 1000` or the timestamp's
+/// seconds) and its increment (`source.ord`); for a Kafka partition, the offset. Stored as 16
+/// big-endian bytes, so stored bytes compare like the positions.
+///
+/// # Example
+///
+/// ```
+/// use state::SourcePosition;
+/// assert!(SourcePosition::new(1_700_000_000, 2) > SourcePosition::new(1_700_000_000, 1));
+/// assert!(SourcePosition::new(1_700_000_001, 0) > SourcePosition::new(1_700_000_000, 9));
+/// let p = SourcePosition::offset(42);
+/// assert_eq!(SourcePosition::from_bytes(&p.to_bytes()), Some(p));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SourcePosition {
+    /// The coarse component (cluster-time seconds, or an offset).
+    pub major: u64,
+    /// The fine component (the oplog increment within that second), 0 if unused.
+    pub minor: u64,
+}
+
+impl SourcePosition {
+    /// A position from its two components.
+    pub const fn new(major: u64, minor: u64) -> Self {
+        SourcePosition { major, minor }
+    }
+
+    /// A position that is a single offset (e.g. a Kafka offset).
+    pub const fn offset(offset: u64) -> Self {
+        SourcePosition::new(offset, 0)
+    }
+
+    /// The stored form: 16 big-endian bytes.
+    pub fn to_bytes(self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.major.to_be_bytes());
+        b[8..].copy_from_slice(&self.minor.to_be_bytes());
+        b
+    }
+
+    /// Parses the stored form; `None` unless exactly 16 bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let major: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+        let minor: [u8; 8] = bytes.get(8..)?.try_into().ok()?;
+        Some(SourcePosition::new(
+            u64::from_be_bytes(major),
+            u64::from_be_bytes(minor),
+        ))
+    }
+}
+
+impl std::fmt::Display for SourcePosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.major, self.minor)
+    }
+}
+
+/// The answer of a position guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PositionCheck {
+    /// The position was newer and is now recorded.
+    Accepted {
+        /// What was recorded before, if anything.
+        previous: Option<SourcePosition>,
+    },
+    /// The position was older than or equal to the recorded one: nothing changed, the event
+    /// must not be applied.
+    Stale {
+        /// The recorded, newer-or-equal position.
+        current: SourcePosition,
+    },
+}
+
+impl PositionCheck {
+    /// Whether the update may be applied.
+    pub fn is_accepted(&self) -> bool {
+        matches!(self, PositionCheck::Accepted { .. })
+    }
+}
+
+/// An outcome recorded by [`IdempotencyStore::check_and_record`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded<V> {
+    /// Wall-clock milliseconds since the Unix epoch when it was recorded.
+    pub recorded_at_ms: u64,
+    /// The outcome.
+    pub outcome: V,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Record ids → recorded outcomes, and entity keys → latest source position.
+///
+/// # Example
+///
+/// ```
+/// use state::{PositionCheck, SourcePosition};
+/// # fn main() -> Result<(), state::StateError> {
+/// let dir = state::StateConfig::temporary().open()?;
+/// let idem = dir.idempotency::<String>("image-collector")?;
+///
+/// assert!(idem.check_and_record("cdc:0:17", &"collected".to_string())?);
+/// assert!(!idem.check_and_record("cdc:0:17", &"again".to_string())?); // redelivery
+/// assert_eq!(idem.recorded("cdc:0:17")?.map(|r| r.outcome), Some("collected".to_string()));
+///
+/// let key = "mall-1/p-1";
+/// assert!(idem.advance_position(key, SourcePosition::new(100, 2))?.is_accepted());
+/// assert_eq!(
+///     idem.advance_position(key, SourcePosition::new(100, 1))?,
+///     PositionCheck::Stale { current: SourcePosition::new(100, 2) },
+/// );
+/// # Ok(()) }
+/// ```
+pub struct IdempotencyStore<V> {
+    records: Arc<RawStore>,
+    positions: Arc<RawStore>,
+    _outcome: PhantomData<fn(V) -> V>,
+}
+
+impl<V> Clone for IdempotencyStore<V> {
+    fn clone(&self) -> Self {
+        IdempotencyStore {
+            records: self.records.clone(),
+            positions: self.positions.clone(),
+            _outcome: PhantomData,
+        }
+    }
+}
+
+impl<V> std::fmt::Debug for IdempotencyStore<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdempotencyStore")
+            .field("records", &self.records.name)
+            .field("positions", &self.positions.name)
+            .finish()
+    }
+}
+
+impl<V> IdempotencyStore<V>
+where
+    V: Serialize + DeserializeOwned,
+{
+    pub(crate) fn new(records: Arc<RawStore>, positions: Arc<RawStore>) -> Self {
+        IdempotencyStore {
+            records,
+            positions,
+            _outcome: PhantomData,
+        }
+    }
+
+    pub(crate) fn records_raw(&self) -> &Arc<RawStore> {
+        &self.records
+    }
+
+    pub(crate) fn positions_raw(&self) -> &Arc<RawStore> {
+        &self.positions
+    }
+
+    /// The sled tree (and changelog) name of the records.
+    pub fn records_tree(&self) -> &str {
+        &self.records.name
+    }
+
+    /// The sled tree (and changelog) name of the positions.
+    pub fn positions_tree(&self) -> &str {
+        &self.positions.name
+    }
+
+    pub(crate) fn encode_record(&self, outcome: &V, at_ms: u64) -> Result<Vec<u8>> {
+        let body = encode(&self.records.name, "value", outcome)?;
+        let mut v = Vec::with_capacity(8 + body.len());
+        v.extend_from_slice(&at_ms.to_be_bytes());
+        v.extend_from_slice(&body);
+        Ok(v)
+    }
+
+    fn decode_record(&self, id: &[u8], bytes: &[u8]) -> Result<Recorded<V>> {
+        let at = record_time(&self.records.name, id, bytes)?;
+        Ok(Recorded {
+            recorded_at_ms: at,
+            outcome: decode(&self.records.name, "value", id, &bytes[8..])?,
+        })
+    }
+
+    /// Records `outcome` for `id` if nothing is recorded yet. `true`: first time, apply the
+    /// effect; `false`: a duplicate, nothing changed. Atomic against concurrent callers.
+    pub fn check_and_record(&self, id: impl AsRef<[u8]>, outcome: &V) -> Result<bool> {
+        let v = self.encode_record(outcome, now_ms())?;
+        Ok(self
+            .records
+            .compare_and_swap(id.as_ref(), None, Some(v))?
+            .is_ok())
+    }
+
+    /// Whether `id` was recorded, without recording it.
+    pub fn is_recorded(&self, id: impl AsRef<[u8]>) -> Result<bool> {
+        Ok(self.records.get(id.as_ref())?.is_some())
+    }
+
+    /// The outcome recorded for `id`.
+    pub fn recorded(&self, id: impl AsRef<[u8]>) -> Result<Option<Recorded<V>>> {
+        let id = id.as_ref();
+        match self.records.get(id)? {
+            Some(b) => self.decode_record(id, &b).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Removes the record of `id` (so it would be processed again); returns whether it existed.
+    pub fn forget(&self, id: impl AsRef<[u8]>) -> Result<bool> {
+        Ok(self.records.remove(id.as_ref())?.is_some())
+    }
+
+    /// The newest position applied for `key`.
+    pub fn position(&self, key: impl AsRef<[u8]>) -> Result<Option<SourcePosition>> {
+        let key = key.as_ref();
+        match self.positions.get(key)? {
+            Some(b) => parse_position(&self.positions.name, key, &b).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Records `position` for `key` if it is strictly newer than the recorded one; an older or
+    /// equal one is [`PositionCheck::Stale`] and changes nothing. Atomic (compare-and-swap loop).
+    pub fn advance_position(
+        &self,
+        key: impl AsRef<[u8]>,
+        position: SourcePosition,
+    ) -> Result<PositionCheck> {
+        let key = key.as_ref();
+        let new = position.to_bytes();
+        let mut current = self.positions.get(key)?;
+        loop {
+            let check = check_position(&self.positions.name, key, current.as_deref(), position)?;
+            if !check.is_accepted() {
+                return Ok(check);
+            }
+            match self
+                .positions
+                .compare_and_swap(key, current.as_deref(), Some(new.to_vec()))?
+            {
+                Ok(()) => return Ok(check),
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    /// Removes the position of `key` (e.g. long after the entity was deleted).
+    pub fn forget_position(&self, key: impl AsRef<[u8]>) -> Result<bool> {
+        Ok(self.positions.remove(key.as_ref())?.is_some())
+    }
+
+    /// Expires records recorded before `cutoff_ms` (Unix milliseconds): once no redelivery can
+    /// reach that far back (past the topic's retention), they are obsolete. Returns how many.
+    pub fn expire_records_before(&self, cutoff_ms: u64) -> Result<usize> {
+        let name = self.records.name.clone();
+        self.records
+            .retain_raw(|k, v| Ok(record_time(&name, k, v)? >= cutoff_ms))
+    }
+
+    /// Removes the positions for which `keep` returns false; returns how many.
+    pub fn retain_positions(
+        &self,
+        mut keep: impl FnMut(&[u8], SourcePosition) -> bool,
+    ) -> Result<usize> {
+        let name = self.positions.name.clone();
+        self.positions
+            .retain_raw(|k, v| Ok(keep(k, parse_position(&name, k, v)?)))
+    }
+
+    /// Number of recorded ids (scans).
+    pub fn records_len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Number of keys with a position (scans).
+    pub fn positions_len(&self) -> usize {
+        self.positions.len()
+    }
+
+    /// Keys and bytes of both trees together, for gauges (scans).
+    pub fn stats(&self) -> Result<StoreStats> {
+        let a = self.records.stats()?;
+        let b = self.positions.stats()?;
+        Ok(StoreStats {
+            keys: a.keys + b.keys,
+            bytes: a.bytes + b.bytes,
+        })
+    }
+}
+
+fn record_time(store: &str, id: &[u8], bytes: &[u8]) -> Result<u64> {
+    let at: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| StateError::Corrupt {
+            store: store.to_owned(),
+            key: show_key(id),
+            detail: format!("record of {} bytes, expected at least 8", bytes.len()),
+        })?;
+    Ok(u64::from_be_bytes(at))
+}
+
+pub(crate) fn parse_position(store: &str, key: &[u8], bytes: &[u8]) -> Result<SourcePosition> {
+    SourcePosition::from_bytes(bytes).ok_or_else(|| StateError::Corrupt {
+        store: store.to_owned(),
+        key: show_key(key),
+        detail: format!("position of {} bytes, expected 16", bytes.len()),
+    })
+}
+
+pub(crate) fn check_position(
+    store: &str,
+    key: &[u8],
+    current: Option<&[u8]>,
+    new: SourcePosition,
+) -> Result<PositionCheck> {
+    match current {
+        None => Ok(PositionCheck::Accepted { previous: None }),
+        Some(b) => {
+            let cur = parse_position(store, key, b)?;
+            Ok(if new > cur {
+                PositionCheck::Accepted {
+                    previous: Some(cur),
+                }
+            } else {
+                PositionCheck::Stale { current: cur }
+            })
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Typed key-value stores: [`KvStore<K, V>`] encodes keys and values with the crate's codec
+//! (postcard) over one sled tree, with an optional read cache and changelog.
+
+use std::borrow::Borrow;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::cache::CacheStats;
+use crate::codec::{decode, encode};
+use crate::error::Result;
+use crate::raw::{RawStore, StoreStats};
+
+/// A typed store over one sled tree. Cheap to clone.
+///
+/// Iteration order follows the encoded key bytes (see the [`codec`](crate::codec) notes), not
+/// `K`'s natural order. `len`, `stats` and `retain` scan the whole tree.
+///
+/// # Example
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize, Debug, PartialEq)]
+/// struct Stored { key: String, sha256: String }
+///
+/// # fn main() -> Result<(), state::StateError> {
+/// let dir = state::StateConfig::temporary().open()?;
+/// let images = dir.store::<(String, String), Stored>("images")?;
+/// let id = ("mall-1".to_string(), "p-1".to_string());
+/// images.put(&id, &Stored { key: "products/mall-1/p-1/ab.png".into(), sha256: "ab".into() })?;
+/// assert_eq!(images.get(&id)?.map(|s| s.sha256), Some("ab".to_string()));
+/// assert_eq!(images.len(), 1);
+/// assert!(images.delete(&id)?);
+/// assert!(images.is_empty());
+/// # Ok(()) }
+/// ```
+pub struct KvStore<K, V> {
+    raw: Arc<RawStore>,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> Clone for KvStore<K, V> {
+    fn clone(&self) -> Self {
+        KvStore {
+            raw: self.raw.clone(),
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<K, V> std::fmt::Debug for KvStore<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvStore").field("raw", &self.raw).finish()
+    }
+}
+
+impl<K, V> KvStore<K, V>
+where
+    K: Serialize + DeserializeOwned,
+    V: Serialize + DeserializeOwned,
+{
+    pub(crate) fn new(raw: Arc<RawStore>) -> Self {
+        KvStore {
+            raw,
+            _types: PhantomData,
+        }
+    }
+
+    pub(crate) fn raw(&self) -> &Arc<RawStore> {
+        &self.raw
+    }
+
+    /// The store's name (its sled tree and changelog name).
+    pub fn name(&self) -> &str {
+        &self.raw.name
+    }
+
+    pub(crate) fn key_bytes<Q>(&self, key: &Q) -> Result<Vec<u8>>
+    where
+        K: Borrow<Q>,
+        Q: Serialize + ?Sized,
+    {
+        encode(&self.raw.name, "key", key)
+    }
+
+    /// The value stored at `key`, through the read cache if configured.
+    ///
+    /// `key` may be any borrowed form of `K` that serializes the same way (`&str` for `String`).
+    pub fn get<Q>(&self, key: &Q) -> Result<Option<V>>
+    where
+        K: Borrow<Q>,
+        Q: Serialize + ?Sized,
+    {
+        let k = self.key_bytes(key)?;
+        match self.raw.get(&k)? {
+            Some(v) => decode(&self.raw.name, "value", &k, &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether `key` holds a value.
+    pub fn contains_key<Q>(&self, key: &Q) -> Result<bool>
+    where
+        K: Borrow<Q>,
+        Q: Serialize + ?Sized,
+    {
+        let k = self.key_bytes(key)?;
+        Ok(self.raw.get(&k)?.is_some())
+    }
+
+    /// Stores `value` at `key`; returns whether a previous value was replaced.
+    pub fn put<Q>(&self, key: &Q, value: &V) -> Result<bool>
+    where
+        K: Borrow<Q>,
+        Q: Serialize + ?Sized,
+    {
+        let k = self.key_bytes(key)?;
+        let v = encode(&self.raw.name, "value", value)?;
+        Ok(self.raw.insert(&k, v)?.is_some())
+    }
+
+    /// Removes `key`; returns whether it held a value.
+    pub fn delete<Q>(&self, key: &Q) -> Result<bool>
+    where
+        K: Borrow<Q>,
+        Q: Serialize + ?Sized,
+    {
+        let k = self.key_bytes(key)?;
+        Ok(self.raw.remove(&k)?.is_some())
+    }
+
+    /// Every entry, decoded, in encoded-key order. A snapshot is not guaranteed: concurrent
+    /// writes may or may not be seen.
+    pub fn iter(&self) -> impl Iterator<Item = Result<(K, V)>> + use<K, V> {
+        let raw = self.raw.clone();
+        self.raw.iter().map(move |kv| {
+            let (k, v) = kv?;
+            let key = decode(&raw.name, "key", &k, &k)?;
+            let value = decode(&raw.name, "value", &k, &v)?;
+            Ok((key, value))
+        })
+    }
+
+    /// Number of entries (scans the tree).
+    pub fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// Whether the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.raw.tree.is_empty()
+    }
+
+    /// Keys and live bytes (encoded keys plus values), for gauges. Scans the tree.
+    pub fn stats(&self) -> Result<StoreStats> {
+        self.raw.stats()
+    }
+
+    /// Approximate size of the live data in bytes (encoded keys plus values).
+    pub fn approximate_size_bytes(&self) -> Result<u64> {
+        Ok(self.raw.stats()?.bytes)
+    }
+
+    /// The read cache's counters, if the store was opened with one.
+    pub fn cache_stats(&self) -> Option<CacheStats> {
+        self.raw.cache_stats()
+    }
+
+    /// Removes the entries for which `keep` returns false (through the changelog, so the
+    /// compacted topic drops them too); returns how many were removed. An entry rewritten
+    /// concurrently after it was read is kept.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> Result<(), state::StateError> {
+    /// let dir = state::StateConfig::temporary().open()?;
+    /// let seen = dir.store::<u64, u64>("last-seen-ms")?;
+    /// for k in 0..10 { seen.put(&k, &(k * 1000))?; }
+    /// let removed = seen.retain(|_, at| *at >= 5000)?; // expire by age
+    /// assert_eq!((removed, seen.len()), (5, 5));
+    /// # Ok(()) }
+    /// ```
+    pub fn retain(&self, mut keep: impl FnMut(&K, &V) -> bool) -> Result<usize> {
+        let name = self.raw.name.clone();
+        self.raw.retain_raw(|k, v| {
+            let key: K = decode(&name, "key", k, k)?;
+            let value: V = decode(&name, "value", k, v)?;
+            Ok(keep(&key, &value))
+        })
+    }
+
+    /// Removes every entry (through the changelog); returns how many.
+    pub fn clear(&self) -> Result<usize> {
+        self.raw.clear()
+    }
+
+    /// Fills this **empty** store from changelog entries `(key, Some(value))` / `(key, None)`
+    /// (a tombstone), as read back from a compacted changelog topic, before processing starts.
+    /// The changelog sink is not called. Fails with
+    /// [`StateError::RestoreNotEmpty`](crate::StateError::RestoreNotEmpty) if the store holds
+    /// data. Returns the number of entries applied.
+    pub fn restore_from<I, KB, VB>(&self, entries: I) -> Result<usize>
+    where
+        I: IntoIterator<Item = (KB, Option<VB>)>,
+        KB: AsRef<[u8]>,
+        VB: AsRef<[u8]>,
+    {
+        self.raw.restore(entries)
+    }
+}
