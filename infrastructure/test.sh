@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, starts every real server (infrastructure/up.sh,
+# which starts nothing twice), then runs the whole workspace's test suite against them.
+# The servers stay up for the next run; infrastructure/down.sh stops them.
+set -euo pipefail
+
+INFRA_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$INFRA_DIR/.."
+
+"$INFRA_DIR/system-deps.sh"
+"$INFRA_DIR/up.sh" all
+set -a
+# shellcheck source=/dev/null # written by up.sh
+source "$INFRA_DIR/.env"
+set +a
+cargo test --workspace --all-targets "$@"
+# Doctests are not part of --all-targets.
+cargo test --workspace --doc "$@"
