@@ -44,7 +44,7 @@ pub use cache::CacheStats;
 pub use changelog::{ChangelogRecord, ChangelogSink, MemoryChangelog};
 pub use dir::{StateConfig, StateDir};
 pub use error::{Result, SinkError, StateError};
-pub use idempotency::{IdempotencyStore, PositionCheck, Recorded, SourcePosition};
+pub use idempotency::{IdempotencyStore, PositionCheck, Recorded, SourcePosition, record_id};
 pub use kv::KvStore;
 pub use raw::{StoreOptions, StoreStats};
 pub use transaction::{Transaction, TxStore};

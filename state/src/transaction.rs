@@ -192,12 +192,15 @@ impl Transaction<'_> {
         V: Serialize + DeserializeOwned,
     {
         let idx = self.index(store.records_raw())?;
-        let id = id.as_ref();
+        let v = store.encode_record(outcome, now_ms())?;
+        self.record_if_absent(idx, id.as_ref(), &v)
+    }
+
+    pub(crate) fn record_if_absent(&mut self, idx: usize, id: &[u8], value: &[u8]) -> Result<bool> {
         if self.raw_get(idx, id)?.is_some() {
             return Ok(false);
         }
-        let v = store.encode_record(outcome, now_ms())?;
-        self.raw_insert(idx, id.to_vec(), v)?;
+        self.raw_insert(idx, id.to_vec(), value.to_vec())?;
         Ok(true)
     }
 
@@ -285,48 +288,57 @@ impl StateDir {
                 }
             }
         }
-        let trees: Vec<sled::Tree> = raws.iter().map(|r| r.tree.clone()).collect();
-        let outcome = trees
-            .as_slice()
-            .transaction(|views: &Vec<TransactionalTree>| {
-                let mut tx = Transaction {
-                    stores: &raws,
-                    views,
-                    writes: Vec::new(),
-                    failure: None,
-                };
-                let out = f(&mut tx);
-                if let Some(failure) = tx.failure.take() {
-                    return Err(ConflictableTransactionError::from(failure));
-                }
-                match out {
-                    Ok(a) => Ok((a, tx.writes)),
-                    Err(e) => Err(ConflictableTransactionError::Abort(e)),
-                }
-            });
-        match outcome {
-            Ok((a, writes)) => {
-                let mut first_err = None;
-                for (idx, key, value) in writes {
-                    if let Err(e) = raws[idx].after_commit(&key, value.as_deref()) {
-                        first_err.get_or_insert(e);
-                    }
-                }
-                match first_err {
-                    Some(e) => Err(E::from(e)),
-                    None => Ok(a),
+        run_transaction(&raws, f)
+    }
+}
+
+/// Runs `f` in one sled transaction over `raws`, then feeds caches and changelog.
+pub(crate) fn run_transaction<A, E, F>(raws: &[Arc<RawStore>], f: F) -> Result<A, E>
+where
+    F: Fn(&mut Transaction<'_>) -> Result<A, E>,
+    E: From<StateError>,
+{
+    let trees: Vec<sled::Tree> = raws.iter().map(|r| r.tree.clone()).collect();
+    let outcome = trees
+        .as_slice()
+        .transaction(|views: &Vec<TransactionalTree>| {
+            let mut tx = Transaction {
+                stores: raws,
+                views,
+                writes: Vec::new(),
+                failure: None,
+            };
+            let out = f(&mut tx);
+            if let Some(failure) = tx.failure.take() {
+                return Err(ConflictableTransactionError::from(failure));
+            }
+            match out {
+                Ok(a) => Ok((a, tx.writes)),
+                Err(e) => Err(ConflictableTransactionError::Abort(e)),
+            }
+        });
+    match outcome {
+        Ok((a, writes)) => {
+            let mut first_err = None;
+            for (idx, key, value) in writes {
+                if let Err(e) = raws[idx].after_commit(&key, value.as_deref()) {
+                    first_err.get_or_insert(e);
                 }
             }
-            Err(TransactionError::Abort(e)) => Err(e),
-            Err(TransactionError::Storage(source)) => Err(E::from(StateError::Storage {
-                store: raws
-                    .iter()
-                    .map(|r| r.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(","),
-                op: "transaction",
-                source,
-            })),
+            match first_err {
+                Some(e) => Err(E::from(e)),
+                None => Ok(a),
+            }
         }
+        Err(TransactionError::Abort(e)) => Err(e),
+        Err(TransactionError::Storage(source)) => Err(E::from(StateError::Storage {
+            store: raws
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            op: "transaction",
+            source,
+        })),
     }
 }

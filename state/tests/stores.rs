@@ -496,3 +496,18 @@ fn stats_and_compaction_copy() {
     assert_eq!(c.len(), 200);
     assert_eq!(c.get(&7).unwrap(), Some("value-4-7".to_string()));
 }
+
+#[test]
+fn batch_check_and_record_and_record_ids() {
+    let dir = StateConfig::temporary().open().unwrap();
+    let idem = dir.idempotency::<u8>("idem").unwrap();
+    let id = |o| state::record_id("t", 0, o);
+    assert!(idem.check_and_record(id(1), &1).unwrap());
+    let fresh = idem
+        .check_and_record_batch([(id(0), &1), (id(1), &1), (id(2), &1), (id(2), &1)])
+        .unwrap();
+    assert_eq!(fresh, vec![true, false, true, false]);
+    assert_eq!(idem.records_len(), 3);
+    assert!(state::record_id("t", 0, 255) < state::record_id("t", 0, 256));
+    assert!(state::record_id("t", 0, i64::MAX) < state::record_id("t", 1, 0));
+}
