@@ -101,7 +101,8 @@ pub struct SourceInfo {
 /// `source.ord` (increment).
 ///
 /// Events of one multi-document transaction share one position; across transactions and single
-/// writes, a greater position is a later change.
+/// writes, a greater position is a later change. Debezium keeps the change stream's resume token
+/// in its Connect offsets, not in the record, so the record's position is the cluster time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SourcePosition {
     /// Cluster time, whole seconds since the epoch.
