@@ -18,3 +18,11 @@ pub use graph::{
 };
 pub use processor::{AsyncOptions, Ordering, ProcessError, Processor, RetryPolicy, processor_fn};
 pub use record::{Header, Headers, RawRecord, Record, Value, avro_to_json};
+pub mod metrics;
+pub mod runtime;
+pub mod transport;
+
+pub use metrics::Metrics;
+pub use runtime::{RunSummary, Runtime, RuntimeConfig, RuntimeError};
+mod driver;
+pub use driver::{DriverError, TopologyTestDriver};

@@ -1,0 +1,415 @@
+//! Pushing records through the graph.
+//!
+//! The engine decodes a source record, runs stateless nodes inline, hands records to async
+//! stages (per-key / per-partition chains under a semaphore, retries, dead letters) and writes
+//! sink records, keeping an [`Ack`] clone alive until each write is acknowledged.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::future::BoxFuture;
+use tokio::sync::{Semaphore, oneshot};
+
+use super::offsets::Ack;
+use crate::graph::{NodeKind, Topology};
+use crate::processor::{AsyncOptions, Ordering, ProcessError, Processor};
+use crate::transport::{RecordSink, TransportError};
+use crate::{Headers, Metrics, RawRecord, Record};
+
+type ChainKey = (String, i32, Option<Vec<u8>>);
+
+struct AsyncStage {
+    processor: Arc<dyn Processor>,
+    options: AsyncOptions,
+    semaphore: Arc<Semaphore>,
+    chains: Mutex<HashMap<ChainKey, (u64, oneshot::Receiver<()>)>>,
+    seq: std::sync::atomic::AtomicU64,
+}
+
+pub(crate) struct Engine {
+    topology: Arc<Topology>,
+    sink: Arc<dyn RecordSink>,
+    metrics: Arc<Metrics>,
+    stages: Vec<Option<Arc<AsyncStage>>>,
+}
+
+impl Engine {
+    pub(crate) fn new(
+        topology: Arc<Topology>,
+        sink: Arc<dyn RecordSink>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let stages = topology
+            .nodes()
+            .iter()
+            .map(|n| match &n.kind {
+                NodeKind::Async { processor, options } => Some(Arc::new(AsyncStage {
+                    processor: processor.clone(),
+                    options: options.clone(),
+                    semaphore: Arc::new(Semaphore::new(options.concurrency.max(1))),
+                    chains: Mutex::new(HashMap::new()),
+                    seq: Default::default(),
+                })),
+                _ => None,
+            })
+            .collect();
+        Arc::new(Engine {
+            topology,
+            sink,
+            metrics,
+            stages,
+        })
+    }
+
+    /// Decodes a source record and pushes it through the graph.
+    pub(crate) async fn ingest(self: &Arc<Self>, ack: Ack) {
+        let raw = &ack.origin;
+        let Some(src) = self.topology.source_for_topic(&raw.topic) else {
+            return;
+        };
+        let node = &self.topology.nodes()[src];
+        let NodeKind::Source {
+            key_serde,
+            value_serde,
+            ..
+        } = &node.kind
+        else {
+            return;
+        };
+        self.metrics.record(&node.name, "in");
+        let key = match &raw.key {
+            None => None,
+            Some(k) => match key_serde.deserialize(&raw.topic, true, k).await {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    self.metrics.record(&node.name, "failed");
+                    let msg = format!("key of {}-{}@{}: {e}", raw.topic, raw.partition, raw.offset);
+                    self.dead_letter(&ack, e.class(), &msg, 1).await;
+                    return;
+                }
+            },
+        };
+        let value = match &raw.value {
+            None => None,
+            Some(v) => match value_serde.deserialize(&raw.topic, false, v).await {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    self.metrics.record(&node.name, "failed");
+                    let msg = format!(
+                        "value of {}-{}@{}: {e}",
+                        raw.topic, raw.partition, raw.offset
+                    );
+                    self.dead_letter(&ack, e.class(), &msg, 1).await;
+                    return;
+                }
+            },
+        };
+        let record = Record {
+            key,
+            value,
+            headers: raw.headers.clone(),
+            timestamp: raw.timestamp,
+            topic: raw.topic.clone(),
+            partition: raw.partition,
+            offset: raw.offset,
+        };
+        self.emit(src, record, &ack).await;
+    }
+
+    /// Sends `record` to every child of `node`.
+    fn emit<'a>(
+        self: &'a Arc<Self>,
+        node: usize,
+        record: Record,
+        ack: &'a Ack,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let n = &self.topology.nodes()[node];
+            self.metrics.record(&n.name, "out");
+            let children = &n.children;
+            if let Some((last, rest)) = children.split_last() {
+                for &c in rest {
+                    self.run(c, record.clone(), ack).await;
+                }
+                self.run(*last, record, ack).await;
+            }
+        })
+    }
+
+    fn run<'a>(
+        self: &'a Arc<Self>,
+        node: usize,
+        record: Record,
+        ack: &'a Ack,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let n = &self.topology.nodes()[node];
+            self.metrics.record(&n.name, "in");
+            match &n.kind {
+                NodeKind::Source { .. } => {}
+                NodeKind::Filter(pred) => {
+                    if pred(&record) {
+                        self.emit(node, record, ack).await;
+                    } else {
+                        self.metrics.record(&n.name, "dropped");
+                    }
+                }
+                NodeKind::Map(f) => {
+                    let out = f(record);
+                    self.emit(node, out, ack).await;
+                }
+                NodeKind::FlatMap(f) => {
+                    let outs = f(record);
+                    if outs.is_empty() {
+                        self.metrics.record(&n.name, "dropped");
+                    }
+                    for out in outs {
+                        self.emit(node, out, ack).await;
+                    }
+                }
+                NodeKind::Branch(preds) => match preds.iter().position(|p| p(&record)) {
+                    Some(i) => {
+                        self.metrics.record(&n.name, "out");
+                        if let Some(&child) = n.children.get(i) {
+                            self.run(child, record, ack).await;
+                        }
+                    }
+                    None => self.metrics.record(&n.name, "dropped"),
+                },
+                NodeKind::BranchChild => self.emit(node, record, ack).await,
+                NodeKind::Async { .. } => self.dispatch(node, record, ack.clone()),
+                NodeKind::Sink {
+                    topic,
+                    key_serde,
+                    value_serde,
+                } => {
+                    let key = match &record.key {
+                        None => None,
+                        Some(k) => match key_serde.serialize(topic, true, k).await {
+                            Ok(b) => Some(bytes::Bytes::from(b)),
+                            Err(e) => {
+                                self.metrics.record(&n.name, "failed");
+                                let msg =
+                                    format!("encoding key for {topic} at sink {}: {e}", n.name);
+                                self.dead_letter(ack, e.class(), &msg, 1).await;
+                                return;
+                            }
+                        },
+                    };
+                    let value = match &record.value {
+                        None => None,
+                        Some(v) => match value_serde.serialize(topic, false, v).await {
+                            Ok(b) => Some(bytes::Bytes::from(b)),
+                            Err(e) => {
+                                self.metrics.record(&n.name, "failed");
+                                let msg =
+                                    format!("encoding value for {topic} at sink {}: {e}", n.name);
+                                self.dead_letter(ack, e.class(), &msg, 1).await;
+                                return;
+                            }
+                        },
+                    };
+                    let raw = RawRecord {
+                        topic: topic.clone(),
+                        partition: -1,
+                        offset: -1,
+                        key,
+                        value,
+                        headers: record.headers,
+                        timestamp: record.timestamp,
+                    };
+                    self.send(&n.name, raw, ack.clone()).await;
+                }
+            }
+        })
+    }
+
+    /// Queues `raw` and keeps `ack` until the write is acknowledged.
+    async fn send(&self, node: &str, raw: RawRecord, ack: Ack) {
+        let started = Instant::now();
+        let delivery = loop {
+            match self.sink.send(&raw) {
+                Ok(d) => break Ok(d),
+                Err(TransportError::QueueFull) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        let metrics = self.metrics.clone();
+        let node = node.to_owned();
+        match delivery {
+            Ok(d) => {
+                tokio::spawn(async move {
+                    match d.await {
+                        Ok(()) => {
+                            metrics
+                                .node_latency
+                                .with_label_values(&[&node])
+                                .observe(started.elapsed().as_secs_f64());
+                        }
+                        Err(e) => {
+                            tracing::error!(node, error = %e, "write failed for good");
+                            metrics.record(&node, "failed");
+                            ack.fail();
+                        }
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::error!(node, error = %e, "write failed for good");
+                metrics.record(&node, "failed");
+                ack.fail();
+            }
+        }
+    }
+
+    /// Writes the source record of `ack`, unchanged, to its dead-letter topic.
+    async fn dead_letter(&self, ack: &Ack, class: &str, message: &str, attempts: u32) {
+        let origin = &ack.origin;
+        let topic = self.topology.dead_letter_topic(&origin.topic);
+        let mut headers: Headers = origin.headers.clone();
+        headers.insert("dlq.source.topic", origin.topic.clone());
+        headers.insert("dlq.source.partition", origin.partition.to_string());
+        headers.insert("dlq.source.offset", origin.offset.to_string());
+        headers.insert("dlq.error.class", class.to_owned());
+        headers.insert("dlq.error.message", message.to_owned());
+        headers.insert("dlq.attempts", attempts.to_string());
+        let raw = RawRecord {
+            topic: topic.clone(),
+            partition: -1,
+            offset: -1,
+            key: origin.key.clone(),
+            value: origin.value.clone(),
+            headers,
+            timestamp: origin.timestamp,
+        };
+        self.metrics
+            .dead_letter_total
+            .with_label_values(&[&topic])
+            .inc();
+        self.send(&format!("dlq:{topic}"), raw, ack.clone()).await;
+    }
+
+    /// Starts async processing of `record` at `node`, in order with its chain.
+    fn dispatch(self: &Arc<Self>, node: usize, record: Record, ack: Ack) {
+        let Some(stage) = self.stages[node].clone() else {
+            return;
+        };
+        let chain_key: Option<ChainKey> = match stage.options.ordering {
+            Ordering::Unordered => None,
+            Ordering::Partition => Some((record.topic.clone(), record.partition, None)),
+            Ordering::Key => Some((
+                record.topic.clone(),
+                record.partition,
+                Some(
+                    record
+                        .key
+                        .as_ref()
+                        .map(|k| k.to_bytes())
+                        .unwrap_or_default(),
+                ),
+            )),
+        };
+        // Register in the chain now, in dispatch order, so order is kept per chain.
+        let (done_tx, prev, my_seq) = match &chain_key {
+            None => (None, None, 0),
+            Some(key) => {
+                let (tx, rx) = oneshot::channel();
+                let seq = stage.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut chains = stage
+                    .chains
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let prev = chains.insert(key.clone(), (seq, rx)).map(|(_, rx)| rx);
+                (Some(tx), prev, seq)
+            }
+        };
+        let engine = self.clone();
+        tokio::spawn(async move {
+            if let Some(prev) = prev {
+                let _ = prev.await;
+            }
+            engine.process(node, &stage, record, &ack).await;
+            if let Some(tx) = done_tx {
+                let _ = tx.send(());
+            }
+            if let Some(key) = chain_key {
+                let mut chains = stage
+                    .chains
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if chains.get(&key).is_some_and(|(s, _)| *s == my_seq) {
+                    chains.remove(&key);
+                }
+            }
+        });
+    }
+
+    async fn process(self: &Arc<Self>, node: usize, stage: &AsyncStage, record: Record, ack: &Ack) {
+        let name = &self.topology.nodes()[node].name;
+        let retry = stage.options.retry;
+        let mut attempts = 0u32;
+        let outcome = loop {
+            if ack.cancel.is_cancelled() {
+                return;
+            }
+            let permit = tokio::select! {
+                _ = ack.cancel.cancelled() => return,
+                p = stage.semaphore.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            attempts += 1;
+            let gauge = self.metrics.in_flight.with_label_values(&[name]);
+            gauge.inc();
+            let started = Instant::now();
+            let result = tokio::select! {
+                _ = ack.cancel.cancelled() => { gauge.dec(); return; }
+                r = stage.processor.process(record.clone()) => r,
+            };
+            self.metrics
+                .node_latency
+                .with_label_values(&[name])
+                .observe(started.elapsed().as_secs_f64());
+            gauge.dec();
+            drop(permit);
+            match result {
+                Ok(outs) => break Ok(outs),
+                Err(e @ ProcessError::Transient(_)) if attempts < retry.max_attempts.max(1) => {
+                    self.metrics.retries_total.with_label_values(&[name]).inc();
+                    let delay = retry.backoff_with_jitter(attempts);
+                    tokio::select! {
+                        _ = ack.cancel.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    tracing::debug!(node = %name, error = %e, attempts, "retrying");
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        match outcome {
+            Ok(outs) => {
+                if outs.is_empty() {
+                    self.metrics.record(name, "dropped");
+                }
+                for out in outs {
+                    self.emit(node, out, ack).await;
+                }
+            }
+            Err(e) => {
+                self.metrics.record(name, "failed");
+                let msg = format!(
+                    "node {name} on {}-{}@{}: {}",
+                    ack.origin.topic,
+                    ack.origin.partition,
+                    ack.origin.offset,
+                    e.message()
+                );
+                self.dead_letter(ack, e.class(), &msg, attempts).await;
+            }
+        }
+    }
+}

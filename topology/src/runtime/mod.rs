@@ -1,0 +1,284 @@
+//! The runtime: runs a [`Topology`] over a [`Transport`].
+//!
+//! One loop polls the consumer, decodes each record with its source's serdes and pushes it
+//! through the graph. Stateless nodes run inline; async processors run as tasks under their
+//! concurrency bound and ordering (see [`AsyncOptions`](crate::AsyncOptions)); sinks queue in
+//! order and are acknowledged later. Every source record holds an [`Ack`] until all the work it
+//! caused is acknowledged; commits store the lowest unfinished offset per partition
+//! ([`PartitionOffsets`]). When a partition has too much in flight it is paused, and the loop
+//! keeps polling so the consumer stays in its group. Undecodable records and records whose
+//! processing fails for good go to the dead-letter topic with `dlq.*` headers. On shutdown the
+//! loop stops fetching, drains in-flight work (bounded by a timeout), commits and closes.
+
+mod engine;
+mod offsets;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+pub use offsets::{Ack, AckInner, OffsetTracker, PartitionOffsets};
+
+use crate::Metrics;
+use crate::graph::Topology;
+use crate::transport::{ConnectSpec, TopicPartition, Transport, TransportError};
+use engine::Engine;
+
+/// Runtime settings.
+///
+/// # Example
+/// ```
+/// let c = topology::RuntimeConfig::new("diff-checker");
+/// assert_eq!(c.application_id, "diff-checker");
+/// ```
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Consumer group id.
+    pub application_id: String,
+    /// How often offsets are committed.
+    pub commit_interval: Duration,
+    /// Records in flight per partition before it is paused.
+    pub max_in_flight_per_partition: usize,
+    /// How long one poll waits.
+    pub poll_timeout: Duration,
+    /// How long shutdown waits for in-flight work.
+    pub drain_timeout: Duration,
+    /// Exactly-once (transactional) processing, Kafka only.
+    pub exactly_once: bool,
+}
+
+impl RuntimeConfig {
+    /// Defaults for `application_id`: commit every second, 1,000 records in flight per
+    /// partition, 30 s drain.
+    pub fn new(application_id: &str) -> Self {
+        RuntimeConfig {
+            application_id: application_id.to_owned(),
+            commit_interval: Duration::from_secs(1),
+            max_in_flight_per_partition: 1000,
+            poll_timeout: Duration::from_millis(50),
+            drain_timeout: Duration::from_secs(30),
+            exactly_once: false,
+        }
+    }
+}
+
+/// Why the runtime stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The transport failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// Outputs could not be written for these partitions; offsets were not committed past them.
+    #[error("outputs failed for good in {0:?}; stopped without committing past them")]
+    OutputFailed(Vec<TopicPartition>),
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Records consumed.
+    pub consumed: u64,
+    /// Records abandoned at shutdown because the drain timed out.
+    pub abandoned: usize,
+}
+
+/// Runs a topology.
+///
+/// # Example
+/// ```no_run
+/// # async fn run(t: topology::Topology) -> Result<(), topology::RuntimeError> {
+/// use std::sync::Arc;
+/// use topology::{Runtime, RuntimeConfig, transport::KafkaTransport};
+/// let shutdown = tokio_util::sync::CancellationToken::new();
+/// Runtime::new(t, Arc::new(KafkaTransport::new("127.0.0.1:9092")), RuntimeConfig::new("app"))
+///     .run(shutdown)
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct Runtime {
+    topology: Arc<Topology>,
+    transport: Arc<dyn Transport>,
+    config: RuntimeConfig,
+    metrics: Arc<Metrics>,
+    tracker: Arc<OffsetTracker>,
+}
+
+impl Runtime {
+    /// A runtime for `topology` over `transport`, with unregistered metrics.
+    pub fn new(topology: Topology, transport: Arc<dyn Transport>, config: RuntimeConfig) -> Self {
+        let metrics = Metrics::unregistered().map(Arc::new);
+        Runtime {
+            topology: Arc::new(topology),
+            transport,
+            config,
+            // Creating metrics without registering them cannot fail for our fixed names.
+            metrics: metrics.unwrap_or_else(|_| unreachable_metrics()),
+            tracker: Arc::new(OffsetTracker::default()),
+        }
+    }
+
+    /// Uses `metrics` (registered where you want them).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Arc::new(metrics);
+        self
+    }
+
+    /// The shared offset tracker (for inspection in tests).
+    pub fn tracker(&self) -> Arc<OffsetTracker> {
+        self.tracker.clone()
+    }
+
+    /// Runs until `shutdown` is cancelled or a fatal error happens.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<RunSummary, RuntimeError> {
+        let metrics = self.metrics.clone();
+        let rebalances = metrics.rebalances_total.clone();
+        let spec = ConnectSpec {
+            group_id: self.config.application_id.clone(),
+            topics: self.topology.source_topics(),
+            exactly_once: self.config.exactly_once,
+            tracker: self.tracker.clone(),
+            on_rebalance: Arc::new(move || rebalances.inc()),
+        };
+        let conn = self.transport.connect(spec).await?;
+        let mut consumer = conn.consumer;
+        let engine = Engine::new(self.topology.clone(), conn.sink, metrics.clone());
+        let cfg = &self.config;
+        let tracker = &self.tracker;
+        let mut paused: HashSet<TopicPartition> = HashSet::new();
+        let mut summary = RunSummary::default();
+        let mut last_commit = Instant::now();
+        let result: Result<(), RuntimeError> = async {
+            loop {
+                let polled = tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    r = consumer.poll(cfg.poll_timeout) => r?,
+                };
+                if let Some(raw) = polled {
+                    summary.consumed += 1;
+                    let tp = TopicPartition::new(&raw.topic, raw.partition);
+                    if let Some(ack) = tracker.begin(raw) {
+                        engine.ingest(ack).await;
+                    }
+                    if tracker.in_flight(&tp) >= cfg.max_in_flight_per_partition
+                        && paused.insert(tp.clone())
+                    {
+                        consumer.pause(std::slice::from_ref(&tp))?;
+                    }
+                }
+                if !paused.is_empty() {
+                    let assigned: HashSet<_> = tracker.assigned().into_iter().collect();
+                    let ready: Vec<_> = paused
+                        .iter()
+                        .filter(|tp| {
+                            !assigned.contains(*tp)
+                                || tracker.in_flight(tp) <= cfg.max_in_flight_per_partition / 2
+                        })
+                        .cloned()
+                        .collect();
+                    for tp in &ready {
+                        paused.remove(tp);
+                    }
+                    let live: Vec<_> = ready.into_iter().filter(|t| assigned.contains(t)).collect();
+                    if !live.is_empty() {
+                        consumer.resume(&live)?;
+                    }
+                }
+                if last_commit.elapsed() >= cfg.commit_interval {
+                    last_commit = Instant::now();
+                    let failed = tracker.failed_partitions();
+                    if !failed.is_empty() {
+                        return Err(RuntimeError::OutputFailed(failed));
+                    }
+                    if cfg.exactly_once {
+                        // Outputs and offsets commit together: let in-flight work finish first.
+                        wait_drained(tracker, cfg.drain_timeout).await;
+                    }
+                    commit(&mut *consumer, tracker, &metrics, cfg.exactly_once).await?;
+                    update_lag(&*consumer, tracker, &metrics, &cfg.application_id).await;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        // Shutdown (or error): stop fetching, drain, commit what is safe, leave the group.
+        summary.abandoned = wait_drained(tracker, cfg.drain_timeout).await;
+        if summary.abandoned > 0 {
+            tracing::warn!(
+                abandoned = summary.abandoned,
+                "drain timed out; abandoning work"
+            );
+        }
+        let committed = if result.is_ok() {
+            commit(&mut *consumer, tracker, &metrics, cfg.exactly_once).await
+        } else {
+            Ok(())
+        };
+        update_lag(&*consumer, tracker, &metrics, &cfg.application_id).await;
+        consumer.close().await;
+        result?;
+        committed?;
+        Ok(summary)
+    }
+}
+
+fn unreachable_metrics() -> Arc<Metrics> {
+    // Metrics::unregistered only fails on invalid metric names, which are fixed literals.
+    Arc::new(Metrics::unregistered().unwrap_or_else(|e| panic!("invalid metric definition: {e}")))
+}
+
+async fn wait_drained(tracker: &OffsetTracker, timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let n = tracker.total_in_flight();
+        if n == 0 || Instant::now() >= deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn commit(
+    consumer: &mut dyn crate::transport::SourceConsumer,
+    tracker: &OffsetTracker,
+    metrics: &Metrics,
+    _exactly_once: bool,
+) -> Result<(), RuntimeError> {
+    let pending = tracker.pending_commits();
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    consumer.commit(pending.clone()).await?;
+    metrics
+        .commit_latency
+        .observe(started.elapsed().as_secs_f64());
+    tracker.committed(&pending);
+    Ok(())
+}
+
+async fn update_lag(
+    consumer: &dyn crate::transport::SourceConsumer,
+    tracker: &OffsetTracker,
+    metrics: &Metrics,
+    group: &str,
+) {
+    let assigned = tracker.assigned();
+    if assigned.is_empty() {
+        return;
+    }
+    match consumer.end_offsets(assigned).await {
+        Ok(ends) => {
+            for (tp, end) in ends {
+                let committed = tracker.committed_offset(&tp).unwrap_or(0);
+                metrics
+                    .consumer_lag
+                    .with_label_values(&[group, &tp.topic, &tp.partition.to_string()])
+                    .set((end - committed).max(0));
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "end offsets unavailable"),
+    }
+}

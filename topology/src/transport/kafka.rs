@@ -1,0 +1,372 @@
+//! The Kafka transport, through rdkafka.
+//!
+//! The consumer joins the group with `partition.assignment.strategy=cooperative-sticky` and
+//! `enable.auto.commit=false`; its context commits, before partitions are revoked, exactly the
+//! offsets below the oldest unfinished record and cancels work still running for them. The
+//! producer is idempotent (`enable.idempotence=true`). In exactly-once mode the producer is
+//! transactional: outputs and consumed offsets are committed together with
+//! `send_offsets_to_transaction` and the consumer group metadata.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header as KHeader, Headers as _, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::{
+    ConnectSpec, Connection, DeliveryFuture, RecordSink, SourceConsumer, TopicPartition, Transport,
+    TransportError,
+};
+use crate::runtime::OffsetTracker;
+use crate::{Header, Headers, RawRecord};
+
+/// Kafka through rdkafka.
+///
+/// # Example
+/// ```
+/// use topology::transport::KafkaTransport;
+/// let t = KafkaTransport::new("127.0.0.1:9092").set("auto.offset.reset", "earliest");
+/// # let _ = t;
+/// ```
+#[derive(Debug, Clone)]
+pub struct KafkaTransport {
+    config: HashMap<String, String>,
+}
+
+impl KafkaTransport {
+    /// A transport for the cluster at `bootstrap_servers`.
+    pub fn new(bootstrap_servers: &str) -> Self {
+        let mut config = HashMap::new();
+        config.insert("bootstrap.servers".into(), bootstrap_servers.into());
+        config.insert("auto.offset.reset".into(), "earliest".into());
+        KafkaTransport { config }
+    }
+
+    /// Sets a librdkafka property for both consumer and producer (e.g. security settings).
+    pub fn set(mut self, key: &str, value: &str) -> Self {
+        self.config.insert(key.into(), value.into());
+        self
+    }
+
+    fn base(&self, keys: &[&str]) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        for (k, v) in &self.config {
+            // auto.offset.reset is a consumer property; librdkafka warns when a producer gets it.
+            if k == "auto.offset.reset" && !keys.contains(&"consumer") {
+                continue;
+            }
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+fn kafka(operation: impl Into<String>) -> impl FnOnce(KafkaError) -> TransportError {
+    let operation = operation.into();
+    move |source| TransportError::Kafka { operation, source }
+}
+
+fn tpl_of(offsets: &[(TopicPartition, i64)]) -> Result<TopicPartitionList, TransportError> {
+    let mut tpl = TopicPartitionList::new();
+    for (tp, o) in offsets {
+        tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*o))
+            .map_err(kafka(format!("offset list for {tp}")))?;
+    }
+    Ok(tpl)
+}
+
+fn tps_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
+    tpl.elements()
+        .iter()
+        .map(|e| TopicPartition::new(e.topic(), e.partition()))
+        .collect()
+}
+
+/// The consumer context: keeps the offset tracker in step with rebalances.
+pub struct StreamsContext {
+    tracker: Arc<OffsetTracker>,
+    exactly_once: bool,
+    on_rebalance: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl ClientContext for StreamsContext {}
+
+impl ConsumerContext for StreamsContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            (self.on_rebalance)();
+            let safe = self.tracker.revoke(&tps_of(tpl));
+            // In exactly-once mode offsets only move inside transactions.
+            if !self.exactly_once && !safe.is_empty() {
+                match tpl_of(&safe) {
+                    Ok(list) => {
+                        if let Err(e) = consumer.commit(&list, CommitMode::Sync) {
+                            tracing::warn!(error = %e, "commit on revoke failed");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "commit on revoke failed"),
+                }
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            (self.on_rebalance)();
+            self.tracker.assign(&tps_of(tpl));
+        }
+    }
+}
+
+impl Transport for KafkaTransport {
+    fn connect(&self, spec: ConnectSpec) -> BoxFuture<'_, Result<Connection, TransportError>> {
+        Box::pin(async move {
+            let context = StreamsContext {
+                tracker: spec.tracker.clone(),
+                exactly_once: spec.exactly_once,
+                on_rebalance: spec.on_rebalance.clone(),
+            };
+            let consumer: StreamConsumer<StreamsContext> = self
+                .base(&["consumer"])
+                .set("group.id", &spec.group_id)
+                .set("partition.assignment.strategy", "cooperative-sticky")
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("enable.partition.eof", "false")
+                .set(
+                    "isolation.level",
+                    if spec.exactly_once {
+                        "read_committed"
+                    } else {
+                        "read_uncommitted"
+                    },
+                )
+                .create_with_context(context)
+                .map_err(kafka("create consumer"))?;
+            let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
+            consumer
+                .subscribe(&topics)
+                .map_err(kafka(format!("subscribe to {topics:?}")))?;
+            let mut pc = self.base(&["producer"]);
+            pc.set("enable.idempotence", "true")
+                .set("acks", "all")
+                .set("linger.ms", "5");
+            if spec.exactly_once {
+                pc.set(
+                    "transactional.id",
+                    format!("{}-{}", spec.group_id, std::process::id()),
+                );
+            }
+            let producer: FutureProducer = pc.create().map_err(kafka("create producer"))?;
+            let producer = Arc::new(producer);
+            if spec.exactly_once {
+                let p = producer.clone();
+                tokio::task::spawn_blocking(move || {
+                    p.init_transactions(Duration::from_secs(30))?;
+                    p.begin_transaction()
+                })
+                .await
+                .map_err(|e| TransportError::Delivery {
+                    topic: String::new(),
+                    message: format!("init_transactions task: {e}"),
+                })?
+                .map_err(kafka("init transactions"))?;
+            }
+            Ok(Connection {
+                consumer: Box::new(KafkaConsumer {
+                    consumer: Arc::new(consumer),
+                    producer: producer.clone(),
+                    exactly_once: spec.exactly_once,
+                }),
+                sink: Arc::new(KafkaSink { producer }),
+            })
+        })
+    }
+}
+
+struct KafkaConsumer {
+    consumer: Arc<StreamConsumer<StreamsContext>>,
+    producer: Arc<FutureProducer>,
+    exactly_once: bool,
+}
+
+fn blocking_err(op: &str, e: tokio::task::JoinError) -> TransportError {
+    TransportError::Delivery {
+        topic: String::new(),
+        message: format!("{op} task failed: {e}"),
+    }
+}
+
+impl SourceConsumer for KafkaConsumer {
+    fn poll(
+        &mut self,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Option<RawRecord>, TransportError>> {
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, self.consumer.recv()).await {
+                Err(_) => Ok(None),
+                Ok(Err(e)) => Err(kafka("poll")(e)),
+                Ok(Ok(m)) => {
+                    let mut headers = Headers::default();
+                    if let Some(h) = m.headers() {
+                        for hd in h.iter() {
+                            headers.0.push(Header {
+                                key: hd.key.to_owned(),
+                                value: hd.value.map(bytes::Bytes::copy_from_slice),
+                            });
+                        }
+                    }
+                    Ok(Some(RawRecord {
+                        topic: m.topic().to_owned(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(bytes::Bytes::copy_from_slice),
+                        value: m.payload().map(bytes::Bytes::copy_from_slice),
+                        headers,
+                        timestamp: m.timestamp().to_millis(),
+                    }))
+                }
+            }
+        })
+    }
+
+    fn commit(
+        &mut self,
+        offsets: Vec<(TopicPartition, i64)>,
+    ) -> BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async move {
+            let tpl = tpl_of(&offsets)?;
+            let consumer = self.consumer.clone();
+            if self.exactly_once {
+                let producer = self.producer.clone();
+                tokio::task::spawn_blocking(move || {
+                    let cgm = consumer
+                        .group_metadata()
+                        .ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::State))?;
+                    producer.send_offsets_to_transaction(&tpl, &cgm, Duration::from_secs(30))?;
+                    producer.commit_transaction(Duration::from_secs(30))?;
+                    producer.begin_transaction()
+                })
+                .await
+                .map_err(|e| blocking_err("commit transaction", e))?
+                .map_err(kafka("commit transaction"))
+            } else {
+                tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
+                    .await
+                    .map_err(|e| blocking_err("commit", e))?
+                    .map_err(kafka("commit"))
+            }
+        })
+    }
+
+    fn pause(&mut self, tps: &[TopicPartition]) -> Result<(), TransportError> {
+        let list = tpl_of(&tps.iter().map(|t| (t.clone(), 0)).collect::<Vec<_>>())?;
+        self.consumer.pause(&list).map_err(kafka("pause"))
+    }
+
+    fn resume(&mut self, tps: &[TopicPartition]) -> Result<(), TransportError> {
+        let list = tpl_of(&tps.iter().map(|t| (t.clone(), 0)).collect::<Vec<_>>())?;
+        self.consumer.resume(&list).map_err(kafka("resume"))
+    }
+
+    fn end_offsets(
+        &self,
+        tps: Vec<TopicPartition>,
+    ) -> BoxFuture<'_, Result<Vec<(TopicPartition, i64)>, TransportError>> {
+        let consumer = self.consumer.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                tps.into_iter()
+                    .map(|tp| {
+                        consumer
+                            .fetch_watermarks(&tp.topic, tp.partition, Duration::from_secs(5))
+                            .map(|(_, high)| (tp.clone(), high))
+                            .map_err(kafka(format!("watermarks of {tp}")))
+                    })
+                    .collect()
+            })
+            .await
+            .map_err(|e| blocking_err("watermarks", e))?
+        })
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        let consumer = self.consumer.clone();
+        let producer = self.producer.clone();
+        let eos = self.exactly_once;
+        Box::pin(async move {
+            let _ = tokio::task::spawn_blocking(move || {
+                if eos {
+                    // Nothing is in flight here: the runtime committed before closing.
+                    let _ = producer.abort_transaction(Duration::from_secs(10));
+                } else {
+                    let _ = producer.flush(Duration::from_secs(10));
+                }
+                consumer.unsubscribe();
+            })
+            .await;
+        })
+    }
+}
+
+struct KafkaSink {
+    producer: Arc<FutureProducer>,
+}
+
+impl RecordSink for KafkaSink {
+    fn send(&self, record: &RawRecord) -> Result<DeliveryFuture, TransportError> {
+        let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&record.topic);
+        if let Some(k) = &record.key {
+            fr = fr.key(k.as_ref());
+        }
+        if let Some(v) = &record.value {
+            fr = fr.payload(v.as_ref());
+        }
+        if record.partition >= 0 {
+            fr = fr.partition(record.partition);
+        }
+        if let Some(ts) = record.timestamp {
+            fr = fr.timestamp(ts);
+        }
+        if !record.headers.0.is_empty() {
+            let mut h = OwnedHeaders::new_with_capacity(record.headers.0.len());
+            for hd in record.headers.iter() {
+                h = h.insert(KHeader {
+                    key: &hd.key,
+                    value: hd.value.as_deref(),
+                });
+            }
+            fr = fr.headers(h);
+        }
+        match self.producer.send_result(fr) {
+            Ok(delivery) => {
+                let topic = record.topic.clone();
+                Ok(Box::pin(async move {
+                    match delivery.await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err((e, _))) => Err(TransportError::Delivery {
+                            topic,
+                            message: e.to_string(),
+                        }),
+                        Err(_) => Err(TransportError::Delivery {
+                            topic,
+                            message: "producer dropped the delivery".into(),
+                        }),
+                    }
+                }))
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err(TransportError::QueueFull)
+            }
+            Err((e, _)) => Err(kafka(format!("send to {}", record.topic))(e)),
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Transports: where records come from and go to.
+//!
+//! The runtime talks to a log through two small traits: a [`SourceConsumer`] (poll, commit,
+//! pause/resume, end offsets) and a [`RecordSink`] (send, acknowledged later). A [`Transport`]
+//! opens both for a consumer group. Two implementations run the same topology unchanged:
+//! [`EmbeddedTransport`], a durable sled-backed partitioned log in-process, and
+//! [`KafkaTransport`], rdkafka with cooperative rebalancing, manual commits, an idempotent
+//! producer and optional exactly-once transactions. Partition assignments reach the runtime
+//! through the shared [`OffsetTracker`](crate::runtime::OffsetTracker), which the rebalance
+//! callbacks update before partitions change hands.
+
+mod embedded;
+mod kafka;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+pub use embedded::{EmbeddedLog, EmbeddedTransport, LogError};
+pub use kafka::KafkaTransport;
+
+use crate::RawRecord;
+use crate::runtime::OffsetTracker;
+
+/// A topic and partition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    /// Makes one.
+    pub fn new(topic: &str, partition: i32) -> Self {
+        TopicPartition {
+            topic: topic.to_owned(),
+            partition,
+        }
+    }
+}
+
+impl std::fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.topic, self.partition)
+    }
+}
+
+/// Transport failures, with the place they happened.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The embedded log failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// Kafka failed.
+    #[error("kafka {operation}: {source}")]
+    Kafka {
+        /// What was being done (e.g. `commit`, `send to image-events`).
+        operation: String,
+        /// rdkafka's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// The producer's queue is full; try again shortly.
+    #[error("producer queue full")]
+    QueueFull,
+    /// A record could not be delivered.
+    #[error("delivery to {topic} failed: {message}")]
+    Delivery {
+        /// Topic.
+        topic: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// What a runtime asks a transport to open.
+#[derive(Clone)]
+pub struct ConnectSpec {
+    /// Consumer group id (the application id).
+    pub group_id: String,
+    /// Topics to consume.
+    pub topics: Vec<String>,
+    /// Exactly-once: a transactional producer, offsets committed in its transactions.
+    pub exactly_once: bool,
+    /// Shared offset state, updated on assignment and revocation.
+    pub tracker: Arc<OffsetTracker>,
+    /// Called once per assignment or revocation (for metrics).
+    pub on_rebalance: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for ConnectSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectSpec")
+            .field("group_id", &self.group_id)
+            .field("topics", &self.topics)
+            .field("exactly_once", &self.exactly_once)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A consumer of source records.
+pub trait SourceConsumer: Send + Sync {
+    /// The next record, or `None` when none came within `timeout`. Keeps group membership alive.
+    fn poll(
+        &mut self,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Option<RawRecord>, TransportError>>;
+    /// Commits the given next-offsets (in exactly-once mode, commits the open transaction with
+    /// them and begins the next).
+    fn commit(
+        &mut self,
+        offsets: Vec<(TopicPartition, i64)>,
+    ) -> BoxFuture<'_, Result<(), TransportError>>;
+    /// Stops fetching from these partitions (polling goes on).
+    fn pause(&mut self, tps: &[TopicPartition]) -> Result<(), TransportError>;
+    /// Fetches again from these partitions.
+    fn resume(&mut self, tps: &[TopicPartition]) -> Result<(), TransportError>;
+    /// Log end offsets, for lag.
+    fn end_offsets(
+        &self,
+        tps: Vec<TopicPartition>,
+    ) -> BoxFuture<'_, Result<Vec<(TopicPartition, i64)>, TransportError>>;
+    /// Leaves the group.
+    fn close(&mut self) -> BoxFuture<'_, ()>;
+}
+
+/// The acknowledgement of one sent record.
+pub type DeliveryFuture = BoxFuture<'static, Result<(), TransportError>>;
+
+/// A producer of records.
+pub trait RecordSink: Send + Sync {
+    /// Queues `record` in order and returns a future that resolves when it is durably written.
+    /// `Err(TransportError::QueueFull)` asks the caller to wait and retry.
+    fn send(&self, record: &RawRecord) -> Result<DeliveryFuture, TransportError>;
+}
+
+/// An open consumer and producer pair.
+pub struct Connection {
+    /// The consumer.
+    pub consumer: Box<dyn SourceConsumer>,
+    /// The producer.
+    pub sink: Arc<dyn RecordSink>,
+}
+
+/// Opens connections for a runtime.
+pub trait Transport: Send + Sync {
+    /// Opens a consumer (subscribed to `spec.topics` in `spec.group_id`) and a producer.
+    fn connect(&self, spec: ConnectSpec) -> BoxFuture<'_, Result<Connection, TransportError>>;
+}
