@@ -2,7 +2,9 @@
 # Reproduces the Kafka Connect + Debezium MongoDB trial (see ../TRIALS.md):
 # SecantusDB (27117) -> Debezium MongoDB source in Connect standalone (REST 18083)
 # -> a private KRaft broker (19092/19093) -> console consumer.
-# Usage: bash infrastructure/connect/trial.sh [schemas-false|schemas-true]
+# Usage: bash infrastructure/connect/trial.sh [schemas-false|schemas-true|apicurio-avro]
+#   apicurio-avro: Apicurio's AvroConverter (Confluent framing) against ../apicurio on 8085,
+#   read back with confluent-kafka's AvroDeserializer through /apis/ccompat/v7.
 # Env: KAFKA_LIB (broker class path; default ~/.cache/catalog-stream/kafka-4.1.1/lib, else built from
 #      ../kafka/pom.xml), SECANTUS_VENV (a venv with SecantusDB==0.7.0b3; default: one made here),
 #      TRIAL_ROOT (default /tmp/trial-connect), KAFKA_DATA (default /tmp/trial-kafka),
@@ -35,6 +37,10 @@ if [ ! -d "$KAFKA_LIB" ]; then
   KAFKA_LIB=$ROOT/kafka-lib
   mvn -q -B -f "$HERE/../kafka/pom.xml" dependency:copy-dependencies -DoutputDirectory="$KAFKA_LIB"
 fi
+if [ "$MODE" = apicurio-avro ] && [ ! -d "$ROOT/plugins-conv/apicurio-converter" ]; then
+  mvn -q -B -f "$HERE/converter-pom.xml" dependency:copy-dependencies -DincludeScope=runtime \
+    -DoutputDirectory="$ROOT/plugins-conv/apicurio-converter"
+fi
 echo "jars ready in $(ms "$t0" "$(now)") ms"
 
 # 2. SecantusDB and pymongo.
@@ -47,6 +53,13 @@ PY=$SECANTUS_VENV/bin/python
 "$SECANTUS_VENV/bin/secantusd-py" --host 127.0.0.1 --port 27117 --storage-path :memory: > "$ROOT/secantus.log" 2>&1 &
 PIDS+=($!)
 wait_port 27117
+
+if [ "$MODE" = apicurio-avro ]; then
+  APICURIO_PID=$(bash "$HERE/../apicurio/start.sh" 8085 | tail -1)
+  PIDS+=("$APICURIO_PID")
+  AVRO_PY=$ROOT/avrovenv/bin/python
+  [ -x "$AVRO_PY" ] || { python3 -m venv "$ROOT/avrovenv"; "$ROOT/avrovenv/bin/pip" install -q "confluent-kafka[avro,schemaregistry]==2.16.1"; }
+fi
 
 # 3. A private single-node KRaft broker.
 rm -rf "$KDATA"; mkdir -p "$KDATA"
@@ -73,6 +86,8 @@ rm -f "$ROOT/connect.offsets"
 WORKER=$ROOT/worker.properties
 if [ "$MODE" = schemas-true ]; then
   sed 's/schemas.enable=false/schemas.enable=true/' "$HERE/worker.properties" > "$WORKER"
+elif [ "$MODE" = apicurio-avro ]; then
+  cp "$HERE/worker-apicurio.properties" "$WORKER"
 else
   cp "$HERE/worker.properties" "$WORKER"
 fi
@@ -103,6 +118,13 @@ PYEOF
 sleep 4
 
 # 6. Consume the topic and summarise.
+if [ "$MODE" = apicurio-avro ]; then
+  timeout 90 "$AVRO_PY" "$HERE/consume_avro.py" catalog.catalog.products 127.0.0.1:19092 \
+    http://127.0.0.1:8085/apis/ccompat/v7 | tee "$ROOT/consumed-$MODE.txt"
+  if tail -1 "$ROOT/consumed-$MODE.txt" | grep -q "events: r c u u d tombstone"; then echo "RESULT: PASS"; else echo "RESULT: FAIL"; fi
+  curl -s http://127.0.0.1:8085/apis/ccompat/v7/subjects; echo
+  exit 0
+fi
 OUT=$ROOT/consumed-$MODE.txt
 timeout 60 java -cp "$KAFKA_LIB/*" org.apache.kafka.tools.consumer.ConsoleConsumer \
   --bootstrap-server 127.0.0.1:19092 --topic catalog.catalog.products --from-beginning \
