@@ -157,6 +157,24 @@ const KEY_NEXT_ID: &[u8] = b"meta/next_id";
 const PREFIX_SCHEMA: &[u8] = b"schema/";
 const PREFIX_SUBJECT: &[u8] = b"subject/";
 
+/// Opens sled, waiting briefly for the file lock: sled's background threads release it a moment
+/// after the previous handle in this process is dropped (a restart in place, or a test reopening).
+fn open_db(dir: &Path) -> Result<sled::Db> {
+    const ATTEMPTS: u32 = 40;
+    let mut attempt = 0;
+    loop {
+        match sled::open(dir) {
+            Err(sled::Error::Io(e))
+                if attempt < ATTEMPTS && e.to_string().contains("could not acquire lock") =>
+            {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 fn prefixed(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
     let mut key = prefix.to_vec();
     key.extend_from_slice(rest);
@@ -264,7 +282,7 @@ impl Registry {
 
     /// Opens (or creates) a registry persisted in sled under `dir`.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
-        let db = sled::open(dir.as_ref())?;
+        let db = open_db(dir.as_ref())?;
         let tree = db.open_tree("schema-registry")?;
         let mut state = State {
             next_id: 1,
