@@ -138,8 +138,15 @@ for (const sm of byKind("ServiceMonitor")) {
     for (const s of hits)
       if (!s.spec.ports.some((p) => p.name === ep.port)) problems.push(`${id(sm)}: ${s.metadata.name} has no port ${ep.port}`);
 }
+// The ConfigMap's files parse as YAML (after the service fills in its ${...} placeholders).
 const cm = byKind("ConfigMap")[0];
-if (!cm?.data?.["config.yaml"] || !cm?.data?.["topology.yaml"]) problems.push("the ConfigMap lacks config.yaml or topology.yaml");
+for (const key of ["config.yaml", "topology-image-pipeline.yaml", "topology-complete-products.yaml"]) {
+  const text = cm?.data?.[key];
+  if (!text) { problems.push(`the ConfigMap lacks ${key}`); continue; }
+  const parsed = parseAllDocuments(text.replace(/\$\{[^}]*\}/g, '"placeholder"'));
+  if (parsed.length !== 1 || parsed[0].errors.length) problems.push(`ConfigMap ${key} is not one YAML document: ${parsed.flatMap((d) => d.errors.map((e) => e.message)).join("; ")}`);
+  else checked.push(`ConfigMap ${key} parses`);
+}
 
 // The rules for promtool, and the metric names the rules and autoscalers use.
 const rules = byKind("PrometheusRule").flatMap((r) => r.spec.groups);

@@ -101,7 +101,7 @@ Environment variables with credentials, from existing Secrets only. Call with
 {{- $root := index . 0 -}}
 {{- $needs := rest . -}}
 {{- if has "mongodb" $needs }}
-- name: CATALOG_STREAM_MONGODB_URI
+- name: MONGODB_URI
   valueFrom:
     secretKeyRef:
       name: {{ required "mongodb.existingSecret is required" $root.Values.mongodb.existingSecret }}
@@ -120,12 +120,12 @@ Environment variables with credentials, from existing Secrets only. Call with
       key: {{ $root.Values.s3.secretAccessKeyKey }}
 {{- end }}
 {{- if and (has "registry" $needs) $root.Values.schemaRegistry.existingSecret }}
-- name: CATALOG_STREAM_SCHEMA_REGISTRY_USERNAME
+- name: SCHEMA_REGISTRY_USERNAME
   valueFrom:
     secretKeyRef:
       name: {{ $root.Values.schemaRegistry.existingSecret }}
       key: {{ $root.Values.schemaRegistry.usernameKey }}
-- name: CATALOG_STREAM_SCHEMA_REGISTRY_PASSWORD
+- name: SCHEMA_REGISTRY_PASSWORD
   valueFrom:
     secretKeyRef:
       name: {{ $root.Values.schemaRegistry.existingSecret }}
@@ -201,7 +201,7 @@ spec:
               containerPort: 8080
               protocol: TCP
           env:
-            - name: CATALOG_STREAM_LOG
+            - name: RUST_LOG
               value: {{ $root.Values.logLevel | quote }}
             - name: POD_NAME
               valueFrom:
