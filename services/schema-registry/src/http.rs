@@ -160,6 +160,9 @@ fn ok<T: Serialize + ?Sized>(body: &T) -> ApiResult {
 #[serde(rename_all = "camelCase")]
 struct Flags {
     deleted: Option<String>,
+    #[serde(alias = "deleted_only")]
+    deleted_only: Option<String>,
+    subject_prefix: Option<String>,
     permanent: Option<String>,
     verbose: Option<String>,
     default_to_global: Option<String>,
@@ -244,7 +247,16 @@ async fn subjects_of_id(
 }
 
 async fn list_subjects(State(registry): State<Shared>, Query(flags): Query<Flags>) -> ApiResult {
-    ok(&registry.subjects(flag(&flags.deleted)))
+    let deleted_only = flag(&flags.deleted_only);
+    let mut subjects = registry.subjects(flag(&flags.deleted) || deleted_only);
+    if deleted_only {
+        let live = registry.subjects(false);
+        subjects.retain(|s| !live.contains(s));
+    }
+    if let Some(prefix) = &flags.subject_prefix {
+        subjects.retain(|s| s.starts_with(prefix.as_str()));
+    }
+    ok(&subjects)
 }
 
 async fn register(

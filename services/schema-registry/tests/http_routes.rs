@@ -239,6 +239,17 @@ async fn subjects_and_versions() {
         call(&app, "GET", "/subjects", None).await.1,
         json!(["malls-value", "products-value"])
     );
+    assert_eq!(
+        call(
+            &app,
+            "GET",
+            "/subjects?subjectPrefix=prod&deleted=false",
+            None
+        )
+        .await
+        .1,
+        json!(["products-value"])
+    );
     for (uri, version, id) in [
         ("/subjects/products-value/versions/1", 1, 1),
         ("/subjects/products-value/versions/2", 2, 2),
@@ -457,6 +468,12 @@ async fn soft_and_permanent_deletes() {
     assert_eq!(call(&app, "GET", "/subjects", None).await.1, json!([]));
     assert_eq!(
         call(&app, "GET", "/subjects?deleted=true", None).await.1,
+        json!(["products-value"])
+    );
+    assert_eq!(
+        call(&app, "GET", "/subjects?deleted_only=true", None)
+            .await
+            .1,
         json!(["products-value"])
     );
     assert_error(
