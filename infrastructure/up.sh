@@ -19,7 +19,7 @@ ENV_FILE="$INFRA_DIR/.env"
 KAFKA_VERSION=4.1.1
 SECANTUS_VERSION=0.7.0b3
 MOTO_SPEC='moto[server]>=5.1,<6'
-PY_CLIENTS='confluent-kafka>=2.6,<3 fastavro>=1.9,<2 pymongo>=4.8,<5'
+PY_CLIENTS='confluent-kafka[avro,schemaregistry]>=2.6,<3 fastavro>=1.9,<2 pymongo>=4.8,<5'
 
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
@@ -77,7 +77,7 @@ ensure_port_free() {
 }
 
 ensure_venv() {
-    local venv="$CACHE_DIR/venv" marker="$CACHE_DIR/venv/.catalog-stream-$SECANTUS_VERSION-v2"
+    local venv="$CACHE_DIR/venv" marker="$CACHE_DIR/venv/.catalog-stream-$SECANTUS_VERSION-v3"
     if [[ ! -f "$marker" ]]; then
         log "installing SecantusDB $SECANTUS_VERSION, moto and the Python clients into $venv"
         python3 -m venv "$venv"

@@ -1,0 +1,110 @@
+//! The image pipeline (SPEC §3): the diff-checker, the image collector and remover, and the
+//! complete-products sink, as topology files (`config/*.yaml`) whose processors are registered
+//! here by name. The distributed services and the standalone mode run the same files.
+
+mod change;
+mod events;
+mod metrics;
+mod processors;
+mod state;
+
+use std::sync::Arc;
+
+use topology::config::{ConfigErrors, Registry, TopologyConfig};
+use topology::serdes::SchemaRegistry;
+
+pub use change::{ProductChange, change_event, product_change};
+pub use events::{IMAGE_EVENT_SCHEMA, ImageEvent, ImageEventKind, ProductFields, event_key};
+pub use metrics::ImageMetrics;
+pub use processors::{CompleteProductsSink, ImageCollector, ImageRemover, ImageWork};
+pub use state::{PipelineState, ProductImageState};
+
+use crate::settings::Topics;
+use crate::store::ViewStore;
+
+/// The built-in image pipeline topology (diff-checker, collector, remover).
+pub const IMAGE_PIPELINE_TOPOLOGY: &str = include_str!("../../config/image-pipeline.yaml");
+/// The built-in complete-products topology (image events → view).
+pub const COMPLETE_PRODUCTS_TOPOLOGY: &str = include_str!("../../config/complete-products.yaml");
+
+/// Why a topology file could not be made ready.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The Debezium schemas could not be built.
+    #[error("debezium schemas: {0}")]
+    Schemas(String),
+    /// The file is wrong; every problem is listed with its place.
+    #[error("{origin}:\n{errors}")]
+    Config {
+        /// The file.
+        origin: String,
+        /// What is wrong.
+        errors: ConfigErrors,
+    },
+}
+
+/// Fills the `${...}` placeholders of a topology file: topic names, and the Avro schemas as
+/// quoted JSON strings.
+pub fn render(template: &str, topics: &Topics) -> Result<String, PipelineError> {
+    let namespace = topics.cdc.clone();
+    let schemas = connectors::debezium::AvroSchemas::new(&namespace)
+        .map_err(|error| PipelineError::Schemas(error.to_string()))?;
+    let quoted = |schema: &apache_avro::Schema| -> Result<String, PipelineError> {
+        let text = serde_json::to_string(schema)
+            .map_err(|error| PipelineError::Schemas(error.to_string()))?;
+        serde_json::to_string(&text).map_err(|error| PipelineError::Schemas(error.to_string()))
+    };
+    let image_event = serde_json::to_string(IMAGE_EVENT_SCHEMA)
+        .map_err(|error| PipelineError::Schemas(error.to_string()))?;
+    Ok(template
+        .replace("${topics.cdc}", &topics.cdc)
+        .replace("${topics.upserts}", &topics.upserts)
+        .replace("${topics.deletes}", &topics.deletes)
+        .replace("${topics.image_events}", &topics.image_events)
+        .replace("${schema.debezium_key}", &quoted(schemas.key())?)
+        .replace("${schema.debezium_envelope}", &quoted(schemas.value())?)
+        .replace("${schema.image_event}", &image_event))
+}
+
+/// The processors the pipeline files may name: `image-collector` and `image-remover` when
+/// `work` is given, `complete-products-sink` when `view` is.
+pub fn registry(
+    work: Option<ImageWork>,
+    view: Option<ViewStore>,
+    schema_registry: Arc<dyn SchemaRegistry>,
+) -> Registry {
+    let mut registry = Registry::new();
+    registry.schema_registry(schema_registry);
+    if let Some(work) = work {
+        let collector = work.clone();
+        registry.processor("image-collector", move |_config| {
+            Ok(Arc::new(ImageCollector(collector.clone())))
+        });
+        registry.processor("image-remover", move |_config| {
+            Ok(Arc::new(ImageRemover(work.clone())))
+        });
+    }
+    if let Some(view) = view {
+        registry.processor("complete-products-sink", move |_config| {
+            Ok(Arc::new(CompleteProductsSink { view: view.clone() }))
+        });
+    }
+    registry
+}
+
+/// Renders, parses and validates a topology file against `registry`; every problem at once.
+pub fn load(
+    template: &str,
+    origin: &str,
+    topics: &Topics,
+    registry: &Registry,
+) -> Result<topology::Topology, PipelineError> {
+    let text = render(template, topics)?;
+    let config_error = |errors| PipelineError::Config {
+        origin: origin.to_owned(),
+        errors,
+    };
+    let config = TopologyConfig::from_yaml(&text).map_err(config_error)?;
+    config.validate(registry).map_err(config_error)?;
+    config.build(registry).map_err(config_error)
+}

@@ -1,0 +1,88 @@
+//! What the image pipeline remembers per product, in sled: the source position of the last
+//! change applied, the product version, and the image stored for it. The collector and the
+//! remover share it, so a deletion processed while a collection is in flight wins and the
+//! late collection removes what it uploaded: never an orphan.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use state::{KvStore, StateDir, StateError};
+
+use crate::store::CollectedImage;
+
+/// Per-product state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ProductImageState {
+    /// Source position of the last change applied (seconds, ordinal).
+    pub position: (i64, i32),
+    /// The product version of the last change applied.
+    pub version: i64,
+    /// The image stored for `version`, if collected.
+    pub image: Option<CollectedImage>,
+    /// Why the last collection failed, if it did: (code, reason, attempts).
+    pub failure: Option<(String, String, i64)>,
+    /// Whether the last change was a deletion.
+    pub deleted: bool,
+    /// Object keys deleted by the last change.
+    pub removed_keys: Vec<String>,
+}
+
+/// The pipeline's state stores.
+#[derive(Clone)]
+pub struct PipelineState {
+    dir: StateDir,
+    products: KvStore<String, ProductImageState>,
+}
+
+impl PipelineState {
+    /// Opens (or creates) the state under `path`.
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        let dir = StateDir::open(path)?;
+        Self::with_dir(dir)
+    }
+
+    /// Uses an open state directory.
+    pub fn with_dir(dir: StateDir) -> Result<Self, StateError> {
+        let products = dir.store("image-pipeline.products")?;
+        Ok(Self { dir, products })
+    }
+
+    /// The state of one product.
+    pub fn get(&self, key: &str) -> Result<Option<ProductImageState>, StateError> {
+        self.products.get(key)
+    }
+
+    /// Writes `next` unless the stored position is already past `next.position`; returns the
+    /// state that holds afterwards and whether `next` was written.
+    pub fn advance(
+        &self,
+        key: &str,
+        next: &ProductImageState,
+    ) -> Result<(ProductImageState, bool), StateError> {
+        let products = &self.products;
+        self.dir.transaction(&[products], |tx| {
+            if let Some(current) = tx.get(products, key)?
+                && current.position > next.position
+            {
+                return Ok((current, false));
+            }
+            tx.put(products, key, next)?;
+            Ok::<_, StateError>((next.clone(), true))
+        })
+    }
+
+    /// Flushes to disk (before offsets are committed past the work).
+    pub fn flush(&self) -> Result<(), StateError> {
+        self.dir.flush().map(|_| ())
+    }
+
+    /// Products tracked.
+    pub fn len(&self) -> usize {
+        self.products.len()
+    }
+
+    /// Whether none is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,322 @@
+//! The MongoDB backend: the `products` collection the CDC source watches, and the
+//! `complete_products` and `product_status` collections of the view.
+//!
+//! A product's `_id` is its identity `{mallId, productId}`, so change events (deletes too,
+//! which carry only the document key) say which product they are about; a unique compound
+//! index on `(mallId, productId)` enforces the identity a second time, as SPEC §2 asks.
+
+use futures::TryStreamExt;
+use mongodb::bson::{self, Bson, Document, doc};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::{FindOptions, IndexOptions, ReturnDocument};
+use mongodb::{Collection, Database, IndexModel};
+
+use super::{
+    CompleteProduct, Page, ProductStatus, StoreError, StoredProduct, UpsertOutcome, ViewChange,
+    next_version, now_ms,
+};
+use crate::product::{Product, ProductKey};
+
+/// How often an optimistic write is retried when another writer won the race.
+const MAX_WRITE_ATTEMPTS: usize = 32;
+
+fn identity(key: &ProductKey) -> Document {
+    doc! {"mallId": &key.mall_id, "productId": &key.product_id}
+}
+
+fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
+    match error.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(write)) => write.code == 11000,
+        ErrorKind::Command(command) => command.code == 11000,
+        _ => false,
+    }
+}
+
+async fn unique_identity_index(collection: &Collection<Document>) -> Result<(), StoreError> {
+    collection
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! {"mallId": 1, "productId": 1})
+                .options(
+                    IndexOptions::builder()
+                        .unique(true)
+                        .name("mallId_productId_unique".to_owned())
+                        .build(),
+                )
+                .build(),
+        )
+        .await?;
+    Ok(())
+}
+
+async fn ping(database: &Database) -> bool {
+    database.run_command(doc! {"ping": 1}).await.is_ok()
+}
+
+async fn distinct_malls(
+    collection: &Collection<Document>,
+    product_id: &str,
+) -> Result<Vec<String>, StoreError> {
+    let mut malls: Vec<String> = collection
+        .find(doc! {"productId": product_id})
+        .projection(doc! {"mallId": 1})
+        .await?
+        .try_collect::<Vec<Document>>()
+        .await?
+        .into_iter()
+        .filter_map(|document| document.get_str("mallId").ok().map(str::to_owned))
+        .collect();
+    malls.sort();
+    malls.dedup();
+    Ok(malls)
+}
+
+/// The products collection.
+#[derive(Clone)]
+pub struct MongoProductStore {
+    database: Database,
+    products: Collection<Document>,
+}
+
+impl MongoProductStore {
+    /// Opens the collection and creates the unique identity index.
+    pub async fn open(database: Database, collection: &str) -> Result<Self, StoreError> {
+        let products = database.collection::<Document>(collection);
+        unique_identity_index(&products).await?;
+        Ok(Self { database, products })
+    }
+
+    /// Creates or replaces the product with a new version (optimistic: retried when a
+    /// concurrent writer of the same identity won).
+    pub async fn upsert(&self, product: &Product) -> Result<(UpsertOutcome, i64), StoreError> {
+        let key = product.key();
+        for _ in 0..MAX_WRITE_ATTEMPTS {
+            let current = self.get(&key).await?;
+            let version = next_version(current.as_ref().map(|stored| stored.version));
+            let document = product_document(product, version)?;
+            match current {
+                None => match self.products.insert_one(document).await {
+                    Ok(_) => return Ok((UpsertOutcome::Created, version)),
+                    Err(error) if is_duplicate_key(&error) => continue,
+                    Err(error) => return Err(error.into()),
+                },
+                Some(previous) => {
+                    let replaced = self
+                        .products
+                        .find_one_and_replace(
+                            doc! {"_id": identity(&key), "version": previous.version},
+                            document,
+                        )
+                        .return_document(ReturnDocument::Before)
+                        .await?;
+                    if replaced.is_some() {
+                        return Ok((UpsertOutcome::Updated, version));
+                    }
+                }
+            }
+        }
+        Err(StoreError::Corrupt {
+            what: "product",
+            message: format!("{key}: too many concurrent writers; retry"),
+        })
+    }
+
+    /// Deletes the product.
+    pub async fn delete(&self, key: &ProductKey) -> Result<bool, StoreError> {
+        let result = self
+            .products
+            .delete_one(doc! {"_id": identity(key)})
+            .await?;
+        Ok(result.deleted_count > 0)
+    }
+
+    /// The stored product.
+    pub async fn get(&self, key: &ProductKey) -> Result<Option<StoredProduct>, StoreError> {
+        self.products
+            .find_one(doc! {"_id": identity(key)})
+            .await?
+            .map(|document| {
+                bson::from_document(document).map_err(|e| StoreError::corrupt("product", e))
+            })
+            .transpose()
+    }
+
+    /// The malls with a product of this id.
+    pub async fn malls_with(&self, product_id: &str) -> Result<Vec<String>, StoreError> {
+        distinct_malls(&self.products, product_id).await
+    }
+
+    /// Whether MongoDB answers.
+    pub async fn ping(&self) -> bool {
+        ping(&self.database).await
+    }
+}
+
+fn product_document(product: &Product, version: i64) -> Result<Document, StoreError> {
+    let stored = StoredProduct {
+        product: product.clone(),
+        version,
+        updated_at_ms: now_ms(),
+    };
+    let mut document = bson::to_document(&stored).map_err(|e| StoreError::corrupt("product", e))?;
+    document.insert("_id", identity(&product.key()));
+    Ok(document)
+}
+
+/// The complete-products view and the status of every product.
+#[derive(Clone)]
+pub struct MongoViewStore {
+    database: Database,
+    complete: Collection<Document>,
+    status: Collection<Document>,
+}
+
+impl MongoViewStore {
+    /// Opens the two collections and their indexes.
+    pub async fn open(
+        database: Database,
+        complete_collection: &str,
+        status_collection: &str,
+    ) -> Result<Self, StoreError> {
+        let complete = database.collection::<Document>(complete_collection);
+        let status = database.collection::<Document>(status_collection);
+        unique_identity_index(&complete).await?;
+        unique_identity_index(&status).await?;
+        Ok(Self {
+            database,
+            complete,
+            status,
+        })
+    }
+
+    /// Applies a change when it is newer than the view's; the view is written before the status,
+    /// so a crash between the two is repaired by the redelivered event.
+    pub async fn apply(&self, change: &ViewChange) -> Result<bool, StoreError> {
+        let key = change.key();
+        let version = change.version();
+        match change {
+            ViewChange::Collected(complete) => {
+                let mut document = bson::to_document(complete)
+                    .map_err(|e| StoreError::corrupt("complete product", e))?;
+                document.insert("_id", identity(&key));
+                guarded_replace(&self.complete, &key, version, document).await?;
+            }
+            ViewChange::Failed { .. } | ViewChange::Removed { .. } => {
+                self.complete
+                    .delete_one(doc! {"_id": identity(&key), "version": {"$lt": version}})
+                    .await?;
+            }
+        }
+        let status = change.status(now_ms());
+        let mut document =
+            bson::to_document(&status).map_err(|e| StoreError::corrupt("status", e))?;
+        document.insert("_id", identity(&key));
+        guarded_replace(&self.status, &key, version, document).await
+    }
+
+    /// One complete product.
+    pub async fn get(&self, key: &ProductKey) -> Result<Option<CompleteProduct>, StoreError> {
+        self.complete
+            .find_one(doc! {"_id": identity(key)})
+            .await?
+            .map(|document| {
+                bson::from_document(document)
+                    .map_err(|e| StoreError::corrupt("complete product", e))
+            })
+            .transpose()
+    }
+
+    /// The malls with a complete product of this id.
+    pub async fn malls_with(&self, product_id: &str) -> Result<Vec<String>, StoreError> {
+        distinct_malls(&self.complete, product_id).await
+    }
+
+    /// A page ordered by (mallId, productId).
+    pub async fn list(
+        &self,
+        mall_id: Option<&str>,
+        after: Option<&ProductKey>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let mut filter = Document::new();
+        let mut clauses: Vec<Bson> = Vec::new();
+        if let Some(mall_id) = mall_id {
+            clauses.push(Bson::Document(doc! {"mallId": mall_id}));
+        }
+        if let Some(after) = after {
+            clauses.push(Bson::Document(doc! {"$or": [
+                {"mallId": {"$gt": &after.mall_id}},
+                {"mallId": &after.mall_id, "productId": {"$gt": &after.product_id}},
+            ]}));
+        }
+        if !clauses.is_empty() {
+            filter.insert("$and", clauses);
+        }
+        let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+        let documents: Vec<Document> = self
+            .complete
+            .find(filter)
+            .with_options(
+                FindOptions::builder()
+                    .sort(doc! {"mallId": 1, "productId": 1})
+                    .limit(fetch)
+                    .build(),
+            )
+            .await?
+            .try_collect()
+            .await?;
+        let mut items = documents
+            .into_iter()
+            .map(|document| {
+                bson::from_document::<CompleteProduct>(document)
+                    .map_err(|e| StoreError::corrupt("complete product", e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_after = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|item| item.product.key())
+        } else {
+            None
+        };
+        Ok(Page { items, next_after })
+    }
+
+    /// The status of a product.
+    pub async fn status(&self, key: &ProductKey) -> Result<Option<ProductStatus>, StoreError> {
+        self.status
+            .find_one(doc! {"_id": identity(key)})
+            .await?
+            .map(|document| {
+                bson::from_document(document).map_err(|e| StoreError::corrupt("status", e))
+            })
+            .transpose()
+    }
+
+    /// Whether MongoDB answers.
+    pub async fn ping(&self) -> bool {
+        ping(&self.database).await
+    }
+}
+
+/// Replaces the document of `key` only when the stored one is older than `version` (or absent);
+/// `false` when the stored one is as new or newer.
+async fn guarded_replace(
+    collection: &Collection<Document>,
+    key: &ProductKey,
+    version: i64,
+    document: Document,
+) -> Result<bool, StoreError> {
+    let result = collection
+        .replace_one(
+            doc! {"_id": identity(key), "version": {"$lt": version}},
+            document,
+        )
+        .upsert(true)
+        .await;
+    match result {
+        Ok(_) => Ok(true),
+        // The upsert tried to insert beside a newer document with the same _id.
+        Err(error) if is_duplicate_key(&error) => Ok(false),
+        Err(error) => Err(error.into()),
+    }
+}
