@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, LOCATION};
 use reqwest::{StatusCode, Url};
 use sha2::{Digest, Sha256};
@@ -221,8 +221,9 @@ impl ImageFetcher {
                 declared: Some(length),
             });
         }
+        let limit_len = usize::try_from(limit).unwrap_or(usize::MAX);
         let initial = response.content_length().unwrap_or(64 * 1024).min(limit);
-        let mut body = BytesMut::with_capacity(usize::try_from(initial).unwrap_or(64 * 1024));
+        let mut body: Vec<u8> = Vec::with_capacity(usize::try_from(initial).unwrap_or(64 * 1024));
         let mut format = None;
         while let Some(chunk) = response.chunk().await.map_err(|e| self.classify(e))? {
             // Never hold more than the cap plus the chunk in hand.
@@ -231,6 +232,12 @@ impl ImageFetcher {
                     limit,
                     declared: None,
                 });
+            }
+            // Grow by doubling, but never past the cap (a plain Vec could double beyond it).
+            let needed = body.len() + chunk.len();
+            if needed > body.capacity() {
+                let target = needed.max(body.len().saturating_mul(2)).min(limit_len);
+                body.reserve_exact(target - body.len());
             }
             body.extend_from_slice(&chunk);
             if format.is_none() && body.len() >= SNIFF_LEN {
@@ -249,7 +256,7 @@ impl ImageFetcher {
         if essence.as_deref() != Some(format.mime()) {
             tracing::debug!(declared = ?essence, actual = format.mime(), %url, "content type differs from the bytes");
         }
-        let bytes = body.freeze();
+        let bytes = Bytes::from(body);
         let sha256 = hex::encode(Sha256::digest(&bytes));
         Ok(FetchedImage {
             bytes,
