@@ -3,15 +3,19 @@
 //! - [`product_collector`]: `POST /api/v1/products`, writing to the product store.
 //! - [`complete_products`]: the read side: list, get, delete, status.
 //! - [`store`]: MongoDB and sled backends of the product store and the view.
+//! - [`pipeline`]: the image pipeline topologies and processors; [`app`]: running them.
 //! - [`product`] and [`http`]: the product model with its validation, and what every HTTP
 //!   service shares (envelopes, errors, health, metrics).
 //!
 //! Depends on `topology`, `state`, `connectors` and the `images` crate; nothing depends on it.
 
+pub mod app;
 pub mod complete_products;
 pub mod http;
+pub mod openapi;
 pub mod pipeline;
 pub mod product;
 pub mod product_collector;
 pub mod settings;
+pub mod standalone;
 pub mod store;

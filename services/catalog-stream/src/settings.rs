@@ -44,8 +44,12 @@ pub struct Settings {
     pub schema_registry_url: String,
     /// MongoDB.
     pub mongodb: MongoSettings,
-    /// S3.
-    pub s3: S3Settings,
+    /// S3 (bucket, endpoint, credentials, public URL or presigning).
+    pub s3: images::S3Config,
+    /// Image fetch limits and the SSRF guard.
+    pub fetch: images::FetchConfig,
+    /// How transient image fetch failures are retried.
+    pub fetch_retry: images::RetryPolicy,
     /// Topic names.
     pub topics: Topics,
     /// Where the image pipeline keeps its sled state.
@@ -61,7 +65,13 @@ impl Default for Settings {
             kafka: KafkaSettings::default(),
             schema_registry_url: "http://127.0.0.1:8081".into(),
             mongodb: MongoSettings::default(),
-            s3: S3Settings::default(),
+            s3: images::S3Config {
+                bucket: "catalog-images".into(),
+                create_bucket: true,
+                ..Default::default()
+            },
+            fetch: images::FetchConfig::default(),
+            fetch_retry: images::RetryPolicy::default(),
             topics: Topics::default(),
             state_dir: PathBuf::from("data/state"),
             topology_file: None,
@@ -115,37 +125,6 @@ impl Default for MongoSettings {
             products_collection: "products".into(),
             complete_products_collection: "complete_products".into(),
             status_collection: "product_status".into(),
-        }
-    }
-}
-
-/// S3 settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct S3Settings {
-    /// Endpoint (MinIO, moto, …); the AWS default when empty.
-    pub endpoint: Option<String>,
-    /// Region.
-    pub region: String,
-    /// Bucket.
-    pub bucket: String,
-    /// Path-style addressing (needed by MinIO and moto).
-    pub force_path_style: bool,
-    /// Create the bucket at start when it is missing.
-    pub create_bucket: bool,
-    /// Public base URL serving the bucket; a presigned URL is used when absent.
-    pub public_base_url: Option<String>,
-}
-
-impl Default for S3Settings {
-    fn default() -> Self {
-        Self {
-            endpoint: None,
-            region: "us-east-1".into(),
-            bucket: "catalog-images".into(),
-            force_path_style: true,
-            create_bucket: true,
-            public_base_url: None,
         }
     }
 }
@@ -227,7 +206,7 @@ impl Settings {
             self.s3.public_base_url = Some(value);
         }
         if let Some(value) = lookup("AWS_REGION") {
-            self.s3.region = value;
+            self.s3.region = Some(value);
         }
         if let Some(value) = lookup("CATALOG_STATE_DIR") {
             self.state_dir = PathBuf::from(value);

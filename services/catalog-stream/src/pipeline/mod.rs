@@ -92,13 +92,14 @@ pub fn registry(
     registry
 }
 
-/// Renders, parses and validates a topology file against `registry`; every problem at once.
+/// Renders, parses and validates a topology file against `registry` (every problem at once);
+/// returns the topology and its application id (the consumer group).
 pub fn load(
     template: &str,
     origin: &str,
     topics: &Topics,
     registry: &Registry,
-) -> Result<topology::Topology, PipelineError> {
+) -> Result<(topology::Topology, String), PipelineError> {
     let text = render(template, topics)?;
     let config_error = |errors| PipelineError::Config {
         origin: origin.to_owned(),
@@ -106,5 +107,29 @@ pub fn load(
     };
     let config = TopologyConfig::from_yaml(&text).map_err(config_error)?;
     config.validate(registry).map_err(config_error)?;
-    config.build(registry).map_err(config_error)
+    let application_id = config
+        .application_id
+        .clone()
+        .unwrap_or_else(|| "catalog-stream".to_owned());
+    Ok((
+        config.build(registry).map_err(config_error)?,
+        application_id,
+    ))
+}
+
+/// A registry with every processor name but no working processors, for describing and
+/// validating topology files without connecting to anything.
+pub fn registry_for_validation() -> Registry {
+    let mut registry = Registry::new();
+    registry.schema_registry(Arc::new(topology::serdes::MemorySchemaRegistry::default()));
+    for name in ["image-collector", "image-remover", "complete-products-sink"] {
+        registry.processor(name, |_config| {
+            Ok(topology::processor_fn(|_record| async {
+                Err::<Vec<topology::Record>, _>(topology::ProcessError::permanent(
+                    "validation-only processor",
+                ))
+            }))
+        });
+    }
+    registry
 }

@@ -18,7 +18,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 pub use mongo::{MongoProductStore, MongoViewStore};
-pub use sled_store::{OUTBOX_SEQUENCE_HEADER, Outbox, SledProductStore, SledViewStore};
+pub use sled_store::{
+    OUTBOX_SEQUENCE_HEADER, Outbox, OutboxEntry, SledProductStore, SledViewStore,
+};
 
 use crate::product::{Product, ProductKey};
 

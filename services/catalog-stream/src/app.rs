@@ -1,0 +1,360 @@
+//! Running the services: each distributed service as its own process (SPEC §5), wired from
+//! [`Settings`], with graceful shutdown on SIGTERM/SIGINT.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+use topology::serdes::{HttpSchemaRegistry, SchemaRegistry};
+use topology::transport::{KafkaTransport, Transport};
+use topology::{Metrics, Runtime, RuntimeConfig, Topology};
+
+use crate::complete_products::{self, CompleteProducts};
+use crate::http::{ReadinessCheck, fallback, ops_routes};
+use crate::pipeline::{self, ImageMetrics, ImageWork, PipelineState};
+use crate::product_collector::{self, ProductCollector};
+use crate::settings::Settings;
+use crate::store::{MongoProductStore, MongoViewStore, ProductStore, ViewStore};
+
+/// A token cancelled on SIGTERM or SIGINT.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested");
+        trigger.cancel();
+    });
+    token
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the process");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Serves `router` on `listen` until `shutdown`.
+pub async fn serve_http(
+    listen: SocketAddr,
+    router: Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(address = %listener.local_addr().unwrap_or(listen), "HTTP listening");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .context("HTTP server failed")
+}
+
+/// The full router of a service: its API routes, the ops routes, the fallback, body limit.
+pub fn service_router(
+    api: Router,
+    registry: prometheus::Registry,
+    readiness: ReadinessCheck,
+) -> Router {
+    api.merge(ops_routes(registry, readiness))
+        .route("/openapi.json", axum::routing::get(crate::openapi::serve))
+        .fallback(fallback)
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::http::MAX_BODY_BYTES,
+        ))
+}
+
+fn readiness<F, Fut>(check: F) -> ReadinessCheck
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Vec<(String, bool)>> + Send + 'static,
+{
+    Arc::new(move || Box::pin(check()))
+}
+
+async fn mongo_database(settings: &Settings) -> anyhow::Result<mongodb::Database> {
+    let client = mongodb::Client::with_uri_str(&settings.mongodb.uri)
+        .await
+        .context("invalid MongoDB connection string")?;
+    Ok(client.database(&settings.mongodb.database))
+}
+
+async fn mongo_product_store(settings: &Settings) -> anyhow::Result<ProductStore> {
+    let database = mongo_database(settings).await?;
+    let store = MongoProductStore::open(database, &settings.mongodb.products_collection)
+        .await
+        .context("cannot prepare the products collection (is MongoDB up?)")?;
+    Ok(ProductStore::Mongo(store))
+}
+
+async fn mongo_view_store(settings: &Settings) -> anyhow::Result<ViewStore> {
+    let database = mongo_database(settings).await?;
+    let store = MongoViewStore::open(
+        database,
+        &settings.mongodb.complete_products_collection,
+        &settings.mongodb.status_collection,
+    )
+    .await
+    .context("cannot prepare the complete-products collections (is MongoDB up?)")?;
+    Ok(ViewStore::Mongo(store))
+}
+
+fn kafka_transport(settings: &Settings) -> Arc<dyn Transport> {
+    let mut transport = KafkaTransport::new(&settings.kafka.bootstrap);
+    for (key, value) in &settings.kafka.properties {
+        transport = transport.set(key, value);
+    }
+    Arc::new(transport)
+}
+
+/// Runs a topology until `shutdown`, with metrics in `registry`.
+pub async fn run_topology(
+    topology: Topology,
+    application_id: &str,
+    transport: Arc<dyn Transport>,
+    exactly_once: bool,
+    registry: &prometheus::Registry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let metrics = Metrics::new(registry).context("cannot register the engine metrics")?;
+    let mut config = RuntimeConfig::new(application_id);
+    config.exactly_once = exactly_once;
+    let summary = Runtime::new(topology, transport, config)
+        .with_metrics(metrics)
+        .run(shutdown)
+        .await
+        .context("the topology stopped")?;
+    tracing::info!(
+        consumed = summary.consumed,
+        abandoned = summary.abandoned,
+        "topology stopped"
+    );
+    Ok(())
+}
+
+/// `product-collector`: the ingest API over MongoDB.
+pub async fn product_collector(settings: Settings) -> anyhow::Result<()> {
+    let shutdown = shutdown_on_signals();
+    let registry = prometheus::Registry::new();
+    let store = mongo_product_store(&settings).await?;
+    let collector = ProductCollector::new(store.clone(), &registry)?;
+    let ready = readiness(move || {
+        let store = store.clone();
+        async move { vec![("mongodb".to_owned(), store.ping().await)] }
+    });
+    let router = service_router(product_collector::routes(collector), registry, ready);
+    serve_http(settings.listen, router, shutdown).await
+}
+
+/// `complete-products`: the image-events sink and the read API over MongoDB.
+pub async fn complete_products(settings: Settings) -> anyhow::Result<()> {
+    let shutdown = shutdown_on_signals();
+    let registry = prometheus::Registry::new();
+    let products = mongo_product_store(&settings).await?;
+    let view = mongo_view_store(&settings).await?;
+    let schema_registry: Arc<dyn SchemaRegistry> = Arc::new(HttpSchemaRegistry::new(
+        settings.schema_registry_url.clone(),
+    ));
+    let processors = pipeline::registry(None, Some(view.clone()), schema_registry);
+    let (topology, application_id) = pipeline::load(
+        pipeline::COMPLETE_PRODUCTS_TOPOLOGY,
+        "complete-products topology",
+        &settings.topics,
+        &processors,
+    )?;
+    let ready_view = view.clone();
+    let ready = readiness(move || {
+        let view = ready_view.clone();
+        async move { vec![("mongodb".to_owned(), view.ping().await)] }
+    });
+    let api = complete_products::routes(CompleteProducts::new(products, view));
+    let router = service_router(api, registry.clone(), ready);
+    let stream = run_topology(
+        topology,
+        &application_id,
+        kafka_transport(&settings),
+        settings.kafka.exactly_once,
+        &registry,
+        shutdown.clone(),
+    );
+    let http = serve_http(settings.listen, router, shutdown.clone());
+    let (stream, http) = tokio::join!(stream_then_cancel(stream, &shutdown), http);
+    stream.and(http)
+}
+
+/// Cancels `shutdown` when `work` ends, so a failed stream also stops the HTTP side.
+async fn stream_then_cancel(
+    work: impl Future<Output = anyhow::Result<()>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let result = work.await;
+    shutdown.cancel();
+    result
+}
+
+/// Builds the image work (fetcher, object store, state, metrics) from settings.
+pub async fn image_work(
+    settings: &Settings,
+    objects: Arc<dyn images::ObjectStore>,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<ImageWork> {
+    let fetcher = images::ImageFetcher::new(settings.fetch.clone())
+        .map_err(|error| anyhow::anyhow!("invalid fetch settings: {error}"))?;
+    let state = PipelineState::open(&settings.state_dir)
+        .with_context(|| format!("cannot open the state in {}", settings.state_dir.display()))?;
+    Ok(ImageWork {
+        fetcher,
+        fetch_retry: settings.fetch_retry.clone(),
+        objects,
+        state,
+        metrics: ImageMetrics::new(registry)?,
+    })
+}
+
+/// `image-pipeline`: the diff-checker, the image collector and the image remover over Kafka
+/// and S3.
+pub async fn image_pipeline(settings: Settings) -> anyhow::Result<()> {
+    let shutdown = shutdown_on_signals();
+    let registry = prometheus::Registry::new();
+    settings
+        .s3
+        .validate()
+        .map_err(|errors| anyhow::anyhow!("invalid s3 settings: {}", errors.join("; ")))?;
+    let s3 = images::S3ObjectStore::new(settings.s3.clone())
+        .await
+        .context("cannot reach the S3 bucket")?;
+    let objects: Arc<dyn images::ObjectStore> = Arc::new(s3);
+    let work = image_work(&settings, objects.clone(), &registry).await?;
+    let schema_registry: Arc<dyn SchemaRegistry> = Arc::new(HttpSchemaRegistry::new(
+        settings.schema_registry_url.clone(),
+    ));
+    let processors = pipeline::registry(Some(work), None, schema_registry);
+    let (template, origin) = topology_template(&settings, pipeline::IMAGE_PIPELINE_TOPOLOGY)?;
+    let (topology, application_id) =
+        pipeline::load(&template, &origin, &settings.topics, &processors)?;
+    let ready = readiness(move || {
+        let objects = objects.clone();
+        async move {
+            let s3 = tokio::time::timeout(Duration::from_secs(2), objects.exists("readyz"))
+                .await
+                .is_ok_and(|answer| answer.is_ok());
+            vec![("s3".to_owned(), s3)]
+        }
+    });
+    let router = service_router(Router::new(), registry.clone(), ready);
+    let stream = run_topology(
+        topology,
+        &application_id,
+        kafka_transport(&settings),
+        settings.kafka.exactly_once,
+        &registry,
+        shutdown.clone(),
+    );
+    let http = serve_http(settings.listen, router, shutdown.clone());
+    let (stream, http) = tokio::join!(stream_then_cancel(stream, &shutdown), http);
+    stream.and(http)
+}
+
+/// The topology file named in the settings, or the built-in one.
+pub fn topology_template(settings: &Settings, built_in: &str) -> anyhow::Result<(String, String)> {
+    match &settings.topology_file {
+        Some(path) => Ok((
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+            path.display().to_string(),
+        )),
+        None => Ok((
+            built_in.to_owned(),
+            "built-in image-pipeline topology".to_owned(),
+        )),
+    }
+}
+
+/// `cdc-source`: the native MongoDB change-stream source, emitting Debezium envelopes (Avro
+/// through the registry) to the CDC topic. For clusters without Kafka Connect.
+pub async fn cdc_source(settings: Settings) -> anyhow::Result<()> {
+    use connectors::mongo_source::{ChangeEncoder, KafkaChangeSink, MongoSourceConfig};
+
+    let shutdown = shutdown_on_signals();
+    let registry = prometheus::Registry::new();
+    let (prefix, _) = settings
+        .topics
+        .cdc
+        .split_once('.')
+        .unwrap_or(("catalog", ""));
+    let mut config = MongoSourceConfig::new(
+        settings.mongodb.uri.clone(),
+        settings.mongodb.database.clone(),
+        settings.mongodb.products_collection.clone(),
+        settings.state_dir.join("cdc-source"),
+    );
+    config.topic_prefix = prefix.to_owned();
+    config.topic = Some(settings.topics.cdc.clone());
+    let schema_registry: Arc<dyn SchemaRegistry> = Arc::new(HttpSchemaRegistry::new(
+        settings.schema_registry_url.clone(),
+    ));
+    let encoder = ChangeEncoder::avro(
+        schema_registry,
+        prefix,
+        &settings.mongodb.database,
+        &settings.mongodb.products_collection,
+    )?;
+    let mut source = config.build(encoder)?;
+    let extra: Vec<(&str, &str)> = settings
+        .kafka
+        .properties
+        .iter()
+        .map(|(key, value)| (key.as_str(), value.as_str()))
+        .collect();
+    let sink = KafkaChangeSink::new(
+        &settings.kafka.bootstrap,
+        settings.topics.cdc.clone(),
+        &extra,
+    )?;
+    let database = mongo_database(&settings).await?;
+    let ready = readiness(move || {
+        let database = database.clone();
+        async move {
+            let ok = database
+                .run_command(mongodb::bson::doc! {"ping": 1})
+                .await
+                .is_ok();
+            vec![("mongodb".to_owned(), ok)]
+        }
+    });
+    let router = service_router(Router::new(), registry, ready);
+    let http = serve_http(settings.listen, router, shutdown.clone());
+    let stream = async {
+        let result = source
+            .run(sink, {
+                let shutdown = shutdown.clone();
+                async move { shutdown.cancelled().await }
+            })
+            .await
+            .context("the change-stream source stopped");
+        shutdown.cancel();
+        result
+    };
+    let (stream, http) = tokio::join!(stream, http);
+    stream.and(http)
+}

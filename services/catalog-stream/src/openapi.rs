@@ -1,0 +1,197 @@
+//! The OpenAPI 3 document of the HTTP API (`GET /openapi.json`). One document for every
+//! service: each serves the paths it implements, and tests check that every documented
+//! route answers as documented.
+
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use crate::complete_products::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use crate::http::json_response;
+use crate::product::{
+    MAX_CONTENT_BYTES, MAX_ID_BYTES, MAX_IMAGE_URL_BYTES, MAX_PRICE_BYTES, MAX_TITLE_BYTES,
+};
+
+/// `GET /openapi.json`.
+pub async fn serve() -> Response {
+    json_response(StatusCode::OK, &document())
+}
+
+fn error_response(description: &str) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+}
+
+fn success_response(description: &str, data: Value) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["message", "data"],
+        "properties": {"message": {"type": "string", "enum": ["success"]}, "data": data}
+    }}}})
+}
+
+fn mall_parameter() -> Value {
+    json!({"name": "mallId", "in": "query", "required": false,
+           "description": "The mall, needed when the product id exists in several malls",
+           "schema": {"type": "string", "minLength": 1, "maxLength": MAX_ID_BYTES}})
+}
+
+fn product_id_parameter() -> Value {
+    json!({"name": "productId", "in": "path", "required": true,
+           "schema": {"type": "string", "minLength": 1, "maxLength": MAX_ID_BYTES}})
+}
+
+/// The document.
+pub fn document() -> Value {
+    let text = |max: usize| json!({"type": "string", "minLength": 1, "maxLength": max});
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "catalog-stream",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Products pushed by shops; their main images collected into object storage; complete products served."
+        },
+        "paths": {
+            "/api/v1/products": {"post": {
+                "operationId": "postProduct",
+                "summary": "Create or replace a product (identity: mallId + productId)",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ProductInput"}}}},
+                "responses": {
+                    "201": success_response("Created", json!({"$ref": "#/components/schemas/AcceptedProduct"})),
+                    "200": success_response("Replaced (the image is collected again)", json!({"$ref": "#/components/schemas/AcceptedProduct"})),
+                    "400": error_response("A field is missing, empty, too long or malformed; `field` names it"),
+                    "413": error_response("The body is larger than 1 MiB"),
+                    "415": error_response("The body is not JSON"),
+                    "503": error_response("The product store does not answer")
+                }
+            }},
+            "/api/v1/complete-products": {"get": {
+                "operationId": "listCompleteProducts",
+                "summary": "Products whose image has been collected, ordered by (mallId, productId)",
+                "parameters": [
+                    mall_parameter(),
+                    {"name": "limit", "in": "query", "required": false,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE, "default": DEFAULT_PAGE_SIZE}},
+                    {"name": "cursor", "in": "query", "required": false,
+                     "description": "The `nextCursor` of the previous page", "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {"description": "A page", "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["message", "data"],
+                        "properties": {
+                            "message": {"type": "string", "enum": ["success"]},
+                            "data": {"type": "array", "items": {"$ref": "#/components/schemas/CompleteProduct"}},
+                            "nextCursor": {"type": "string", "description": "Present while more remain"}
+                        }
+                    }}}},
+                    "400": error_response("A bad limit, mallId or cursor"),
+                    "503": error_response("The view does not answer")
+                }
+            }},
+            "/api/v1/complete-products/{productId}": {
+                "get": {
+                    "operationId": "getCompleteProduct",
+                    "parameters": [product_id_parameter(), mall_parameter()],
+                    "responses": {
+                        "200": success_response("The complete product", json!({"$ref": "#/components/schemas/CompleteProduct"})),
+                        "400": error_response("A bad productId or mallId"),
+                        "404": error_response("No such product, or its image is not collected"),
+                        "409": error_response("The product id exists in several malls: `details.mallIds`"),
+                        "503": error_response("The view does not answer")
+                    }
+                },
+                "delete": {
+                    "operationId": "deleteCompleteProduct",
+                    "summary": "Delete the product; its stored image is removed through the pipeline",
+                    "parameters": [product_id_parameter(), mall_parameter()],
+                    "responses": {
+                        "200": success_response("Deleted", json!({"type": "object", "required": ["mallId", "productId", "deleted"], "properties": {
+                            "mallId": {"type": "string"}, "productId": {"type": "string"}, "deleted": {"type": "boolean"}}})),
+                        "400": error_response("A bad productId or mallId"),
+                        "404": error_response("No such product"),
+                        "409": error_response("The product id exists in several malls: `details.mallIds`"),
+                        "503": error_response("A store does not answer")
+                    }
+                }
+            },
+            "/api/v1/products/{productId}/status": {"get": {
+                "operationId": "getProductStatus",
+                "parameters": [product_id_parameter(), mall_parameter()],
+                "responses": {
+                    "200": success_response("Where the product is in the pipeline", json!({"$ref": "#/components/schemas/ProductStatus"})),
+                    "400": error_response("A bad productId or mallId"),
+                    "404": error_response("No such product"),
+                    "409": error_response("The product id exists in several malls: `details.mallIds`"),
+                    "503": error_response("A store does not answer")
+                }
+            }},
+            "/healthz": {"get": {"operationId": "healthz", "responses": {
+                "200": success_response("The process answers", json!({"type": "string"}))}}},
+            "/readyz": {"get": {"operationId": "readyz", "responses": {
+                "200": success_response("Every dependency answers", json!({"type": "object", "additionalProperties": {"type": "boolean"}})),
+                "503": error_response("A dependency does not answer: `details` says which")}}},
+            "/metrics": {"get": {"operationId": "metrics", "responses": {
+                "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+            "/openapi.json": {"get": {"operationId": "openapi", "responses": {
+                "200": {"description": "This document", "content": {"application/json": {"schema": {"type": "object"}}}}}}}
+        },
+        "components": {"schemas": {
+            "ProductInput": {
+                "type": "object", "additionalProperties": false,
+                "required": ["mallId", "productId", "title", "content", "price", "imageUrl"],
+                "properties": {
+                    "mallId": text(MAX_ID_BYTES),
+                    "productId": text(MAX_ID_BYTES),
+                    "title": text(MAX_TITLE_BYTES),
+                    "content": text(MAX_CONTENT_BYTES),
+                    "price": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$", "maxLength": MAX_PRICE_BYTES},
+                    "imageUrl": {"type": "string", "format": "uri", "pattern": "^https?://", "maxLength": MAX_IMAGE_URL_BYTES}
+                }
+            },
+            "AcceptedProduct": {
+                "type": "object",
+                "required": ["mallId", "productId", "title", "content", "price", "imageUrl", "version"],
+                "properties": {
+                    "mallId": {"type": "string"}, "productId": {"type": "string"},
+                    "title": {"type": "string"}, "content": {"type": "string"},
+                    "price": {"type": "string"}, "imageUrl": {"type": "string"},
+                    "version": {"type": "integer", "description": "Increases with every write of the product"}
+                }
+            },
+            "CompleteProduct": {
+                "type": "object",
+                "required": ["mallId", "productId", "title", "content", "price", "imageUrl", "image"],
+                "properties": {
+                    "mallId": {"type": "string"}, "productId": {"type": "string"},
+                    "title": {"type": "string"}, "content": {"type": "string"},
+                    "price": {"type": "string"}, "imageUrl": {"type": "string"},
+                    "image": {"type": "object", "required": ["uri", "url", "contentType", "size", "sha256", "collectedAt"], "properties": {
+                        "uri": {"type": "string", "description": "s3://bucket/key (file:// in the standalone mode)"},
+                        "url": {"type": "string", "description": "An HTTP URL serving the stored copy"},
+                        "contentType": {"type": "string"},
+                        "size": {"type": "integer"},
+                        "sha256": {"type": "string"},
+                        "collectedAt": {"type": "string", "format": "date-time"}
+                    }}
+                }
+            },
+            "ProductStatus": {
+                "type": "object", "required": ["mallId", "productId", "state", "version", "checkedAt"],
+                "properties": {
+                    "mallId": {"type": "string"}, "productId": {"type": "string"},
+                    "state": {"type": "string", "enum": ["pending", "collected", "failed", "deleted"]},
+                    "reason": {"type": "string", "nullable": true, "description": "Why it failed: not_found, not_an_image, too_large, blocked_address, timeout after N attempts…"},
+                    "version": {"type": "integer"},
+                    "checkedAt": {"type": "string", "format": "date-time"}
+                }
+            },
+            "Error": {
+                "type": "object", "required": ["message", "code"],
+                "properties": {
+                    "message": {"type": "string"},
+                    "code": {"type": "string"},
+                    "field": {"type": "string", "description": "The request field to blame"},
+                    "details": {"type": "object"}
+                }
+            }
+        }}
+    })
+}

@@ -1,0 +1,464 @@
+//! The standalone mode (SPEC §5): the whole system in one process on embedded defaults.
+//!
+//! Products, the view and the pipeline state live in sled under the data directory; images in
+//! `images/` there, served by the process at `/images/…`; the events travel over the embedded
+//! log (sled) in the same Avro wire format as on Kafka, through the in-process Schema Registry.
+//! The same topology files and processors as the distributed services run here.
+//!
+//! CDC is durable: the product store writes each product and its change record (an outbox
+//! entry) in one sled transaction and flushes before answering. The outbox relay turns entries
+//! into Debezium envelopes on the CDC topic, each stamped with its outbox sequence number, and
+//! skips what the log already holds after a crash: every accepted change is published exactly
+//! once.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use apache_avro::Schema;
+use axum::Router;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use connectors::debezium::{ChangeEvent, Op, SourceInfo};
+use connectors::mongo_source::ChangeEncoder;
+use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+use topology::serdes::{RegistryError, SchemaRegistry};
+use topology::transport::{EmbeddedLog, EmbeddedTransport, Transport};
+use topology::{Headers, RawRecord};
+
+use crate::app::{self, run_topology, service_router};
+use crate::complete_products::{self, CompleteProducts};
+use crate::http::ApiError;
+use crate::pipeline::{self, ImageMetrics, ImageWork, PipelineState};
+use crate::product_collector::{self, ProductCollector};
+use crate::settings::Topics;
+use crate::store::{
+    OUTBOX_SEQUENCE_HEADER, Outbox, ProductStore, SledProductStore, SledViewStore, ViewStore,
+};
+
+/// Partitions of every topic of the embedded log.
+const PARTITIONS: u32 = 4;
+/// The database and collection names the CDC envelopes carry.
+const DATABASE: &str = "catalog";
+const COLLECTION: &str = "products";
+const TOPIC_PREFIX: &str = "catalog";
+
+/// The in-process Schema Registry as the engine's [`SchemaRegistry`].
+#[derive(Debug)]
+pub struct InProcessRegistry {
+    registry: Arc<schema_registry::Registry>,
+    parsed: Mutex<std::collections::HashMap<u32, Arc<Schema>>>,
+}
+
+impl InProcessRegistry {
+    /// Wraps `registry`.
+    pub fn new(registry: Arc<schema_registry::Registry>) -> Self {
+        Self {
+            registry,
+            parsed: Mutex::new(Default::default()),
+        }
+    }
+}
+
+impl SchemaRegistry for InProcessRegistry {
+    fn schema_by_id(&self, id: u32) -> BoxFuture<'_, Result<Arc<Schema>, RegistryError>> {
+        Box::pin(async move {
+            if let Some(schema) = self
+                .parsed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&id)
+            {
+                return Ok(schema.clone());
+            }
+            let text =
+                self.registry
+                    .schema_by_id(id)
+                    .map_err(|error| RegistryError::UnknownId {
+                        id,
+                        message: error.to_string(),
+                    })?;
+            let schema =
+                Arc::new(
+                    Schema::parse_str(&text).map_err(|error| RegistryError::BadSchema {
+                        id,
+                        message: error.to_string(),
+                    })?,
+                );
+            self.parsed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(id, schema.clone());
+            Ok(schema)
+        })
+    }
+
+    fn register<'a>(
+        &'a self,
+        subject: &'a str,
+        schema: &'a Schema,
+    ) -> BoxFuture<'a, Result<u32, RegistryError>> {
+        Box::pin(async move {
+            let register_error = |message: String| RegistryError::Register {
+                subject: subject.to_owned(),
+                message,
+            };
+            let text = serde_json::to_string(schema).map_err(|e| register_error(e.to_string()))?;
+            self.registry
+                .register(subject, &text)
+                .map_err(|e| register_error(e.to_string()))
+        })
+    }
+}
+
+/// The whole system over one data directory.
+pub struct Standalone {
+    products: SledProductStore,
+    view: SledViewStore,
+    log: Arc<EmbeddedLog>,
+    registry: Arc<dyn SchemaRegistry>,
+    images: Arc<images::LocalDirObjectStore>,
+    state: PipelineState,
+    topics: Topics,
+    metrics: prometheus::Registry,
+}
+
+impl Standalone {
+    /// Opens (or creates) everything under `data_dir`; stored images are served under
+    /// `{base_url}/images/…`.
+    pub fn open(data_dir: &Path, base_url: &str) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create {}", data_dir.display()))?;
+        let db = sled::open(data_dir.join("store"))
+            .with_context(|| format!("cannot open {}/store", data_dir.display()))?;
+        let products = SledProductStore::open(&db)?;
+        let view = SledViewStore::open(&db)?;
+        let log = Arc::new(
+            EmbeddedLog::open(&data_dir.join("log"))
+                .with_context(|| format!("cannot open {}/log", data_dir.display()))?,
+        );
+        let topics = Topics::default();
+        for topic in [
+            &topics.cdc,
+            &topics.upserts,
+            &topics.deletes,
+            &topics.image_events,
+        ] {
+            log.create_topic(topic, PARTITIONS)
+                .with_context(|| format!("cannot create topic {topic}"))?;
+        }
+        let registry = schema_registry::Registry::open(data_dir.join("registry"))
+            .with_context(|| format!("cannot open {}/registry", data_dir.display()))?;
+        let images = images::LocalDirObjectStore::new(data_dir.join("images"), base_url)
+            .map_err(|error| anyhow::anyhow!("cannot prepare the image directory: {error}"))?;
+        let state = PipelineState::open(&data_dir.join("state"))
+            .with_context(|| format!("cannot open {}/state", data_dir.display()))?;
+        Ok(Self {
+            products,
+            view,
+            log,
+            registry: Arc::new(InProcessRegistry::new(Arc::new(registry))),
+            images: Arc::new(images),
+            state,
+            topics,
+            metrics: prometheus::Registry::new(),
+        })
+    }
+
+    /// The HTTP API of every service, plus `/images/…`.
+    pub fn router(&self) -> anyhow::Result<Router> {
+        let products = ProductStore::Sled(self.products.clone());
+        let view = ViewStore::Sled(self.view.clone());
+        let collector = ProductCollector::new(products.clone(), &self.metrics)?;
+        let api = product_collector::routes(collector)
+            .merge(complete_products::routes(CompleteProducts::new(
+                products, view,
+            )))
+            .route(
+                "/images/{*key}",
+                axum::routing::get(serve_image).with_state(self.images.clone()),
+            );
+        let ready = Arc::new(|| {
+            Box::pin(async { vec![("embedded".to_owned(), true)] })
+                as std::pin::Pin<Box<dyn std::future::Future<Output = Vec<(String, bool)>> + Send>>
+        });
+        Ok(service_router(api, self.metrics.clone(), ready))
+    }
+
+    /// Runs the relay and both topologies until `shutdown`.
+    pub async fn run_streams(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        // Standalone is a local development mode: images served from this machine are allowed.
+        let fetch = images::FetchConfig {
+            allow_loopback: true,
+            ..Default::default()
+        };
+        let work = ImageWork {
+            fetcher: images::ImageFetcher::new(fetch)
+                .map_err(|error| anyhow::anyhow!("fetch settings: {error}"))?,
+            fetch_retry: images::RetryPolicy::default(),
+            objects: self.images.clone(),
+            state: self.state.clone(),
+            metrics: ImageMetrics::new(&self.metrics)?,
+        };
+        let processors = pipeline::registry(
+            Some(work),
+            Some(ViewStore::Sled(self.view.clone())),
+            self.registry.clone(),
+        );
+        let (image_pipeline, pipeline_id) = pipeline::load(
+            pipeline::IMAGE_PIPELINE_TOPOLOGY,
+            "built-in image-pipeline topology",
+            &self.topics,
+            &processors,
+        )?;
+        let (sink, sink_id) = pipeline::load(
+            pipeline::COMPLETE_PRODUCTS_TOPOLOGY,
+            "built-in complete-products topology",
+            &self.topics,
+            &processors,
+        )?;
+        let transport: Arc<dyn Transport> = Arc::new(EmbeddedTransport::new(self.log.clone()));
+        let engine_metrics = prometheus::Registry::new_custom(None, None)?;
+        let relay = OutboxRelay::new(
+            self.products.outbox().clone(),
+            self.log.clone(),
+            ChangeEncoder::avro(self.registry.clone(), TOPIC_PREFIX, DATABASE, COLLECTION)?,
+            self.topics.cdc.clone(),
+        );
+        let (relay, first, second) = tokio::join!(
+            relay.run(shutdown.clone()),
+            run_topology(
+                image_pipeline,
+                &pipeline_id,
+                transport.clone(),
+                false,
+                &self.metrics,
+                shutdown.clone(),
+            ),
+            run_topology(
+                sink,
+                &sink_id,
+                transport,
+                false,
+                &engine_metrics,
+                shutdown.clone(),
+            ),
+        );
+        relay.and(first).and(second)
+    }
+}
+
+async fn serve_image(
+    State(images): State<Arc<images::LocalDirObjectStore>>,
+    UrlPath(key): UrlPath<String>,
+) -> Response {
+    use images::ObjectStore;
+    match images.get(&key).await {
+        Ok(Some(object)) => (
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_str(&object.content_type)
+                        .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+                ),
+                (
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("public, max-age=31536000, immutable"),
+                ),
+            ],
+            object.bytes,
+        )
+            .into_response(),
+        Ok(None) => ApiError::not_found("no such image").into_response(),
+        Err(images::StoreError::InvalidKey { .. }) => {
+            ApiError::not_found("no such image").into_response()
+        }
+        Err(error) => ApiError::unavailable("the image directory", &error).into_response(),
+    }
+    .into_response()
+}
+
+/// Publishes outbox entries to the CDC topic of the embedded log, exactly once.
+pub struct OutboxRelay {
+    outbox: Outbox,
+    log: Arc<EmbeddedLog>,
+    encoder: ChangeEncoder,
+    topic: String,
+}
+
+impl OutboxRelay {
+    /// A relay from `outbox` to `topic` of `log`.
+    pub fn new(
+        outbox: Outbox,
+        log: Arc<EmbeddedLog>,
+        encoder: ChangeEncoder,
+        topic: String,
+    ) -> Self {
+        Self {
+            outbox,
+            log,
+            encoder,
+            topic,
+        }
+    }
+
+    /// The highest outbox sequence already in the log (scanning each partition's tail).
+    fn published_through(&self) -> anyhow::Result<Option<u64>> {
+        let mut highest = None;
+        let partitions = self.log.partitions(&self.topic)?.unwrap_or(0);
+        for partition in 0..i32::try_from(partitions).unwrap_or(0) {
+            let end = self.log.end_offset(&self.topic, partition)?;
+            // Tombstones carry the sequence too, so the last record of a partition has the
+            // highest sequence written there.
+            let tail = self.log.read(&self.topic, partition, (end - 1).max(0), 1)?;
+            for record in tail {
+                if let Some(sequence) = record
+                    .headers
+                    .get_str(OUTBOX_SEQUENCE_HEADER)
+                    .and_then(|text| text.parse::<u64>().ok())
+                {
+                    highest = highest.max(Some(sequence));
+                }
+            }
+        }
+        Ok(highest)
+    }
+
+    /// Runs until `shutdown`, publishing entries as they are written.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut next = match self.published_through()? {
+            Some(sequence) => {
+                self.outbox.remove_through(sequence)?;
+                sequence + 1
+            }
+            None => 0,
+        };
+        loop {
+            let pending = self.outbox.pending(next, 256)?;
+            if pending.is_empty() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = self.outbox.changed() => {}
+                    // The notification can race the write it announces; look again anyway.
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+                continue;
+            }
+            for (sequence, entry) in pending {
+                self.publish(sequence, &entry).await?;
+                next = sequence + 1;
+            }
+            self.log.flush().await?;
+            self.outbox.remove_through(next - 1)?;
+        }
+    }
+
+    async fn publish(
+        &self,
+        sequence: u64,
+        entry: &crate::store::OutboxEntry,
+    ) -> anyhow::Result<()> {
+        let id =
+            serde_json::json!({"mallId": entry.key.mall_id, "productId": entry.key.product_id});
+        let (op, after) = match &entry.after {
+            Some(stored) => {
+                let mut document = serde_json::to_value(stored)?;
+                if let Some(object) = document.as_object_mut() {
+                    object.insert("_id".into(), id.clone());
+                    object.insert(
+                        "version".into(),
+                        serde_json::json!({"$numberLong": stored.version.to_string()}),
+                    );
+                }
+                (
+                    if entry.existed {
+                        Op::Update
+                    } else {
+                        Op::Create
+                    },
+                    Some(document),
+                )
+            }
+            None => (Op::Delete, None),
+        };
+        let seconds = entry.ts_ms.div_euclid(1000);
+        let source = SourceInfo {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            connector: "mongodb".into(),
+            name: TOPIC_PREFIX.into(),
+            ts_ms: seconds * 1000,
+            snapshot: Some("false".into()),
+            db: DATABASE.into(),
+            rs: None,
+            sequence: None,
+            ts_us: None,
+            ts_ns: None,
+            collection: COLLECTION.into(),
+            // The outbox sequence orders changes like a cluster time's increment would.
+            ord: i32::try_from(sequence % (i32::MAX as u64)).unwrap_or(0),
+            lsid: None,
+            txn_number: None,
+            wall_time: Some(entry.ts_ms),
+        };
+        let mut event = ChangeEvent::tombstone(id.clone());
+        event.op = op;
+        event.db = Some(DATABASE.into());
+        event.collection = Some(COLLECTION.into());
+        event.after = after;
+        event.source = Some(source);
+        event.ts_ms = Some(entry.ts_ms);
+        self.append(sequence, &event).await?;
+        if op == Op::Delete {
+            self.append(sequence, &ChangeEvent::tombstone(id)).await?;
+        }
+        Ok(())
+    }
+
+    async fn append(&self, sequence: u64, event: &ChangeEvent) -> anyhow::Result<()> {
+        let (key, value) = self.encoder.encode(&self.topic, event).await?;
+        let mut headers = Headers::default();
+        headers.insert(OUTBOX_SEQUENCE_HEADER, sequence.to_string().into_bytes());
+        self.log.append(&RawRecord {
+            topic: self.topic.clone(),
+            partition: -1,
+            offset: -1,
+            key: Some(key.into()),
+            value: value.map(Into::into),
+            headers,
+            timestamp: Some(crate::store::now_ms()),
+        })?;
+        Ok(())
+    }
+}
+
+/// `catalog-stream` with no arguments.
+pub async fn run(listen: SocketAddr, data_dir: PathBuf) -> anyhow::Result<()> {
+    let shutdown = app::shutdown_on_signals();
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let address = listener.local_addr().unwrap_or(listen);
+    let system = Standalone::open(&data_dir, &format!("http://{address}"))?;
+    let router = system.router()?;
+    tracing::info!(%address, data_dir = %data_dir.display(), "standalone: serving the API");
+    let http = async {
+        axum::serve(listener, router)
+            .with_graceful_shutdown({
+                let shutdown = shutdown.clone();
+                async move { shutdown.cancelled().await }
+            })
+            .await
+            .context("HTTP server failed")
+    };
+    let streams = async {
+        let result = system.run_streams(shutdown.clone()).await;
+        shutdown.cancel();
+        result
+    };
+    let (http, streams) = tokio::join!(http, streams);
+    streams.and(http)
+}
