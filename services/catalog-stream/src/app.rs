@@ -73,10 +73,10 @@ pub async fn serve_http(
 /// The full router of a service: its API routes, the ops routes, the fallback, body limit.
 pub fn service_router(
     api: Router,
-    registry: prometheus::Registry,
+    registries: Vec<prometheus::Registry>,
     readiness: ReadinessCheck,
 ) -> Router {
-    api.merge(ops_routes(registry, readiness))
+    api.merge(ops_routes(registries, readiness))
         .route("/openapi.json", axum::routing::get(crate::openapi::serve))
         .fallback(fallback)
         .layer(axum::extract::DefaultBodyLimit::max(
@@ -162,7 +162,7 @@ pub async fn product_collector(settings: Settings) -> anyhow::Result<()> {
         let store = store.clone();
         async move { vec![("mongodb".to_owned(), store.ping().await)] }
     });
-    let router = service_router(product_collector::routes(collector), registry, ready);
+    let router = service_router(product_collector::routes(collector), vec![registry], ready);
     serve_http(settings.listen, router, shutdown).await
 }
 
@@ -188,7 +188,7 @@ pub async fn complete_products(settings: Settings) -> anyhow::Result<()> {
         async move { vec![("mongodb".to_owned(), view.ping().await)] }
     });
     let api = complete_products::routes(CompleteProducts::new(products, view));
-    let router = service_router(api, registry.clone(), ready);
+    let router = service_router(api, vec![registry.clone()], ready);
     let stream = run_topology(
         topology,
         &application_id,
@@ -261,7 +261,7 @@ pub async fn image_pipeline(settings: Settings) -> anyhow::Result<()> {
             vec![("s3".to_owned(), s3)]
         }
     });
-    let router = service_router(Router::new(), registry.clone(), ready);
+    let router = service_router(Router::new(), vec![registry.clone()], ready);
     let stream = run_topology(
         topology,
         &application_id,
@@ -342,7 +342,7 @@ pub async fn cdc_source(settings: Settings) -> anyhow::Result<()> {
             vec![("mongodb".to_owned(), ok)]
         }
     });
-    let router = service_router(Router::new(), registry, ready);
+    let router = service_router(Router::new(), vec![registry], ready);
     let http = serve_http(settings.listen, router, shutdown.clone());
     let stream = async {
         let result = source

@@ -190,13 +190,15 @@ pub type ReadinessCheck =
 
 #[derive(Clone)]
 struct OpsState {
-    registry: prometheus::Registry,
+    registries: Arc<Vec<prometheus::Registry>>,
     readiness: ReadinessCheck,
 }
 
 /// `/healthz` (the process answers), `/readyz` (its dependencies answer: 200 or 503 with each
-/// dependency's state) and `/metrics` (Prometheus text format of `registry`).
-pub fn ops_routes(registry: prometheus::Registry, readiness: ReadinessCheck) -> Router {
+/// dependency's state) and `/metrics` (Prometheus text format of every registry, families of
+/// the same name merged: a process running two topologies gives each its own registry with a
+/// distinguishing constant label).
+pub fn ops_routes(registries: Vec<prometheus::Registry>, readiness: ReadinessCheck) -> Router {
     Router::new()
         .route(
             "/healthz",
@@ -205,9 +207,28 @@ pub fn ops_routes(registry: prometheus::Registry, readiness: ReadinessCheck) -> 
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(OpsState {
-            registry,
+            registries: Arc::new(registries),
             readiness,
         })
+}
+
+/// The metric families of every registry, same names merged into one family.
+fn gather(registries: &[prometheus::Registry]) -> Vec<prometheus::proto::MetricFamily> {
+    let mut families: std::collections::BTreeMap<String, prometheus::proto::MetricFamily> =
+        std::collections::BTreeMap::new();
+    for registry in registries {
+        for family in registry.gather() {
+            match families.get_mut(family.name()) {
+                Some(existing) => existing
+                    .mut_metric()
+                    .extend(family.get_metric().iter().cloned()),
+                None => {
+                    families.insert(family.name().to_owned(), family);
+                }
+            }
+        }
+    }
+    families.into_values().collect()
 }
 
 async fn readyz(State(state): State<OpsState>) -> Response {
@@ -232,7 +253,7 @@ async fn readyz(State(state): State<OpsState>) -> Response {
 
 async fn metrics(State(state): State<OpsState>) -> Response {
     let encoder = prometheus::TextEncoder::new();
-    match encoder.encode_to_string(&state.registry.gather()) {
+    match encoder.encode_to_string(&gather(&state.registries)) {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,

@@ -124,7 +124,11 @@ pub struct Standalone {
     images: Arc<images::LocalDirObjectStore>,
     state: PipelineState,
     topics: Topics,
+    /// The services' own metrics and the image pipeline's engine metrics.
     metrics: prometheus::Registry,
+    /// The complete-products topology's engine metrics (label `topology="complete-products"`,
+    /// so its series differ from the image pipeline's of the same name).
+    sink_metrics: prometheus::Registry,
 }
 
 impl Standalone {
@@ -166,6 +170,10 @@ impl Standalone {
             state,
             topics,
             metrics: prometheus::Registry::new(),
+            sink_metrics: prometheus::Registry::new_custom(
+                None,
+                Some([("topology".to_owned(), "complete-products".to_owned())].into()),
+            )?,
         })
     }
 
@@ -186,7 +194,11 @@ impl Standalone {
             Box::pin(async { vec![("embedded".to_owned(), true)] })
                 as std::pin::Pin<Box<dyn std::future::Future<Output = Vec<(String, bool)>> + Send>>
         });
-        Ok(service_router(api, self.metrics.clone(), ready))
+        Ok(service_router(
+            api,
+            vec![self.metrics.clone(), self.sink_metrics.clone()],
+            ready,
+        ))
     }
 
     /// Runs the relay and both topologies until `shutdown`.
@@ -222,7 +234,6 @@ impl Standalone {
             &processors,
         )?;
         let transport: Arc<dyn Transport> = Arc::new(EmbeddedTransport::new(self.log.clone()));
-        let engine_metrics = prometheus::Registry::new_custom(None, None)?;
         let relay = OutboxRelay::new(
             self.products.outbox().clone(),
             self.log.clone(),
@@ -244,7 +255,7 @@ impl Standalone {
                 &sink_id,
                 transport,
                 false,
-                &engine_metrics,
+                &self.sink_metrics,
                 shutdown.clone(),
             ),
         );
