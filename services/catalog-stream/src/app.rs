@@ -14,7 +14,7 @@ use topology::transport::{KafkaTransport, Transport};
 use topology::{Metrics, Runtime, RuntimeConfig, Topology};
 
 use crate::complete_products::{self, CompleteProducts};
-use crate::http::{ReadinessCheck, fallback, ops_routes};
+use crate::http::{ReadinessCheck, fallback, method_not_allowed, ops_routes};
 use crate::pipeline::{self, ImageMetrics, ImageWork, PipelineState};
 use crate::product_collector::{self, ProductCollector};
 use crate::settings::Settings;
@@ -78,6 +78,7 @@ pub fn service_router(
 ) -> Router {
     api.merge(ops_routes(registries, readiness))
         .route("/openapi.json", axum::routing::get(crate::openapi::serve))
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(fallback)
         .layer(axum::extract::DefaultBodyLimit::max(
             crate::http::MAX_BODY_BYTES,

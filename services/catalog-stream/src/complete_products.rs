@@ -314,7 +314,7 @@ async fn status(
             malls.extend(
                 service
                     .view
-                    .malls_with(&product_id)
+                    .status_malls_with(&product_id)
                     .await
                     .map_err(store_error)?,
             );

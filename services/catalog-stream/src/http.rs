@@ -273,3 +273,13 @@ async fn metrics(State(state): State<OpsState>) -> Response {
 pub async fn fallback() -> ApiError {
     ApiError::not_found("no such route")
 }
+
+/// Answers a known route asked with another method with the error body rather than an empty
+/// 405.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not answer that method",
+    )
+}

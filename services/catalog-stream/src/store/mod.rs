@@ -312,6 +312,14 @@ impl ViewStore {
         }
     }
 
+    /// The malls with a recorded status for a product of this id (deleted ones included).
+    pub async fn status_malls_with(&self, product_id: &str) -> Result<Vec<String>, StoreError> {
+        match self {
+            ViewStore::Mongo(store) => store.status_malls_with(product_id).await,
+            ViewStore::Sled(store) => store.status_malls_with(product_id),
+        }
+    }
+
     /// A page of complete products, optionally of one mall, after `after`.
     pub async fn list(
         &self,

@@ -191,9 +191,15 @@ impl MongoViewStore {
 
     /// Applies a change when it is newer than the view's; the view is written before the status,
     /// so a crash between the two is repaired by the redelivered event.
+    ///
+    /// The status is the guard: a `Collected` older than the recorded status (a late event of a
+    /// deleted or failed product, whose complete document is gone so the guarded upsert would
+    /// insert it again) is taken back out, and a removal deletes the complete document again
+    /// after recording its status, so a `Collected` racing with it cannot survive either.
     pub async fn apply(&self, change: &ViewChange) -> Result<bool, StoreError> {
         let key = change.key();
         let version = change.version();
+        let older = doc! {"_id": identity(&key), "version": {"$lt": version}};
         match change {
             ViewChange::Collected(complete) => {
                 let mut document = bson::to_document(complete)
@@ -202,16 +208,32 @@ impl MongoViewStore {
                 guarded_replace(&self.complete, &key, version, document).await?;
             }
             ViewChange::Failed { .. } | ViewChange::Removed { .. } => {
-                self.complete
-                    .delete_one(doc! {"_id": identity(&key), "version": {"$lt": version}})
-                    .await?;
+                self.complete.delete_one(older.clone()).await?;
             }
         }
         let status = change.status(now_ms());
         let mut document =
             bson::to_document(&status).map_err(|e| StoreError::corrupt("status", e))?;
         document.insert("_id", identity(&key));
-        guarded_replace(&self.status, &key, version, document).await
+        let applied = guarded_replace(&self.status, &key, version, document).await?;
+        match change {
+            ViewChange::Collected(_) if !applied => {
+                let newer = self
+                    .status(&key)
+                    .await?
+                    .is_some_and(|recorded| recorded.version > version);
+                if newer {
+                    self.complete
+                        .delete_one(doc! {"_id": identity(&key), "version": version})
+                        .await?;
+                }
+            }
+            ViewChange::Failed { .. } | ViewChange::Removed { .. } => {
+                self.complete.delete_one(older).await?;
+            }
+            ViewChange::Collected(_) => {}
+        }
+        Ok(applied)
     }
 
     /// One complete product.
@@ -229,6 +251,11 @@ impl MongoViewStore {
     /// The malls with a complete product of this id.
     pub async fn malls_with(&self, product_id: &str) -> Result<Vec<String>, StoreError> {
         distinct_malls(&self.complete, product_id).await
+    }
+
+    /// The malls with a recorded status for a product of this id (deleted ones included).
+    pub async fn status_malls_with(&self, product_id: &str) -> Result<Vec<String>, StoreError> {
+        distinct_malls(&self.status, product_id).await
     }
 
     /// A page ordered by (mallId, productId).

@@ -328,6 +328,11 @@ impl SledViewStore {
         malls_with(&self.complete, product_id)
     }
 
+    /// The malls with a recorded status for a product of this id (deleted ones included).
+    pub fn status_malls_with(&self, product_id: &str) -> Result<Vec<String>, StoreError> {
+        malls_with(&self.status, product_id)
+    }
+
     /// A page ordered by (mallId, productId).
     pub fn list(
         &self,
