@@ -147,15 +147,43 @@ up_s3() {
     wait_until s3 60 curl -sf "http://127.0.0.1:$S3_PORT/moto-api/"
 }
 
+# The registry: Apicurio Registry 2.4.2.Final (built from Maven Central by apicurio/pom.xml; its
+# Confluent-compatible API is at /apis/ccompat/v7), a real third-party registry for the tests.
+# REGISTRY_IMPL=project starts the project's own services/schema-registry instead.
+REGISTRY_IMPL="${REGISTRY_IMPL:-apicurio}"
+
+registry_url() {
+    case "$REGISTRY_IMPL" in
+        project) echo "http://127.0.0.1:$REGISTRY_PORT" ;;
+        *) echo "http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7" ;;
+    esac
+}
+
 up_registry() {
     if is_running registry; then log "registry already running"; return; fi
     ensure_port_free registry "$REGISTRY_PORT"
-    log "building the project's schema registry"
-    (cd "$REPO_DIR" && cargo build -q -p schema-registry --bin schema-registry)
-    local target_dir="${CARGO_TARGET_DIR:-$REPO_DIR/target}"
-    log "starting schema-registry on 127.0.0.1:$REGISTRY_PORT"
-    start registry "$target_dir/debug/schema-registry" --listen "127.0.0.1:$REGISTRY_PORT"
-    wait_until registry 60 curl -sf "http://127.0.0.1:$REGISTRY_PORT/subjects"
+    case "$REGISTRY_IMPL" in
+        project)
+            log "building the project's schema registry"
+            (cd "$REPO_DIR" && cargo build -q -p schema-registry --bin schema-registry)
+            local target_dir="${CARGO_TARGET_DIR:-$REPO_DIR/target}"
+            log "starting schema-registry on 127.0.0.1:$REGISTRY_PORT"
+            start registry "$target_dir/debug/schema-registry" --listen "127.0.0.1:$REGISTRY_PORT"
+            ;;
+        apicurio)
+            local jar="$INFRA_DIR/apicurio/target/apicurio-registry-1-runner.jar"
+            if [[ ! -f "$jar" ]]; then
+                log "building Apicurio Registry 2.4.2.Final from Maven Central (about a minute)"
+                mvn -q -B -Dstyle.color=never -f "$INFRA_DIR/apicurio/pom.xml" package \
+                    >"$RUN_DIR/registry-build.log" 2>&1 || fail_with_log registry-build
+            fi
+            log "starting Apicurio Registry on 127.0.0.1:$REGISTRY_PORT"
+            start registry java -Xmx512m -Dquarkus.http.host=127.0.0.1 \
+                -Dquarkus.http.port="$REGISTRY_PORT" -jar "$jar"
+            ;;
+        *) log "REGISTRY_IMPL must be apicurio or project"; exit 2 ;;
+    esac
+    wait_until registry 120 curl -sf "$(registry_url)/subjects"
 }
 
 up_prometheus() {
@@ -181,7 +209,7 @@ S3_ENDPOINT=http://127.0.0.1:$S3_PORT
 AWS_ACCESS_KEY_ID=testing
 AWS_SECRET_ACCESS_KEY=testing
 AWS_REGION=us-east-1
-SCHEMA_REGISTRY_URL=http://127.0.0.1:$REGISTRY_PORT
+SCHEMA_REGISTRY_URL=$(registry_url)
 PROMETHEUS_URL=http://127.0.0.1:$PROMETHEUS_PORT
 EOF
     cat "$ENV_FILE"
