@@ -57,6 +57,29 @@ struct StandaloneArgs {
     /// Where products, state, the event log and images are kept.
     #[arg(long, default_value = "data", env = "CATALOG_DATA_DIR")]
     data_dir: PathBuf,
+    /// Total time allowed to fetch one image (every redirect hop plus the body), in seconds;
+    /// a slower fetch fails with `timeout` and is retried as transient. Default 30.
+    #[arg(long, env = "CATALOG_FETCH_TIMEOUT", value_name = "SECONDS", value_parser = parse_seconds)]
+    fetch_timeout: Option<std::time::Duration>,
+}
+
+impl StandaloneArgs {
+    async fn run(self) -> anyhow::Result<()> {
+        let fetch = standalone::fetch_config(self.fetch_timeout);
+        standalone::run(self.listen, self.data_dir, fetch).await
+    }
+}
+
+fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if !(seconds > 0.0 && seconds <= 86_400.0) {
+        return Err(format!(
+            "`{text}`: expected more than 0 and at most 86400 seconds"
+        ));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
 }
 
 #[derive(Debug, Args)]
@@ -160,8 +183,8 @@ fn settings(args: &ServiceArgs) -> anyhow::Result<Settings> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        None => standalone::run(cli.standalone.listen, cli.standalone.data_dir).await,
-        Some(Command::Standalone(args)) => standalone::run(args.listen, args.data_dir).await,
+        None => cli.standalone.run().await,
+        Some(Command::Standalone(args)) => args.run().await,
         Some(Command::ProductCollector(args)) => app::product_collector(settings(&args)?).await,
         Some(Command::ImagePipeline(args)) => app::image_pipeline(settings(&args)?).await,
         Some(Command::CompleteProducts(args)) => app::complete_products(settings(&args)?).await,

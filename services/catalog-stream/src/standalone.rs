@@ -129,6 +129,24 @@ pub struct Standalone {
     /// The complete-products topology's engine metrics (label `topology="complete-products"`,
     /// so its series differ from the image pipeline's of the same name).
     sink_metrics: prometheus::Registry,
+    /// Image fetch limits and the SSRF guard.
+    fetch: images::FetchConfig,
+}
+
+/// The image fetch settings of the standalone mode: [`images::FetchConfig`] defaults with
+/// loopback addresses allowed (standalone is a local development mode: images served from this
+/// machine can be collected) and, when given, another total timeout per image (the connect
+/// timeout is capped by it).
+pub fn fetch_config(total_timeout: Option<Duration>) -> images::FetchConfig {
+    let mut fetch = images::FetchConfig {
+        allow_loopback: true,
+        ..Default::default()
+    };
+    if let Some(total) = total_timeout {
+        fetch.total_timeout = total;
+        fetch.connect_timeout = fetch.connect_timeout.min(total);
+    }
+    fetch
 }
 
 impl Standalone {
@@ -174,7 +192,14 @@ impl Standalone {
                 None,
                 Some([("topology".to_owned(), "complete-products".to_owned())].into()),
             )?,
+            fetch: fetch_config(None),
         })
+    }
+
+    /// Uses `fetch` for image fetches instead of [`fetch_config`]`(None)`.
+    pub fn with_fetch(mut self, fetch: images::FetchConfig) -> Self {
+        self.fetch = fetch;
+        self
     }
 
     /// The HTTP API of every service, plus `/images/…`.
@@ -203,13 +228,8 @@ impl Standalone {
 
     /// Runs the relay and both topologies until `shutdown`.
     pub async fn run_streams(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        // Standalone is a local development mode: images served from this machine are allowed.
-        let fetch = images::FetchConfig {
-            allow_loopback: true,
-            ..Default::default()
-        };
         let work = ImageWork {
-            fetcher: images::ImageFetcher::new(fetch)
+            fetcher: images::ImageFetcher::new(self.fetch.clone())
                 .map_err(|error| anyhow::anyhow!("fetch settings: {error}"))?,
             fetch_retry: images::RetryPolicy::default(),
             objects: self.images.clone(),
@@ -447,13 +467,19 @@ impl OutboxRelay {
 }
 
 /// `catalog-stream` with no arguments.
-pub async fn run(listen: SocketAddr, data_dir: PathBuf) -> anyhow::Result<()> {
+///
+/// `fetch` as made by [`fetch_config`].
+pub async fn run(
+    listen: SocketAddr,
+    data_dir: PathBuf,
+    fetch: images::FetchConfig,
+) -> anyhow::Result<()> {
     let shutdown = app::shutdown_on_signals();
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener.local_addr().unwrap_or(listen);
-    let system = Standalone::open(&data_dir, &format!("http://{address}"))?;
+    let system = Standalone::open(&data_dir, &format!("http://{address}"))?.with_fetch(fetch);
     let router = system.router()?;
     tracing::info!(%address, data_dir = %data_dir.display(), "standalone: serving the API");
     let http = async {
