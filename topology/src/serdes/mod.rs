@@ -15,7 +15,9 @@ use std::sync::Arc;
 use apache_avro::Schema;
 use futures::future::{BoxFuture, ready};
 
-pub use registry::{HttpSchemaRegistry, MemorySchemaRegistry, RegistryError, SchemaRegistry};
+pub use registry::{
+    HttpSchemaRegistry, MemorySchemaRegistry, RegistryError, SchemaRegistry, inline_references,
+};
 
 use crate::Value;
 

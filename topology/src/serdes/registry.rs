@@ -12,9 +12,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use apache_avro::Schema;
 use futures::future::BoxFuture;
 use schema_registry_converter::async_impl::schema_registry::{
-    SrSettings, get_schema_by_id, post_schema,
+    SrSettings, get_referenced_schema, get_schema_by_id, post_schema,
 };
-use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
+use schema_registry_converter::schema_registry_common::{
+    RegisteredSchema, SchemaType, SuppliedSchema,
+};
 
 /// Errors from a schema registry.
 #[derive(Debug, thiserror::Error, Clone)]
@@ -116,11 +118,19 @@ impl SchemaRegistry for HttpSchemaRegistry {
                     message: e.to_string(),
                 }
             })?;
-            let schema =
-                Schema::parse_str(&registered.schema).map_err(|e| RegistryError::BadSchema {
-                    id,
-                    message: e.to_string(),
-                })?;
+            // A schema with Confluent schema references (Debezium registers its `Source` record
+            // as one) gets them inlined, so the writer schema is self-contained.
+            let text = if registered.references.is_empty() {
+                registered.schema
+            } else {
+                resolve_references(&self.settings, registered, 0)
+                    .await
+                    .map_err(|message| RegistryError::UnknownId { id, message })?
+            };
+            let schema = Schema::parse_str(&text).map_err(|e| RegistryError::BadSchema {
+                id,
+                message: e.to_string(),
+            })?;
             let schema = Arc::new(schema);
             if let Ok(mut m) = self.by_id.write() {
                 m.insert(id, schema.clone());
@@ -160,6 +170,128 @@ impl SchemaRegistry for HttpSchemaRegistry {
             }
             Ok(registered.id)
         })
+    }
+}
+
+/// How deep references may nest (a reference of a reference of …) before giving up.
+const MAX_REFERENCE_DEPTH: usize = 16;
+
+/// Fetches the schemas `registered` references (recursively) and returns its text with each
+/// one inlined at its first use.
+fn resolve_references(
+    settings: &SrSettings,
+    registered: RegisteredSchema,
+    depth: usize,
+) -> BoxFuture<'_, Result<String, String>> {
+    Box::pin(async move {
+        if depth > MAX_REFERENCE_DEPTH {
+            return Err(format!(
+                "schema references nest deeper than {MAX_REFERENCE_DEPTH}"
+            ));
+        }
+        let mut references = Vec::with_capacity(registered.references.len());
+        for reference in &registered.references {
+            let referenced = get_referenced_schema(settings, reference)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "reference {} (subject {} version {}): {e}",
+                        reference.name, reference.subject, reference.version
+                    )
+                })?;
+            let text = if referenced.references.is_empty() {
+                referenced.schema
+            } else {
+                resolve_references(settings, referenced, depth + 1).await?
+            };
+            references.push((reference.name.clone(), text));
+        }
+        inline_references(&registered.schema, &references)
+    })
+}
+
+/// Inlines Confluent schema references into an Avro schema: the first use of each referenced
+/// name (a full name, or a short name in the enclosing namespace) is replaced by the referenced
+/// schema's definition; later uses stay names, which the definition now declares. Unused
+/// references are ignored.
+///
+/// # Example
+/// ```
+/// use topology::serdes::inline_references;
+/// let source = r#"{"type":"record","name":"Source","namespace":"io.debezium","fields":[{"name":"db","type":"string"}]}"#;
+/// let envelope = r#"{"type":"record","name":"Envelope","namespace":"t","fields":[
+///     {"name":"source","type":"io.debezium.Source"},
+///     {"name":"previous","type":["null","io.debezium.Source"]}]}"#;
+/// let text = inline_references(envelope, &[("io.debezium.Source".into(), source.into())]).unwrap();
+/// assert!(apache_avro::Schema::parse_str(&text).is_ok());
+/// ```
+pub fn inline_references(schema: &str, references: &[(String, String)]) -> Result<String, String> {
+    let mut root: serde_json::Value =
+        serde_json::from_str(schema).map_err(|e| format!("schema is not JSON: {e}"))?;
+    let mut pending = Vec::with_capacity(references.len());
+    for (name, text) in references {
+        let definition: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| format!("referenced schema {name} is not JSON: {e}"))?;
+        pending.push((name.clone(), definition));
+    }
+    inline_in(&mut root, None, &mut pending);
+    serde_json::to_string(&root).map_err(|e| e.to_string())
+}
+
+fn inline_in(
+    value: &mut serde_json::Value,
+    namespace: Option<&str>,
+    pending: &mut Vec<(String, serde_json::Value)>,
+) {
+    use serde_json::Value as Json;
+    match value {
+        Json::String(name) => {
+            let full = match namespace {
+                Some(ns) if !name.contains('.') => format!("{ns}.{name}"),
+                _ => name.clone(),
+            };
+            if let Some(at) = pending
+                .iter()
+                .position(|(wanted, _)| *wanted == full || wanted == name)
+            {
+                *value = pending.remove(at).1;
+            }
+        }
+        Json::Array(items) => {
+            for item in items {
+                inline_in(item, namespace, pending);
+            }
+        }
+        Json::Object(object) => {
+            // A named type sets the namespace of what it contains.
+            let own = match object.get("name").and_then(Json::as_str) {
+                Some(name) if name.contains('.') => {
+                    name.rsplit_once('.').map(|(ns, _)| ns.to_owned())
+                }
+                Some(_) => object
+                    .get("namespace")
+                    .and_then(Json::as_str)
+                    .map(str::to_owned),
+                None => None,
+            };
+            let inner = own.as_deref().or(namespace);
+            if let Some(kind) = object.get_mut("type") {
+                inline_in(kind, inner, pending);
+            }
+            if let Some(Json::Array(fields)) = object.get_mut("fields") {
+                for field in fields {
+                    if let Some(kind) = field.get_mut("type") {
+                        inline_in(kind, inner, pending);
+                    }
+                }
+            }
+            for key in ["items", "values"] {
+                if let Some(child) = object.get_mut(key) {
+                    inline_in(child, inner, pending);
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -239,5 +371,62 @@ impl SchemaRegistry for MemorySchemaRegistry {
             }),
         };
         Box::pin(async move { result })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLES: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../infrastructure/connect/samples"
+    );
+
+    fn sample(name: &str) -> String {
+        std::fs::read_to_string(format!("{SAMPLES}/{name}")).expect("sample schema")
+    }
+
+    /// The envelope Debezium 3.6.1 registered through Apicurio's converter, whose `source`
+    /// field is a reference to `io.debezium.connector.mongo.Source`.
+    #[test]
+    fn debezium_envelope_with_its_source_reference_parses() {
+        let envelope = sample("apicurio-avro-value-schema.json");
+        assert!(
+            Schema::parse_str(&envelope).is_err(),
+            "unresolved without the reference"
+        );
+        let source = sample("apicurio-avro-source-schema.json");
+        let text = inline_references(
+            &envelope,
+            &[("io.debezium.connector.mongo.Source".into(), source)],
+        )
+        .expect("inlined");
+        let schema = Schema::parse_str(&text).expect("self-contained schema");
+        let Schema::Record(record) = &schema else {
+            panic!("a record: {schema:?}")
+        };
+        let field = record
+            .fields
+            .iter()
+            .find(|field| field.name == "source")
+            .expect("source field");
+        assert!(
+            matches!(&field.schema, Schema::Record(source) if source.name.fullname(None) == "io.debezium.connector.mongo.Source"),
+            "{:?}",
+            field.schema
+        );
+    }
+
+    #[test]
+    fn short_names_resolve_in_the_enclosing_namespace_and_later_uses_stay_names() {
+        let inner = r#"{"type":"record","name":"Inner","namespace":"a.b","fields":[{"name":"x","type":"int"}]}"#;
+        let outer = r#"{"type":"record","name":"Outer","namespace":"a.b","fields":[
+            {"name":"first","type":{"type":"array","items":"Inner"}},
+            {"name":"second","type":["null","a.b.Inner"]}]}"#;
+        let text = inline_references(outer, &[("a.b.Inner".into(), inner.into())]).expect("ok");
+        assert_eq!(text.matches("\"fields\"").count(), 2, "{text}");
+        Schema::parse_str(&text).expect("valid");
+        assert!(inline_references("not json", &[]).is_err());
     }
 }
