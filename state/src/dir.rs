@@ -273,14 +273,58 @@ impl StateDir {
     /// Fills the empty tree `tree_name` from changelog entries (`None` deletes). This is how a
     /// new pod restores any store, including an idempotency store's two trees, before it starts
     /// processing. The sink is not called.
+    ///
+    /// A store not opened yet stays unopened: its options (cache, changelog) are still those of
+    /// the first `store_with` call after the restore.
     pub fn restore<I, KB, VB>(&self, tree_name: &str, entries: I) -> Result<usize>
     where
         I: IntoIterator<Item = (KB, Option<VB>)>,
         KB: AsRef<[u8]>,
         VB: AsRef<[u8]>,
     {
-        self.raw(tree_name, StoreOptions::default())?
-            .restore(entries)
+        let opened = self
+            .inner
+            .stores
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tree_name)
+            .cloned();
+        match opened {
+            Some(raw) => raw.restore(entries),
+            None => {
+                validate_name(tree_name)?;
+                let tree = self
+                    .inner
+                    .db
+                    .open_tree(tree_name)
+                    .map_err(storage(tree_name, "open_tree"))?;
+                RawStore::new(tree_name.to_owned(), tree, StoreOptions::default(), None)
+                    .restore(entries)
+            }
+        }
+    }
+
+    /// Whether the tree `tree_name` holds no entry (a store to restore before processing).
+    /// Does not open the store.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> Result<(), state::StateError> {
+    /// let dir = state::StateConfig::temporary().open()?;
+    /// assert!(dir.is_store_empty("counts")?);
+    /// dir.store::<String, u64>("counts")?.put("a", &1)?;
+    /// assert!(!dir.is_store_empty("counts")?);
+    /// # Ok(()) }
+    /// ```
+    pub fn is_store_empty(&self, tree_name: &str) -> Result<bool> {
+        validate_name(tree_name)?;
+        let tree = self
+            .inner
+            .db
+            .open_tree(tree_name)
+            .map_err(storage(tree_name, "open_tree"))?;
+        Ok(tree.is_empty())
     }
 
     /// Names of the trees that hold data or were opened (sled's internal default tree omitted).

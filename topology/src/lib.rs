@@ -7,6 +7,7 @@
 //! ([`transport::EmbeddedTransport`]). [`TopologyTestDriver`] runs a topology in-process for
 //! tests. Depends on `state` within the workspace; never on `connectors` or the services.
 
+pub mod changelog;
 pub mod config;
 pub mod describe;
 pub mod graph;
@@ -23,6 +24,7 @@ pub mod metrics;
 pub mod runtime;
 pub mod transport;
 
+pub use changelog::{EmbeddedChangelog, KafkaChangelog};
 pub use metrics::Metrics;
 pub use runtime::{RunSummary, Runtime, RuntimeConfig, RuntimeError};
 mod driver;

@@ -229,7 +229,15 @@ impl Engine {
     async fn send(&self, node: &str, raw: RawRecord, ack: Ack) {
         let started = Instant::now();
         let delivery = loop {
-            match self.sink.send(&raw) {
+            // Under the send gate: work cancelled by a revocation never reaches the producer
+            // (in exactly-once mode it would land in the next transaction).
+            let attempt = {
+                let Some(_gate) = ack.live_send_gate() else {
+                    return;
+                };
+                self.sink.send(&raw)
+            };
+            match attempt {
                 Ok(d) => break Ok(d),
                 Err(TransportError::QueueFull) => {
                     tokio::time::sleep(std::time::Duration::from_millis(5)).await
@@ -390,6 +398,9 @@ impl Engine {
                 Err(e) => break Err(e),
             }
         };
+        if ack.cancel.is_cancelled() {
+            return;
+        }
         match outcome {
             Ok(outs) => {
                 if outs.is_empty() {

@@ -73,6 +73,16 @@ pub enum RuntimeError {
     /// Outputs could not be written for these partitions; offsets were not committed past them.
     #[error("outputs failed for good in {0:?}; stopped without committing past them")]
     OutputFailed(Vec<TopicPartition>),
+    /// The state directory could not be flushed before a commit; offsets were not committed.
+    #[error("flushing the state directory before committing offsets: {0}")]
+    State(#[source] state::StateError),
+    /// The changelog could not be flushed before a commit; offsets were not committed.
+    #[error("flushing the changelog before committing offsets: {source}")]
+    ChangelogFlush {
+        /// What the changelog sink said.
+        #[source]
+        source: state::SinkError,
+    },
 }
 
 /// What a finished run did.
@@ -103,6 +113,8 @@ pub struct Runtime {
     config: RuntimeConfig,
     metrics: Arc<Metrics>,
     tracker: Arc<OffsetTracker>,
+    changelog: Option<Arc<dyn state::ChangelogSink>>,
+    state_dir: Option<state::StateDir>,
 }
 
 impl Runtime {
@@ -116,7 +128,23 @@ impl Runtime {
             // Creating metrics without registering them cannot fail for our fixed names.
             metrics: metrics.unwrap_or_else(|_| unreachable_metrics()),
             tracker: Arc::new(OffsetTracker::default()),
+            changelog: None,
+            state_dir: None,
         }
+    }
+
+    /// Flushes `sink` (e.g. a [`KafkaChangelog`](crate::changelog::KafkaChangelog)) before
+    /// every offset commit, so a committed input offset never runs ahead of the changelog
+    /// records its processing wrote.
+    pub fn with_changelog(mut self, sink: Arc<dyn state::ChangelogSink>) -> Self {
+        self.changelog = Some(sink);
+        self
+    }
+
+    /// Flushes `dir` to disk before every offset commit (processors writing to stores in it).
+    pub fn with_state_dir(mut self, dir: state::StateDir) -> Self {
+        self.state_dir = Some(dir);
+        self
     }
 
     /// Uses `metrics` (registered where you want them).
@@ -146,7 +174,14 @@ impl Runtime {
         let engine = Engine::new(self.topology.clone(), conn.sink, metrics.clone());
         let cfg = &self.config;
         let tracker = &self.tracker;
+        let durable = Durable {
+            changelog: self.changelog.clone(),
+            state_dir: self.state_dir.clone(),
+        };
         let mut paused: HashSet<TopicPartition> = HashSet::new();
+        // Exactly-once: partitions paused while in-flight work drains before a commit.
+        let mut draining: Option<(Instant, HashSet<TopicPartition>)> = None;
+        let mut drain_warned = false;
         let mut summary = RunSummary::default();
         let mut last_commit = Instant::now();
         let result: Result<(), RuntimeError> = async {
@@ -174,7 +209,8 @@ impl Runtime {
                         .iter()
                         .filter(|tp| {
                             !assigned.contains(*tp)
-                                || tracker.in_flight(tp) <= cfg.max_in_flight_per_partition / 2
+                                || (tracker.in_flight(tp) <= cfg.max_in_flight_per_partition / 2
+                                    && !draining.as_ref().is_some_and(|(_, d)| d.contains(*tp)))
                         })
                         .cloned()
                         .collect();
@@ -186,18 +222,56 @@ impl Runtime {
                         consumer.resume(&live)?;
                     }
                 }
-                if last_commit.elapsed() >= cfg.commit_interval {
-                    last_commit = Instant::now();
+                if draining.is_none() && last_commit.elapsed() >= cfg.commit_interval {
                     let failed = tracker.failed_partitions();
                     if !failed.is_empty() {
                         return Err(RuntimeError::OutputFailed(failed));
                     }
-                    if cfg.exactly_once {
-                        // Outputs and offsets commit together: let in-flight work finish first.
-                        wait_drained(tracker, cfg.drain_timeout).await;
+                    if cfg.exactly_once && tracker.total_in_flight() > 0 {
+                        // Outputs and offsets commit together, so in-flight work must finish
+                        // first. Stop fetching but keep polling meanwhile: the consumer stays
+                        // in its group and rebalance callbacks run.
+                        let tps: HashSet<TopicPartition> = tracker
+                            .assigned()
+                            .into_iter()
+                            .filter(|tp| !paused.contains(tp))
+                            .collect();
+                        let list: Vec<_> = tps.iter().cloned().collect();
+                        consumer.pause(&list)?;
+                        draining = Some((Instant::now(), tps));
+                        drain_warned = false;
+                    } else {
+                        last_commit = Instant::now();
+                        commit(&mut *consumer, tracker, &metrics, &durable).await?;
+                        update_lag(&*consumer, tracker, &metrics, &cfg.application_id).await;
                     }
-                    commit(&mut *consumer, tracker, &metrics, cfg.exactly_once).await?;
-                    update_lag(&*consumer, tracker, &metrics, &cfg.application_id).await;
+                }
+                if let Some((since, tps)) = &draining {
+                    if tracker.total_in_flight() == 0 {
+                        let failed = tracker.failed_partitions();
+                        if !failed.is_empty() {
+                            return Err(RuntimeError::OutputFailed(failed));
+                        }
+                        commit(&mut *consumer, tracker, &metrics, &durable).await?;
+                        last_commit = Instant::now();
+                        let assigned: HashSet<_> = tracker.assigned().into_iter().collect();
+                        let resume: Vec<_> = tps
+                            .iter()
+                            .filter(|tp| assigned.contains(*tp) && !paused.contains(*tp))
+                            .cloned()
+                            .collect();
+                        draining = None;
+                        if !resume.is_empty() {
+                            consumer.resume(&resume)?;
+                        }
+                        update_lag(&*consumer, tracker, &metrics, &cfg.application_id).await;
+                    } else if !drain_warned && since.elapsed() >= cfg.drain_timeout {
+                        drain_warned = true;
+                        tracing::warn!(
+                            in_flight = tracker.total_in_flight(),
+                            "exactly-once commit still waiting for in-flight work"
+                        );
+                    }
                 }
             }
             Ok(())
@@ -212,7 +286,7 @@ impl Runtime {
             );
         }
         let committed = if result.is_ok() {
-            commit(&mut *consumer, tracker, &metrics, cfg.exactly_once).await
+            commit(&mut *consumer, tracker, &metrics, &durable).await
         } else {
             Ok(())
         };
@@ -240,17 +314,49 @@ async fn wait_drained(tracker: &OffsetTracker, timeout: Duration) -> usize {
     }
 }
 
+/// What must be durable before input offsets are committed.
+struct Durable {
+    changelog: Option<Arc<dyn state::ChangelogSink>>,
+    state_dir: Option<state::StateDir>,
+}
+
+impl Durable {
+    async fn flush(&self) -> Result<(), RuntimeError> {
+        if self.changelog.is_none() && self.state_dir.is_none() {
+            return Ok(());
+        }
+        let changelog = self.changelog.clone();
+        let dir = self.state_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Some(dir) = dir {
+                dir.flush().map_err(RuntimeError::State)?;
+            }
+            if let Some(sink) = changelog {
+                sink.flush()
+                    .map_err(|source| RuntimeError::ChangelogFlush { source })?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| RuntimeError::ChangelogFlush {
+            source: format!("flush task: {e}").into(),
+        })?
+    }
+}
+
 async fn commit(
     consumer: &mut dyn crate::transport::SourceConsumer,
     tracker: &OffsetTracker,
     metrics: &Metrics,
-    _exactly_once: bool,
+    durable: &Durable,
 ) -> Result<(), RuntimeError> {
     let pending = tracker.pending_commits();
     if pending.is_empty() {
         return Ok(());
     }
     let started = Instant::now();
+    // State and changelog first: an input offset is never committed ahead of them.
+    durable.flush().await?;
     consumer.commit(pending.clone()).await?;
     metrics
         .commit_latency
@@ -269,10 +375,26 @@ async fn update_lag(
     if assigned.is_empty() {
         return;
     }
+    // Partitions this runtime has not committed yet: the group's committed offset.
+    let unknown: Vec<_> = assigned
+        .iter()
+        .filter(|tp| tracker.committed_offset(tp).is_none())
+        .cloned()
+        .collect();
+    let mut group_committed = std::collections::HashMap::new();
+    if !unknown.is_empty() {
+        match consumer.committed_offsets(unknown).await {
+            Ok(v) => group_committed.extend(v),
+            Err(e) => tracing::debug!(error = %e, "committed offsets unavailable"),
+        }
+    }
     match consumer.end_offsets(assigned).await {
         Ok(ends) => {
             for (tp, end) in ends {
-                let committed = tracker.committed_offset(&tp).unwrap_or(0);
+                let committed = tracker
+                    .committed_offset(&tp)
+                    .or_else(|| group_committed.get(&tp).copied().flatten())
+                    .unwrap_or(0);
                 metrics
                     .consumer_lag
                     .with_label_values(&[group, &tp.topic, &tp.partition.to_string()])

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use tokio_util::sync::CancellationToken;
 
@@ -82,13 +82,32 @@ struct Assigned {
     offsets: PartitionOffsets,
     epoch: u64,
     committed: Option<i64>,
+    /// The first offset begun since assignment (or since the last reset).
+    start: Option<i64>,
     cancel: CancellationToken,
 }
 
 /// Offsets of every assigned partition, shared by the runtime and the transport.
+///
+/// Besides the offsets it holds a *send gate*: output writes take it shared (after checking
+/// that their record's work was not cancelled), and revocation takes it exclusively while it
+/// cancels work, so once [`revoke`](Self::revoke) or [`reset`](Self::reset) returns no output
+/// of cancelled work can still be queued (what keeps a transaction free of revoked work).
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
     inner: Mutex<TrackerInner>,
+    gate: RwLock<()>,
+}
+
+/// Where a partition kept across a rebalance must be read again from after its uncommitted
+/// work was thrown away (see [`OffsetTracker::reset`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewind {
+    /// The partition.
+    pub tp: TopicPartition,
+    /// The offset to seek to: the last committed offset, or the first offset read since the
+    /// assignment when nothing was committed yet.
+    pub offset: i64,
 }
 
 #[derive(Debug, Default)]
@@ -114,14 +133,64 @@ impl OffsetTracker {
                 offsets: PartitionOffsets::default(),
                 epoch,
                 committed: None,
+                start: None,
                 cancel: CancellationToken::new(),
             });
         }
     }
 
+    fn write_gate(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.gate
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes the send gate shared; see the type docs. Hold it only around a non-blocking send.
+    pub fn send_gate(&self) -> RwLockReadGuard<'_, ()> {
+        self.gate
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Throws away the uncommitted work of the still-assigned partitions `tps` (exactly-once
+    /// mode, when the open transaction is aborted on a rebalance): cancels their in-flight
+    /// work, forgets their in-flight offsets (acks of the old work no longer count) and returns
+    /// where each must be read again from. Partitions where nothing was read since the last
+    /// commit are not returned.
+    pub fn reset(&self, tps: &[TopicPartition]) -> Vec<Rewind> {
+        let _gate = self.write_gate();
+        let mut g = self.lock();
+        let mut out = Vec::new();
+        for tp in tps {
+            g.epoch += 1;
+            let epoch = g.epoch;
+            let Some(a) = g.partitions.get_mut(tp) else {
+                continue;
+            };
+            a.cancel.cancel();
+            let position = a.committed.or(a.start);
+            let read_since = a.offsets.next.is_some_and(|n| Some(n) != position);
+            if read_since && let Some(offset) = position {
+                out.push(Rewind {
+                    tp: tp.clone(),
+                    offset,
+                });
+            }
+            *a = Assigned {
+                offsets: PartitionOffsets::default(),
+                epoch,
+                committed: a.committed,
+                start: position,
+                cancel: CancellationToken::new(),
+            };
+        }
+        out
+    }
+
     /// Partitions are being revoked: cancels their in-flight work, forgets them and returns the
     /// offsets that may still be committed for them (never past unfinished work).
     pub fn revoke(&self, tps: &[TopicPartition]) -> Vec<(TopicPartition, i64)> {
+        let _gate = self.write_gate();
         let mut g = self.lock();
         let mut out = Vec::new();
         for tp in tps {
@@ -143,6 +212,7 @@ impl OffsetTracker {
         let mut g = self.lock();
         let a = g.partitions.get_mut(&tp)?;
         a.offsets.begin(origin.offset);
+        a.start.get_or_insert(origin.offset);
         Some(Arc::new(AckInner {
             tracker: self.clone(),
             epoch: a.epoch,
@@ -247,6 +317,13 @@ pub struct AckInner {
 }
 
 impl AckInner {
+    /// Takes the tracker's send gate shared if this record's work is still live (not
+    /// cancelled); `None` means: drop the output. See [`OffsetTracker`].
+    pub fn live_send_gate(&self) -> Option<RwLockReadGuard<'_, ()>> {
+        let guard = self.tracker.send_gate();
+        (!self.cancel.is_cancelled()).then_some(guard)
+    }
+
     /// Marks the record as failed for good: its offset will not be committed.
     pub fn fail(&self) {
         self.failed.store(true, AtomicOrdering::SeqCst);

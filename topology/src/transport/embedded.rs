@@ -288,6 +288,14 @@ impl EmbeddedLog {
         self.offsets.apply_batch(batch).map_err(sled_err("offsets"))
     }
 
+    /// Flushes to disk, blocking the calling thread (no-op for temporary logs).
+    pub fn flush_blocking(&self) -> Result<(), LogError> {
+        if self.durable {
+            self.db.flush().map_err(sled_err("flush"))?;
+        }
+        Ok(())
+    }
+
     /// Waits until something is appended or `timeout` passes.
     pub async fn wait_for_append(&self, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, self.notify.notified()).await;
@@ -541,6 +549,20 @@ impl SourceConsumer for EmbeddedConsumer {
                 .map(|tp| {
                     let end = self.log.end_offset(&tp.topic, tp.partition)?;
                     Ok((tp, end))
+                })
+                .collect()
+        })
+    }
+
+    fn committed_offsets(
+        &self,
+        tps: Vec<TopicPartition>,
+    ) -> BoxFuture<'_, Result<super::CommittedOffsets, TransportError>> {
+        Box::pin(async move {
+            tps.into_iter()
+                .map(|tp| {
+                    let c = self.log.committed(&self.group, &tp.topic, tp.partition)?;
+                    Ok((tp, c))
                 })
                 .collect()
         })

@@ -8,7 +8,8 @@
 //! `send_offsets_to_transaction` and the consumer group metadata.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -59,14 +60,33 @@ impl KafkaTransport {
     fn base(&self, keys: &[&str]) -> ClientConfig {
         let mut c = ClientConfig::new();
         for (k, v) in &self.config {
-            // auto.offset.reset is a consumer property; librdkafka warns when a producer gets it.
-            if k == "auto.offset.reset" && !keys.contains(&"consumer") {
+            // Consumer properties; librdkafka warns when a producer gets them.
+            if !keys.contains(&"consumer") && is_consumer_property(k) {
                 continue;
             }
             c.set(k, v);
         }
         c
     }
+}
+
+fn is_consumer_property(key: &str) -> bool {
+    const CONSUMER: &[&str] = &[
+        "auto.offset.reset",
+        "session.timeout.ms",
+        "max.poll.interval.ms",
+        "heartbeat.interval.ms",
+        "fetch.wait.max.ms",
+        "fetch.min.bytes",
+        "fetch.max.bytes",
+        "max.partition.fetch.bytes",
+        "queued.min.messages",
+        "queued.max.messages.kbytes",
+        "group.instance.id",
+        "group.protocol",
+        "partition.assignment.strategy",
+    ];
+    CONSUMER.contains(&key)
 }
 
 fn kafka(operation: impl Into<String>) -> impl FnOnce(KafkaError) -> TransportError {
@@ -91,10 +111,80 @@ fn tps_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
 }
 
 /// The consumer context: keeps the offset tracker in step with rebalances.
+///
+/// At-least-once: on revoke, in-flight work of the revoked partitions is cancelled and the
+/// offsets below their oldest unfinished record are committed.
+///
+/// Exactly-once: a transaction must never span revoked partitions, or the next owner would
+/// re-process records whose outputs this member later commits. So on revoke, when anything is
+/// uncommitted, the open transaction is **aborted** and a new one begun: the in-flight work of
+/// every partition is cancelled (the send gate keeps cancelled work out of the new
+/// transaction), and the partitions this member keeps are rewound (seek) to their last
+/// committed offset, to be processed again inside the next transaction.
 pub struct StreamsContext {
     tracker: Arc<OffsetTracker>,
     exactly_once: bool,
     on_rebalance: Arc<dyn Fn() + Send + Sync>,
+    producer: OnceLock<Arc<FutureProducer>>,
+    txn_error: Mutex<Option<KafkaError>>,
+}
+
+impl StreamsContext {
+    fn revoke_transactional(&self, consumer: &BaseConsumer<Self>, revoked: &[TopicPartition]) {
+        let dirty =
+            self.tracker.total_in_flight() > 0 || !self.tracker.pending_commits().is_empty();
+        let retained: Vec<TopicPartition> = self
+            .tracker
+            .assigned()
+            .into_iter()
+            .filter(|tp| !revoked.contains(tp))
+            .collect();
+        self.tracker.revoke(revoked);
+        if !dirty {
+            return;
+        }
+        let rewinds = self.tracker.reset(&retained);
+        let Some(producer) = self.producer.get() else {
+            return;
+        };
+        let aborted = producer
+            .abort_transaction(Duration::from_secs(30))
+            .and_then(|()| producer.begin_transaction());
+        if let Err(e) = aborted {
+            tracing::error!(error = %e, "aborting the transaction on revoke failed");
+            *self
+                .txn_error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+            return;
+        }
+        tracing::info!(
+            revoked = revoked.len(),
+            rewound = rewinds.len(),
+            "rebalance: transaction aborted, kept partitions rewound"
+        );
+        for r in rewinds {
+            if let Err(e) = consumer.seek(
+                &r.tp.topic,
+                r.tp.partition,
+                Offset::Offset(r.offset),
+                Duration::ZERO,
+            ) {
+                tracing::error!(tp = %r.tp, offset = r.offset, error = %e, "rewind failed");
+                *self
+                    .txn_error
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+            }
+        }
+    }
+
+    fn take_txn_error(&self) -> Option<KafkaError> {
+        self.txn_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
 }
 
 impl ClientContext for StreamsContext {}
@@ -103,9 +193,12 @@ impl ConsumerContext for StreamsContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             (self.on_rebalance)();
+            if self.exactly_once {
+                self.revoke_transactional(consumer, &tps_of(tpl));
+                return;
+            }
             let safe = self.tracker.revoke(&tps_of(tpl));
-            // In exactly-once mode offsets only move inside transactions.
-            if !self.exactly_once && !safe.is_empty() {
+            if !safe.is_empty() {
                 match tpl_of(&safe) {
                     Ok(list) => {
                         if let Err(e) = consumer.commit(&list, CommitMode::Sync) {
@@ -133,6 +226,8 @@ impl Transport for KafkaTransport {
                 tracker: spec.tracker.clone(),
                 exactly_once: spec.exactly_once,
                 on_rebalance: spec.on_rebalance.clone(),
+                producer: OnceLock::new(),
+                txn_error: Mutex::new(None),
             };
             let consumer: StreamConsumer<StreamsContext> = self
                 .base(&["consumer"])
@@ -160,9 +255,18 @@ impl Transport for KafkaTransport {
                 .set("acks", "all")
                 .set("linger.ms", "5");
             if spec.exactly_once {
+                // Unique per runtime: two runtimes of one group in one process must not fence
+                // each other. Zombie fencing comes from the consumer group metadata sent with
+                // the offsets (KIP-447), not from a stable transactional id.
+                static INSTANCE: AtomicU64 = AtomicU64::new(0);
                 pc.set(
                     "transactional.id",
-                    format!("{}-{}", spec.group_id, std::process::id()),
+                    format!(
+                        "{}-{}-{}",
+                        spec.group_id,
+                        std::process::id(),
+                        INSTANCE.fetch_add(1, AtomicOrdering::Relaxed)
+                    ),
                 );
             }
             let producer: FutureProducer = pc.create().map_err(kafka("create producer"))?;
@@ -179,6 +283,9 @@ impl Transport for KafkaTransport {
                     message: format!("init_transactions task: {e}"),
                 })?
                 .map_err(kafka("init transactions"))?;
+            }
+            if consumer.context().producer.set(producer.clone()).is_err() {
+                tracing::debug!("producer already attached to the consumer context");
             }
             Ok(Connection {
                 consumer: Box::new(KafkaConsumer {
@@ -246,6 +353,9 @@ impl SourceConsumer for KafkaConsumer {
             let tpl = tpl_of(&offsets)?;
             let consumer = self.consumer.clone();
             if self.exactly_once {
+                if let Some(e) = consumer.context().take_txn_error() {
+                    return Err(kafka("transaction after a rebalance")(e));
+                }
                 let producer = self.producer.clone();
                 tokio::task::spawn_blocking(move || {
                     let cgm = consumer
@@ -295,6 +405,32 @@ impl SourceConsumer for KafkaConsumer {
             })
             .await
             .map_err(|e| blocking_err("watermarks", e))?
+        })
+    }
+
+    fn committed_offsets(
+        &self,
+        tps: Vec<TopicPartition>,
+    ) -> BoxFuture<'_, Result<super::CommittedOffsets, TransportError>> {
+        let consumer = self.consumer.clone();
+        Box::pin(async move {
+            let list = tpl_of(&tps.iter().map(|t| (t.clone(), 0)).collect::<Vec<_>>())?;
+            let got = tokio::task::spawn_blocking(move || {
+                consumer.committed_offsets(list, Duration::from_secs(5))
+            })
+            .await
+            .map_err(|e| blocking_err("committed offsets", e))?
+            .map_err(kafka("committed offsets"))?;
+            Ok(got
+                .elements()
+                .iter()
+                .map(|e| {
+                    (
+                        TopicPartition::new(e.topic(), e.partition()),
+                        e.offset().to_raw().filter(|o| *o >= 0),
+                    )
+                })
+                .collect())
         })
     }
 

@@ -123,9 +123,21 @@ pub trait SourceConsumer: Send + Sync {
         &self,
         tps: Vec<TopicPartition>,
     ) -> BoxFuture<'_, Result<Vec<(TopicPartition, i64)>, TransportError>>;
+    /// The group's committed offsets (`None`: nothing committed), for lag before this
+    /// runtime committed anything itself. The default knows none.
+    fn committed_offsets(
+        &self,
+        tps: Vec<TopicPartition>,
+    ) -> BoxFuture<'_, Result<CommittedOffsets, TransportError>> {
+        let _ = tps;
+        Box::pin(async { Ok(Vec::new()) })
+    }
     /// Leaves the group.
     fn close(&mut self) -> BoxFuture<'_, ()>;
 }
+
+/// The group's committed offset per partition (`None`: nothing committed).
+pub type CommittedOffsets = Vec<(TopicPartition, Option<i64>)>;
 
 /// The acknowledgement of one sent record.
 pub type DeliveryFuture = BoxFuture<'static, Result<(), TransportError>>;
