@@ -10,7 +10,8 @@
 //! Connect comes from `infrastructure/connect/start-connect.sh`, which fetches the jars with
 //! Maven into `~/.cache/catalog-stream/connect` when they are not cached. If they cannot be
 //! fetched or Connect does not start, the test fails (it never skips). Every child's log goes
-//! to a file whose tail is printed when the test fails; every child is stopped on drop.
+//! to a file whose tail is printed when the test fails (or always, with `E2E_PRINT_LOGS=1`);
+//! every child is stopped on drop.
 
 mod support;
 
@@ -130,7 +131,7 @@ impl Drop for Children {
                 signal(pid, "-KILL");
             }
         }
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("E2E_PRINT_LOGS").is_some() {
             self.print_logs();
         }
     }
@@ -456,17 +457,6 @@ async fn debezium_connector_feeds_the_distributed_services() {
     .expect("connector");
     let connect_log = dir.path().join("connect.log");
     let script_log = dir.path().join("start-connect.log");
-    let starter = Command::new("bash")
-        .arg(START_CONNECT)
-        .arg(&worker_file)
-        .arg(&connector_file)
-        .env("CONNECT_LOG", &connect_log)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&script_log).expect("script log"))
-        .spawn()
-        .expect("cannot run bash infrastructure/connect/start-connect.sh");
-
     let mut children = Children {
         running: Vec::new(),
         connect_pid: None,
@@ -476,7 +466,7 @@ async fn debezium_connector_feeds_the_distributed_services() {
         ],
     };
 
-    // The services start meanwhile. The image pipeline reads Avro from the CDC topic (the
+    // The services. The image pipeline reads Avro from the CDC topic (the
     // shipped topology); its consumer group is unique per run.
     let images = image_server().await;
     let common = json!({
@@ -513,6 +503,18 @@ async fn debezium_connector_feeds_the_distributed_services() {
         children.running.push((service.to_owned(), child));
         children.logs.push((service.to_owned(), log));
     }
+
+    // Connect starts while the services do; the PID is known once the script returns.
+    let starter = Command::new("bash")
+        .arg(START_CONNECT)
+        .arg(&worker_file)
+        .arg(&connector_file)
+        .env("CONNECT_LOG", &connect_log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&script_log).expect("script log"))
+        .spawn()
+        .expect("cannot run bash infrastructure/connect/start-connect.sh");
 
     let output = tokio::task::spawn_blocking(move || starter.wait_with_output())
         .await
