@@ -13,7 +13,7 @@
 mod engine;
 mod offsets;
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use offsets::{Ack, AckInner, OffsetTracker, PartitionOffsets};
 
-use crate::Metrics;
 use crate::graph::Topology;
 use crate::transport::{ConnectSpec, TopicPartition, Transport, TransportError};
+use crate::{Metrics, RawRecord};
 use engine::Engine;
 
 /// Runtime settings.
@@ -179,8 +179,15 @@ impl Runtime {
             state_dir: self.state_dir.clone(),
         };
         let mut paused: HashSet<TopicPartition> = HashSet::new();
-        // Exactly-once: partitions paused while in-flight work drains before a commit.
+        // Exactly-once: while in-flight work drains before a commit, records polled meanwhile
+        // are held here (polling goes on: the consumer stays in its group and rebalance
+        // callbacks run). Past `hold_limit` the assigned partitions are paused too; those are
+        // the set in `draining`. Pausing right away would throw librdkafka's prefetched
+        // records away and cost a fetch round trip after every commit.
         let mut draining: Option<(Instant, HashSet<TopicPartition>)> = None;
+        let mut held: VecDeque<RawRecord> = VecDeque::new();
+        let hold_limit = cfg.max_in_flight_per_partition.max(64);
+        let mut resets = tracker.resets();
         let mut drain_warned = false;
         let mut summary = RunSummary::default();
         let mut last_commit = Instant::now();
@@ -191,16 +198,27 @@ impl Runtime {
                     _ = shutdown.cancelled() => break,
                     r = consumer.poll(cfg.poll_timeout) => r?,
                 };
+                if tracker.resets() != resets {
+                    // A rebalance threw uncommitted work away and rewound the kept
+                    // partitions: held records will be delivered again.
+                    resets = tracker.resets();
+                    held.clear();
+                }
                 if let Some(raw) = polled {
                     summary.consumed += 1;
-                    let tp = TopicPartition::new(&raw.topic, raw.partition);
-                    if let Some(ack) = tracker.begin(raw) {
-                        engine.ingest(ack).await;
-                    }
-                    if tracker.in_flight(&tp) >= cfg.max_in_flight_per_partition
-                        && paused.insert(tp.clone())
-                    {
-                        consumer.pause(std::slice::from_ref(&tp))?;
+                    if let Some((_, drain_paused)) = &mut draining {
+                        held.push_back(raw);
+                        if held.len() >= hold_limit && drain_paused.is_empty() {
+                            let tps: Vec<_> = tracker
+                                .assigned()
+                                .into_iter()
+                                .filter(|tp| !paused.contains(tp))
+                                .collect();
+                            consumer.pause(&tps)?;
+                            drain_paused.extend(tps);
+                        }
+                    } else {
+                        ingest(raw, tracker, &engine, &mut *consumer, &mut paused, cfg).await?;
                     }
                 }
                 if !paused.is_empty() {
@@ -228,17 +246,8 @@ impl Runtime {
                         return Err(RuntimeError::OutputFailed(failed));
                     }
                     if cfg.exactly_once && tracker.total_in_flight() > 0 {
-                        // Outputs and offsets commit together, so in-flight work must finish
-                        // first. Stop fetching but keep polling meanwhile: the consumer stays
-                        // in its group and rebalance callbacks run.
-                        let tps: HashSet<TopicPartition> = tracker
-                            .assigned()
-                            .into_iter()
-                            .filter(|tp| !paused.contains(tp))
-                            .collect();
-                        let list: Vec<_> = tps.iter().cloned().collect();
-                        consumer.pause(&list)?;
-                        draining = Some((Instant::now(), tps));
+                        // Outputs and offsets commit together: in-flight work finishes first.
+                        draining = Some((Instant::now(), HashSet::new()));
                         drain_warned = false;
                     } else {
                         last_commit = Instant::now();
@@ -263,6 +272,9 @@ impl Runtime {
                         draining = None;
                         if !resume.is_empty() {
                             consumer.resume(&resume)?;
+                        }
+                        while let Some(raw) = held.pop_front() {
+                            ingest(raw, tracker, &engine, &mut *consumer, &mut paused, cfg).await?;
                         }
                         update_lag(&*consumer, tracker, &metrics, &cfg.application_id).await;
                     } else if !drain_warned && since.elapsed() >= cfg.drain_timeout {
@@ -296,6 +308,30 @@ impl Runtime {
         committed?;
         Ok(summary)
     }
+}
+
+/// Starts tracking one polled record, pushes it through the graph and pauses its partition
+/// when too much of it is in flight.
+async fn ingest(
+    raw: RawRecord,
+    tracker: &Arc<OffsetTracker>,
+    engine: &Arc<Engine>,
+    consumer: &mut dyn crate::transport::SourceConsumer,
+    paused: &mut HashSet<TopicPartition>,
+    cfg: &RuntimeConfig,
+) -> Result<(), RuntimeError> {
+    let tp = TopicPartition::new(&raw.topic, raw.partition);
+    let offset = raw.offset;
+    match tracker.begin(raw) {
+        Some(ack) => engine.ingest(ack).await,
+        // A record of a partition the tracker does not hold (revoked between fetch and
+        // delivery): the next owner reads it again.
+        None => tracing::debug!(%tp, offset, "record of an unassigned partition skipped"),
+    }
+    if tracker.in_flight(&tp) >= cfg.max_in_flight_per_partition && paused.insert(tp.clone()) {
+        consumer.pause(std::slice::from_ref(&tp))?;
+    }
+    Ok(())
 }
 
 fn unreachable_metrics() -> Arc<Metrics> {

@@ -114,6 +114,7 @@ pub struct Rewind {
 struct TrackerInner {
     partitions: HashMap<TopicPartition, Assigned>,
     epoch: u64,
+    resets: u64,
 }
 
 impl OffsetTracker {
@@ -152,6 +153,12 @@ impl OffsetTracker {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// How many times [`reset`](Self::reset) ran: records polled before a reset and not yet
+    /// begun must be dropped (their partitions were rewound).
+    pub fn resets(&self) -> u64 {
+        self.lock().resets
+    }
+
     /// Throws away the uncommitted work of the still-assigned partitions `tps` (exactly-once
     /// mode, when the open transaction is aborted on a rebalance): cancels their in-flight
     /// work, forgets their in-flight offsets (acks of the old work no longer count) and returns
@@ -160,6 +167,7 @@ impl OffsetTracker {
     pub fn reset(&self, tps: &[TopicPartition]) -> Vec<Rewind> {
         let _gate = self.write_gate();
         let mut g = self.lock();
+        g.resets += 1;
         let mut out = Vec::new();
         for tp in tps {
             g.epoch += 1;
