@@ -85,6 +85,17 @@ pub fn service_router(
         ))
 }
 
+/// How long a readiness check may take before the dependency counts as not answering (a
+/// MongoDB driver otherwise waits its whole server selection timeout, 30 s by default).
+const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `check`'s answer, or `false` when it takes longer than [`READINESS_TIMEOUT`].
+async fn answers(check: impl Future<Output = bool>) -> bool {
+    tokio::time::timeout(READINESS_TIMEOUT, check)
+        .await
+        .unwrap_or(false)
+}
+
 fn readiness<F, Fut>(check: F) -> ReadinessCheck
 where
     F: Fn() -> Fut + Send + Sync + 'static,
@@ -158,10 +169,11 @@ pub async fn product_collector(settings: Settings) -> anyhow::Result<()> {
     let shutdown = shutdown_on_signals();
     let registry = prometheus::Registry::new();
     let store = mongo_product_store(&settings).await?;
-    let collector = ProductCollector::new(store.clone(), &registry)?;
+    let collector =
+        ProductCollector::new(store.clone(), &registry)?.with_api_token(settings.api_token());
     let ready = readiness(move || {
         let store = store.clone();
-        async move { vec![("mongodb".to_owned(), store.ping().await)] }
+        async move { vec![("mongodb".to_owned(), answers(store.ping()).await)] }
     });
     let router = service_router(product_collector::routes(collector), vec![registry], ready);
     serve_http(settings.listen, router, shutdown).await
@@ -186,10 +198,13 @@ pub async fn complete_products(settings: Settings) -> anyhow::Result<()> {
     let ready_view = view.clone();
     let ready = readiness(move || {
         let view = ready_view.clone();
-        async move { vec![("mongodb".to_owned(), view.ping().await)] }
+        async move { vec![("mongodb".to_owned(), answers(view.ping()).await)] }
     });
-    let api = complete_products::routes(CompleteProducts::new(products, view));
+    let api = complete_products::routes(
+        CompleteProducts::new(products, view).with_api_token(settings.api_token()),
+    );
     let router = service_router(api, vec![registry.clone()], ready);
+    let application_id = settings.kafka.group_id.clone().unwrap_or(application_id);
     let stream = run_topology(
         topology,
         &application_id,
@@ -253,16 +268,12 @@ pub async fn image_pipeline(settings: Settings) -> anyhow::Result<()> {
     let (template, origin) = topology_template(&settings, pipeline::IMAGE_PIPELINE_TOPOLOGY)?;
     let (topology, application_id) =
         pipeline::load(&template, &origin, &settings.topics, &processors)?;
-    let ready = readiness(move || {
-        let objects = objects.clone();
-        async move {
-            let s3 = tokio::time::timeout(Duration::from_secs(2), objects.exists("readyz"))
-                .await
-                .is_ok_and(|answer| answer.is_ok());
-            vec![("s3".to_owned(), s3)]
-        }
-    });
-    let router = service_router(Router::new(), vec![registry.clone()], ready);
+    let router = service_router(
+        Router::new(),
+        vec![registry.clone()],
+        object_store_readiness(objects),
+    );
+    let application_id = settings.kafka.group_id.clone().unwrap_or(application_id);
     let stream = run_topology(
         topology,
         &application_id,
@@ -274,6 +285,18 @@ pub async fn image_pipeline(settings: Settings) -> anyhow::Result<()> {
     let http = serve_http(settings.listen, router, shutdown.clone());
     let (stream, http) = tokio::join!(stream_then_cancel(stream, &shutdown), http);
     stream.and(http)
+}
+
+/// The image pipeline's `/readyz` check: the object store answers (a lookup of a key that
+/// need not exist) within [`READINESS_TIMEOUT`].
+pub fn object_store_readiness(objects: Arc<dyn images::ObjectStore>) -> ReadinessCheck {
+    readiness(move || {
+        let objects = objects.clone();
+        async move {
+            let s3 = answers(async { objects.exists("readyz").await.is_ok() }).await;
+            vec![("s3".to_owned(), s3)]
+        }
+    })
 }
 
 /// The topology file named in the settings, or the built-in one.
@@ -336,10 +359,13 @@ pub async fn cdc_source(settings: Settings) -> anyhow::Result<()> {
     let ready = readiness(move || {
         let database = database.clone();
         async move {
-            let ok = database
-                .run_command(mongodb::bson::doc! {"ping": 1})
-                .await
-                .is_ok();
+            let ok = answers(async {
+                database
+                    .run_command(mongodb::bson::doc! {"ping": 1})
+                    .await
+                    .is_ok()
+            })
+            .await;
             vec![("mongodb".to_owned(), ok)]
         }
     });

@@ -1,10 +1,14 @@
 //! Service settings: a YAML file (`--config`) with environment variables on top, the way the
 //! Helm chart configures the services (ConfigMap for the file, Secrets as environment).
 //!
-//! Environment variables override the file: `KAFKA_BOOTSTRAP`, `SCHEMA_REGISTRY_URL`,
+//! Environment variables override the file: `KAFKA_BOOTSTRAP`, `KAFKA_GROUP_ID`, `SCHEMA_REGISTRY_URL`,
 //! `MONGODB_URI`, `MONGODB_DATABASE`, `S3_ENDPOINT`, `S3_BUCKET`, `S3_PUBLIC_BASE_URL`,
 //! `AWS_REGION` (credentials come from the AWS SDK's own chain: `AWS_ACCESS_KEY_ID`, …),
-//! `CATALOG_STATE_DIR`, `CATALOG_LISTEN`.
+//! `CATALOG_STATE_DIR`, `CATALOG_LISTEN`, `CATALOG_API_TOKEN`.
+//!
+//! Secrets (the API token, the MongoDB URI's password, the S3 secret key and session token,
+//! Kafka properties that hold passwords) never appear in the settings' `Debug` output, so
+//! logging the settings cannot leak them.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -32,8 +36,8 @@ pub enum SettingsError {
     },
 }
 
-/// Every service's settings; each service reads the part it needs.
-#[derive(Debug, Clone, Deserialize)]
+/// Every service's settings; each service reads the part it needs. `Debug` redacts secrets.
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// HTTP listen address.
@@ -56,6 +60,105 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// The image pipeline's topology file; the built-in one when absent.
     pub topology_file: Option<PathBuf>,
+    /// When set, the write endpoints (`POST /api/v1/products`,
+    /// `DELETE /api/v1/complete-products/{id}`) require `Authorization: Bearer <api_token>`;
+    /// reads stay open. Better given through the environment (`CATALOG_API_TOKEN`, from a
+    /// Secret) than in the file.
+    pub api_token: Option<String>,
+}
+
+const REDACTED: &str = "<redacted>";
+
+/// `uri` with the password of its user info (`scheme://user:password@host…`) replaced.
+pub fn redact_uri(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return uri.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user_info, hosts)) => {
+            let user = user_info
+                .split_once(':')
+                .map_or(user_info, |(user, _)| user);
+            let password = if user_info.contains(':') {
+                format!(":{REDACTED}")
+            } else {
+                String::new()
+            };
+            format!("{scheme}://{user}{password}@{hosts}{tail}")
+        }
+        None => uri.to_owned(),
+    }
+}
+
+/// Whether a Kafka property holds a secret (`sasl.password`, `ssl.key.password`,
+/// `sasl.jaas.config`, …).
+fn secret_property(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["password", "secret", "jaas", "token", "credentials"]
+        .iter()
+        .any(|word| name.contains(word))
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redact = |value: &Option<String>| value.as_ref().map(|_| REDACTED);
+        let kafka_properties: std::collections::BTreeMap<&str, &str> = self
+            .kafka
+            .properties
+            .iter()
+            .map(|(name, value)| {
+                let shown = if secret_property(name) {
+                    REDACTED
+                } else {
+                    value.as_str()
+                };
+                (name.as_str(), shown)
+            })
+            .collect();
+        formatter
+            .debug_struct("Settings")
+            .field("listen", &self.listen)
+            .field(
+                "kafka",
+                &format_args!(
+                    "KafkaSettings {{ bootstrap: {:?}, properties: {:?}, exactly_once: {} }}",
+                    self.kafka.bootstrap, kafka_properties, self.kafka.exactly_once
+                ),
+            )
+            .field(
+                "schema_registry_url",
+                &redact_uri(&self.schema_registry_url),
+            )
+            .field(
+                "mongodb",
+                &format_args!(
+                    "MongoSettings {{ uri: {:?}, database: {:?}, products_collection: {:?}, \
+                     complete_products_collection: {:?}, status_collection: {:?} }}",
+                    redact_uri(&self.mongodb.uri),
+                    self.mongodb.database,
+                    self.mongodb.products_collection,
+                    self.mongodb.complete_products_collection,
+                    self.mongodb.status_collection
+                ),
+            )
+            .field(
+                "s3",
+                &images::S3Config {
+                    secret_access_key: redact(&self.s3.secret_access_key).map(str::to_owned),
+                    session_token: redact(&self.s3.session_token).map(str::to_owned),
+                    ..self.s3.clone()
+                },
+            )
+            .field("fetch", &self.fetch)
+            .field("fetch_retry", &self.fetch_retry)
+            .field("topics", &self.topics)
+            .field("state_dir", &self.state_dir)
+            .field("topology_file", &self.topology_file)
+            .field("api_token", &redact(&self.api_token))
+            .finish()
+    }
 }
 
 impl Default for Settings {
@@ -75,6 +178,7 @@ impl Default for Settings {
             topics: Topics::default(),
             state_dir: PathBuf::from("data/state"),
             topology_file: None,
+            api_token: None,
         }
     }
 }
@@ -89,6 +193,10 @@ pub struct KafkaSettings {
     pub properties: std::collections::BTreeMap<String, String>,
     /// Exactly-once processing through transactions.
     pub exactly_once: bool,
+    /// The consumer group (the topology's application id); the topology file's
+    /// `application_id` when absent. Give each deployment its own: members of one group that
+    /// read different topics still rebalance together.
+    pub group_id: Option<String>,
 }
 
 impl Default for KafkaSettings {
@@ -97,6 +205,7 @@ impl Default for KafkaSettings {
             bootstrap: "127.0.0.1:9092".into(),
             properties: Default::default(),
             exactly_once: false,
+            group_id: None,
         }
     }
 }
@@ -171,6 +280,13 @@ impl Settings {
         Ok(settings)
     }
 
+    /// The API token of the write endpoints, when one is configured (and not blank).
+    pub fn api_token(&self) -> Option<crate::http::ApiToken> {
+        self.api_token
+            .as_deref()
+            .and_then(crate::http::ApiToken::new)
+    }
+
     /// Parses YAML text; `origin` names it in errors.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self, SettingsError> {
         serde_norway::from_str(text).map_err(|error| SettingsError::Invalid {
@@ -186,6 +302,9 @@ impl Settings {
     ) -> Result<(), SettingsError> {
         if let Some(value) = lookup("KAFKA_BOOTSTRAP") {
             self.kafka.bootstrap = value;
+        }
+        if let Some(value) = lookup("KAFKA_GROUP_ID") {
+            self.kafka.group_id = Some(value);
         }
         if let Some(value) = lookup("SCHEMA_REGISTRY_URL") {
             self.schema_registry_url = value;
@@ -210,6 +329,9 @@ impl Settings {
         }
         if let Some(value) = lookup("CATALOG_STATE_DIR") {
             self.state_dir = PathBuf::from(value);
+        }
+        if let Some(value) = lookup("CATALOG_API_TOKEN") {
+            self.api_token = Some(value);
         }
         if let Some(value) = lookup("CATALOG_LISTEN") {
             self.listen = value.parse().map_err(|error| SettingsError::Invalid {
@@ -239,6 +361,43 @@ mod tests {
         assert_eq!(settings.kafka.bootstrap, "env:9092");
         assert_eq!(settings.s3.bucket, "b");
         assert_eq!(settings.topics.cdc, "catalog.catalog.products");
+    }
+
+    #[test]
+    fn debug_redacts_every_secret() {
+        let mut settings = Settings::from_yaml(
+            "mongodb: {uri: 'mongodb://app:hunter2-mongo@db1:27017,db2/?replicaSet=rs'}\n\
+             s3: {bucket: b, access_key_id: AKIA1, secret_access_key: hunter2-s3, session_token: hunter2-session}\n\
+             kafka: {properties: {sasl.password: hunter2-kafka, sasl.jaas.config: 'x password=hunter2-jaas', client.id: c1}}\n\
+             api_token: hunter2-file-token\n",
+            "test.yaml",
+        )
+        .expect("valid");
+        let text = format!("{settings:?} {settings:#?}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(
+            text.contains("mongodb://app:<redacted>@db1:27017,db2/?replicaSet=rs"),
+            "{text}"
+        );
+        assert!(text.contains("AKIA1") && text.contains("c1"), "{text}");
+        settings
+            .apply_env(|name| (name == "CATALOG_API_TOKEN").then(|| "hunter2-env".to_owned()))
+            .expect("env");
+        assert_eq!(settings.api_token.as_deref(), Some("hunter2-env"));
+        let token = settings.api_token().expect("a token");
+        assert!(token.matches("hunter2-env") && !token.matches("hunter2-env2"));
+        assert!(!format!("{settings:?} {token:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn redacts_uris() {
+        assert_eq!(redact_uri("mongodb://h:1/db"), "mongodb://h:1/db");
+        assert_eq!(redact_uri("mongodb://u@h"), "mongodb://u@h");
+        assert_eq!(
+            redact_uri("mongodb://u:p%40w@h/x?a=b"),
+            "mongodb://u:<redacted>@h/x?a=b"
+        );
+        assert_eq!(redact_uri("not a uri"), "not a uri");
     }
 
     #[test]

@@ -212,21 +212,32 @@ impl ImageWork {
             }
             _ => {
                 let size = image.bytes.len();
-                let stored = self
+                // Keys are content-addressed: an object already under this key holds these
+                // very bytes (uploaded before a crash let the state record it), so a replay
+                // does not upload it again.
+                let present = self
                     .objects
-                    .put(&object_key, image.bytes.clone(), image.content_type)
+                    .exists(&object_key)
                     .await
-                    .map_err(|e| transient("object store put", e))?;
-                self.metrics.uploads.inc();
+                    .map_err(|e| transient("object store exists", e))?;
+                if present {
+                    self.metrics.uploads_skipped.inc();
+                } else {
+                    self.objects
+                        .put(&object_key, image.bytes.clone(), image.content_type)
+                        .await
+                        .map_err(|e| transient("object store put", e))?;
+                    self.metrics.uploads.inc();
+                    tracing::debug!(key = %object_key, size, "stored image object");
+                }
                 let http_url = self
                     .objects
                     .http_url(&object_key)
                     .await
                     .map_err(|e| transient("object store url", e))?
-                    .or(stored.url.clone())
-                    .unwrap_or_else(|| stored.uri.clone());
+                    .unwrap_or_else(|| self.objects.uri(&object_key));
                 CollectedImage {
-                    uri: stored.uri,
+                    uri: self.objects.uri(&object_key),
                     http_url,
                     key: object_key.clone(),
                     content_type: image.content_type.to_owned(),
