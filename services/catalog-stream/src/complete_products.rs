@@ -9,7 +9,7 @@ use axum::response::Response;
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
-use crate::http::{ApiError, Success, json_response, success};
+use crate::http::{ApiError, ApiToken, Success, json_response, require_token, success};
 use crate::product::{MAX_ID_BYTES, ProductKey};
 use crate::store::{
     CompleteProduct, PipelineState, ProductStore, StoreError, ViewChange, ViewStore, next_version,
@@ -26,25 +26,39 @@ pub const MAX_PAGE_SIZE: usize = 500;
 pub struct CompleteProducts {
     products: ProductStore,
     view: ViewStore,
+    api_token: Option<ApiToken>,
 }
 
 impl CompleteProducts {
     /// The read side over the product store (for deletes and status) and the view.
     pub fn new(products: ProductStore, view: ViewStore) -> Self {
-        Self { products, view }
+        Self {
+            products,
+            view,
+            api_token: None,
+        }
+    }
+
+    /// Requires `Authorization: Bearer <token>` on `DELETE /api/v1/complete-products/{id}`
+    /// when `token` is given; the reads stay open.
+    pub fn with_api_token(mut self, token: Option<ApiToken>) -> Self {
+        self.api_token = token;
+        self
     }
 }
 
 /// The complete-products and status routes.
 pub fn routes(service: CompleteProducts) -> Router {
-    Router::new()
+    let token = service.api_token.clone();
+    let router = Router::new()
         .route("/api/v1/complete-products", get(list))
         .route(
             "/api/v1/complete-products/{product_id}",
             get(get_one).delete(delete_one),
         )
         .route("/api/v1/products/{product_id}/status", get(status))
-        .with_state(service)
+        .with_state(service);
+    require_token(router, token)
 }
 
 fn store_error(error: StoreError) -> ApiError {

@@ -1,7 +1,8 @@
 //! What every HTTP service shares: the success envelope `{"message": "success", "data": …}`,
 //! the error body `{"message", "code", "field"}`, a JSON body extractor that turns every
-//! rejection into that error body (400, 413, 415), and the `/healthz`, `/readyz` and
-//! `/metrics` routes.
+//! rejection into that error body (400, 413, 415), the optional bearer token of the write
+//! endpoints ([`ApiToken`], [`require_token`]), and the `/healthz`, `/readyz` and `/metrics`
+//! routes.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,10 +11,13 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 /// Largest request body any service accepts.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -181,6 +185,84 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
             format!("the body is not valid JSON: {}", error.body_text()),
         ),
         other => ApiError::invalid(None, other.body_text()),
+    }
+}
+
+/// The bearer token the write endpoints require when configured. Only its SHA-256 digest is
+/// kept, and a presented token is compared digest against digest in constant time, so neither
+/// the comparison's timing nor a memory dump gives the token away; `Debug` prints no part of it.
+#[derive(Clone)]
+pub struct ApiToken {
+    digest: [u8; 32],
+}
+
+impl ApiToken {
+    /// The token `secret`; `None` when it is empty or only whitespace (no token configured).
+    pub fn new(secret: &str) -> Option<Self> {
+        let secret = secret.trim();
+        (!secret.is_empty()).then(|| Self {
+            digest: Sha256::digest(secret.as_bytes()).into(),
+        })
+    }
+
+    /// Whether `presented` is the token (constant time over the digests).
+    pub fn matches(&self, presented: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        bool::from(self.digest.ct_eq(&digest))
+    }
+}
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("ApiToken(<redacted>)")
+    }
+}
+
+/// 401 with the error body and `WWW-Authenticate: Bearer`.
+fn unauthorized(message: &str) -> Response {
+    let mut response =
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"catalog-stream\""),
+    );
+    response
+}
+
+/// Requires `Authorization: Bearer <token>` on every route of `router` asked with a method
+/// that writes (anything but GET, HEAD and OPTIONS) when `token` is given; reads stay open.
+/// The check runs before the body is read, so an unauthenticated request costs no parsing.
+pub fn require_token(router: Router, token: Option<ApiToken>) -> Router {
+    match token {
+        None => router,
+        Some(token) => router.route_layer(axum::middleware::from_fn(
+            move |request: Request, next: Next| {
+                let token = token.clone();
+                async move {
+                    if matches!(
+                        *request.method(),
+                        Method::GET | Method::HEAD | Method::OPTIONS
+                    ) {
+                        return next.run(request).await;
+                    }
+                    let presented = request
+                        .headers()
+                        .get(header::AUTHORIZATION)
+                        .and_then(|value| value.to_str().ok())
+                        .and_then(|value| {
+                            let (scheme, credentials) = value.trim().split_once(' ')?;
+                            scheme
+                                .eq_ignore_ascii_case("bearer")
+                                .then(|| credentials.trim())
+                        });
+                    match presented {
+                        None => unauthorized("this endpoint needs `Authorization: Bearer <token>`"),
+                        Some(presented) if token.matches(presented) => next.run(request).await,
+                        Some(_) => unauthorized("the bearer token is not valid"),
+                    }
+                }
+            },
+        )),
     }
 }
 

@@ -61,12 +61,26 @@ struct StandaloneArgs {
     /// a slower fetch fails with `timeout` and is retried as transient. Default 30.
     #[arg(long, env = "CATALOG_FETCH_TIMEOUT", value_name = "SECONDS", value_parser = parse_seconds)]
     fetch_timeout: Option<std::time::Duration>,
+    /// When given, `POST /api/v1/products` and `DELETE /api/v1/complete-products/{id}` require
+    /// `Authorization: Bearer <token>`; reads stay open. Prefer the environment variable: a
+    /// command line is visible to every user of the machine.
+    #[arg(
+        long,
+        env = "CATALOG_API_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    api_token: Option<String>,
 }
 
 impl StandaloneArgs {
     async fn run(self) -> anyhow::Result<()> {
         let fetch = standalone::fetch_config(self.fetch_timeout);
-        standalone::run(self.listen, self.data_dir, fetch).await
+        let token = self
+            .api_token
+            .as_deref()
+            .and_then(catalog_stream::http::ApiToken::new);
+        standalone::run(self.listen, self.data_dir, fetch, token).await
     }
 }
 
@@ -178,7 +192,10 @@ fn init_tracing() {
 }
 
 fn settings(args: &ServiceArgs) -> anyhow::Result<Settings> {
-    Ok(Settings::load(args.config.as_deref())?)
+    let settings = Settings::load(args.config.as_deref())?;
+    // `Settings`' Debug redacts every secret.
+    tracing::debug!(?settings, "settings loaded");
+    Ok(settings)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -39,6 +39,19 @@ fn product_id_parameter() -> Value {
            "schema": {"type": "string", "minLength": 1, "maxLength": MAX_ID_BYTES}})
 }
 
+/// The write operations: a bearer token when one is configured, nothing otherwise (`{}`).
+fn write_security() -> Value {
+    json!([{"bearerAuth": []}, {}])
+}
+
+fn unauthorized_response() -> Value {
+    let mut response = error_response(
+        "An API token is configured and the request has no `Authorization: Bearer` header, or a wrong token",
+    );
+    response["headers"] = json!({"WWW-Authenticate": {"description": "`Bearer realm=\"catalog-stream\"`", "schema": {"type": "string"}}});
+    response
+}
+
 /// The document.
 pub fn document() -> Value {
     let text = |max: usize| json!({"type": "string", "minLength": 1, "maxLength": max});
@@ -53,8 +66,10 @@ pub fn document() -> Value {
             "/api/v1/products": {"post": {
                 "operationId": "postProduct",
                 "summary": "Create or replace a product (identity: mallId + productId)",
+                "security": write_security(),
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ProductInput"}}}},
                 "responses": {
+                    "401": unauthorized_response(),
                     "201": success_response("Created", json!({"$ref": "#/components/schemas/AcceptedProduct"})),
                     "200": success_response("Replaced (the image is collected again)", json!({"$ref": "#/components/schemas/AcceptedProduct"})),
                     "400": error_response("A field is missing, empty, too long or malformed; `field` names it"),
@@ -101,8 +116,10 @@ pub fn document() -> Value {
                 "delete": {
                     "operationId": "deleteCompleteProduct",
                     "summary": "Delete the product; its stored image is removed through the pipeline",
+                    "security": write_security(),
                     "parameters": [product_id_parameter(), mall_parameter()],
                     "responses": {
+                        "401": unauthorized_response(),
                         "200": success_response("Deleted", json!({"type": "object", "required": ["mallId", "productId", "deleted"], "properties": {
                             "mallId": {"type": "string"}, "productId": {"type": "string"}, "deleted": {"type": "boolean"}}})),
                         "400": error_response("A bad productId or mallId"),
@@ -133,7 +150,10 @@ pub fn document() -> Value {
             "/openapi.json": {"get": {"operationId": "openapi", "responses": {
                 "200": {"description": "This document", "content": {"application/json": {"schema": {"type": "object"}}}}}}}
         },
-        "components": {"schemas": {
+        "components": {"securitySchemes": {
+            "bearerAuth": {"type": "http", "scheme": "bearer",
+                "description": "The API token configured with `api_token` / `CATALOG_API_TOKEN` (standalone: `--api-token`). Only the write operations use it, and only when one is configured."}
+        }, "schemas": {
             "ProductInput": {
                 "type": "object", "additionalProperties": false,
                 "required": ["mallId", "productId", "title", "content", "price", "imageUrl"],

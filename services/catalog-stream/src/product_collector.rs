@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use prometheus::{IntCounterVec, Opts};
 
-use crate::http::{ApiError, JsonBody, success};
+use crate::http::{ApiError, ApiToken, JsonBody, require_token, success};
 use crate::product::validate_product;
 use crate::store::{ProductStore, UpsertOutcome};
 
@@ -17,6 +17,7 @@ use crate::store::{ProductStore, UpsertOutcome};
 pub struct ProductCollector {
     store: ProductStore,
     requests: IntCounterVec,
+    api_token: Option<ApiToken>,
 }
 
 impl ProductCollector {
@@ -30,7 +31,18 @@ impl ProductCollector {
             &["outcome"],
         )?;
         registry.register(Box::new(requests.clone()))?;
-        Ok(Self { store, requests })
+        Ok(Self {
+            store,
+            requests,
+            api_token: None,
+        })
+    }
+
+    /// Requires `Authorization: Bearer <token>` on `POST /api/v1/products` when `token` is
+    /// given.
+    pub fn with_api_token(mut self, token: Option<ApiToken>) -> Self {
+        self.api_token = token;
+        self
     }
 
     /// The store it writes to.
@@ -41,9 +53,11 @@ impl ProductCollector {
 
 /// The product routes.
 pub fn routes(collector: ProductCollector) -> Router {
-    Router::new()
+    let token = collector.api_token.clone();
+    let router = Router::new()
         .route("/api/v1/products", post(post_product))
-        .with_state(collector)
+        .with_state(collector);
+    require_token(router, token)
 }
 
 async fn post_product(

@@ -131,6 +131,8 @@ pub struct Standalone {
     sink_metrics: prometheus::Registry,
     /// Image fetch limits and the SSRF guard.
     fetch: images::FetchConfig,
+    /// The bearer token of the write endpoints, when configured.
+    api_token: Option<crate::http::ApiToken>,
 }
 
 /// The image fetch settings of the standalone mode: [`images::FetchConfig`] defaults with
@@ -193,7 +195,14 @@ impl Standalone {
                 Some([("topology".to_owned(), "complete-products".to_owned())].into()),
             )?,
             fetch: fetch_config(None),
+            api_token: None,
         })
+    }
+
+    /// Requires `Authorization: Bearer <token>` on the write endpoints when `token` is given.
+    pub fn with_api_token(mut self, token: Option<crate::http::ApiToken>) -> Self {
+        self.api_token = token;
+        self
     }
 
     /// Uses `fetch` for image fetches instead of [`fetch_config`]`(None)`.
@@ -206,11 +215,12 @@ impl Standalone {
     pub fn router(&self) -> anyhow::Result<Router> {
         let products = ProductStore::Sled(self.products.clone());
         let view = ViewStore::Sled(self.view.clone());
-        let collector = ProductCollector::new(products.clone(), &self.metrics)?;
+        let collector = ProductCollector::new(products.clone(), &self.metrics)?
+            .with_api_token(self.api_token.clone());
         let api = product_collector::routes(collector)
-            .merge(complete_products::routes(CompleteProducts::new(
-                products, view,
-            )))
+            .merge(complete_products::routes(
+                CompleteProducts::new(products, view).with_api_token(self.api_token.clone()),
+            ))
             .route(
                 "/images/{*key}",
                 axum::routing::get(serve_image).with_state(self.images.clone()),
@@ -468,18 +478,21 @@ impl OutboxRelay {
 
 /// `catalog-stream` with no arguments.
 ///
-/// `fetch` as made by [`fetch_config`].
+/// `fetch` as made by [`fetch_config`]; `api_token`, when given, guards the write endpoints.
 pub async fn run(
     listen: SocketAddr,
     data_dir: PathBuf,
     fetch: images::FetchConfig,
+    api_token: Option<crate::http::ApiToken>,
 ) -> anyhow::Result<()> {
     let shutdown = app::shutdown_on_signals();
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener.local_addr().unwrap_or(listen);
-    let system = Standalone::open(&data_dir, &format!("http://{address}"))?.with_fetch(fetch);
+    let system = Standalone::open(&data_dir, &format!("http://{address}"))?
+        .with_fetch(fetch)
+        .with_api_token(api_token);
     let router = system.router()?;
     tracing::info!(%address, data_dir = %data_dir.display(), "standalone: serving the API");
     let http = async {
