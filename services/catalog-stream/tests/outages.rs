@@ -1,0 +1,410 @@
+//! Outages (SPEC §9, issue 8): the S3 server goes away for ~10 s mid-stream and comes back on the
+//! same address. Work pauses (records retry as transient), `/readyz` of the image pipeline goes
+//! 503 and back to 200, work resumes, nothing is lost and every product is collected exactly
+//! once, with exactly one stored object per product.
+//!
+//! Built from the services' blocks, in process: the sled product store with its outbox relay,
+//! the image-pipeline and complete-products topologies on the embedded log through the
+//! in-process Schema Registry, and an [`images::S3ObjectStore`] on this test's OWN moto server
+//! (never the shared one). moto keeps its objects in memory, so killing it would lose the
+//! stored images, which no real S3 does; the outage is therefore cut in front of it: the S3
+//! endpoint the pipeline uses is a TCP relay owned by the test, and stopping it closes the
+//! listening socket and resets every open connection (the pipeline sees connection refused and
+//! resets, exactly as when the server process is gone), then it listens again on the same port.
+
+mod own_servers;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use catalog_stream::app;
+use catalog_stream::pipeline::{self, ImageMetrics, ImageWork, PipelineState};
+use catalog_stream::product::{ProductKey, validate_product};
+use catalog_stream::settings::Topics;
+use catalog_stream::standalone::{InProcessRegistry, OutboxRelay, fetch_config};
+use catalog_stream::store::{ProductStore, SledProductStore, SledViewStore, ViewStore};
+use connectors::mongo_source::ChangeEncoder;
+use images::ObjectStore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use topology::serdes::SchemaRegistry;
+use topology::transport::{EmbeddedLog, EmbeddedTransport, Transport};
+use tower::ServiceExt;
+
+use own_servers::{Kind, OwnServer, fixture, free_port, product};
+
+const MALL: &str = "outage-mall";
+const BEFORE: usize = 100;
+const DURING: usize = 150;
+const OUTAGE: Duration = Duration::from_secs(10);
+
+/// A TCP relay from a fixed port to `target`, which can be stopped (listener closed, every
+/// connection reset) and started again on the same port.
+struct Relay {
+    port: u16,
+    target: u16,
+    tasks: Option<JoinSet<()>>,
+}
+
+impl Relay {
+    async fn start(target: u16) -> Self {
+        let mut relay = Self {
+            port: free_port(),
+            target,
+            tasks: None,
+        };
+        relay.resume().await;
+        relay
+    }
+
+    async fn resume(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("bind the relay again on its port");
+        let target = self.target;
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move {
+            let mut connections = JoinSet::new();
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                connections.spawn(async move {
+                    if let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                while connections.try_join_next().is_some() {}
+            }
+        });
+        self.tasks = Some(tasks);
+    }
+
+    /// Closes the listener and drops every connection (the accept task owns them all).
+    async fn stop(&mut self) {
+        if let Some(mut tasks) = self.tasks.take() {
+            tasks.shutdown().await;
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+async fn image_server() -> String {
+    let png = fixture("pixel.png");
+    let app = axum::Router::new().fallback(move || {
+        let png = png.clone();
+        async move { ([(axum::http::header::CONTENT_TYPE, "image/png")], png) }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{address}")
+}
+
+fn s3_config(endpoint: String, bucket: &str) -> images::S3Config {
+    images::S3Config {
+        bucket: bucket.to_owned(),
+        region: Some("us-east-1".into()),
+        endpoint: Some(endpoint),
+        access_key_id: Some("testing".into()),
+        secret_access_key: Some("testing".into()),
+        create_bucket: true,
+        ..Default::default()
+    }
+}
+
+fn metric_sum(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && line.contains(label))
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let value = if rest.starts_with('{') {
+                rest.split_once('}')?.1
+            } else if rest.starts_with(' ') {
+                rest
+            } else {
+                return None;
+            };
+            value.trim().parse::<f64>().ok()
+        })
+        .sum()
+}
+
+async fn get(router: &axum::Router, path: &str) -> (u16, String) {
+    let response = router
+        .clone()
+        .oneshot(
+            axum::http::Request::get(path)
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    let status = response.status().as_u16();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+async fn collected(view: &ViewStore, count: usize) -> usize {
+    let mut done = 0;
+    for index in 0..count {
+        let key = ProductKey::new(MALL, format!("p{index:04}"));
+        if view.get(&key).await.expect("view").is_some() {
+            done += 1;
+        }
+    }
+    done
+}
+
+async fn wait_collected(view: &ViewStore, count: usize, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let done = collected(view, count).await;
+        if done == count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{done} of {count} collected after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_status(router: &axum::Router, status: u16, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let (answer, body) = get(router, "/readyz").await;
+        if answer == status {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "/readyz answered {answer} ({body}), not {status}, for {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_outage_pauses_and_resumes_without_loss_or_duplicates() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let moto = OwnServer::start(Kind::Moto, dir.path());
+    let mut relay = Relay::start(moto.port).await;
+    let images_base = image_server().await;
+    let bucket = format!("outage-{}", uuid::Uuid::new_v4().simple());
+
+    // The blocks of the image pipeline, S3 behind the relay.
+    let db = sled::open(dir.path().join("store")).expect("sled");
+    let products = SledProductStore::open(&db).expect("products");
+    let view = ViewStore::Sled(SledViewStore::open(&db).expect("view"));
+    let log = Arc::new(EmbeddedLog::open(&dir.path().join("log")).expect("log"));
+    let topics = Topics::default();
+    for topic in [
+        &topics.cdc,
+        &topics.upserts,
+        &topics.deletes,
+        &topics.image_events,
+    ] {
+        log.create_topic(topic, 4).expect("topic");
+    }
+    let schemas: Arc<dyn SchemaRegistry> = Arc::new(InProcessRegistry::new(Arc::new(
+        schema_registry::Registry::in_memory(),
+    )));
+    let objects: Arc<dyn ObjectStore> = Arc::new(
+        images::S3ObjectStore::new(s3_config(relay.url(), &bucket))
+            .await
+            .expect("S3 store"),
+    );
+    let metrics = prometheus::Registry::new();
+    let sink_metrics = prometheus::Registry::new_custom(
+        None,
+        Some([("topology".to_owned(), "complete-products".to_owned())].into()),
+    )
+    .expect("registry");
+    let work = ImageWork {
+        fetcher: images::ImageFetcher::new(fetch_config(None)).expect("fetcher"),
+        fetch_retry: images::RetryPolicy::default(),
+        objects: objects.clone(),
+        state: PipelineState::open(&dir.path().join("state")).expect("state"),
+        metrics: ImageMetrics::new(&metrics).expect("metrics"),
+    };
+    let processors = pipeline::registry(Some(work), Some(view.clone()), schemas.clone());
+    let (image_pipeline, pipeline_id) = pipeline::load(
+        pipeline::IMAGE_PIPELINE_TOPOLOGY,
+        "image-pipeline",
+        &topics,
+        &processors,
+    )
+    .expect("image pipeline");
+    let (sink, sink_id) = pipeline::load(
+        pipeline::COMPLETE_PRODUCTS_TOPOLOGY,
+        "complete-products",
+        &topics,
+        &processors,
+    )
+    .expect("sink");
+    let transport: Arc<dyn Transport> = Arc::new(EmbeddedTransport::new(log.clone()));
+    let relay_out = OutboxRelay::new(
+        products.outbox().clone(),
+        log.clone(),
+        ChangeEncoder::avro(schemas.clone(), "catalog", "catalog", "products").expect("encoder"),
+        topics.cdc.clone(),
+    );
+    let shutdown = CancellationToken::new();
+    let mut streams = JoinSet::new();
+    streams.spawn(relay_out.run(shutdown.clone()));
+    {
+        let (transport, metrics, shutdown) = (transport.clone(), metrics.clone(), shutdown.clone());
+        streams.spawn(async move {
+            app::run_topology(
+                image_pipeline,
+                &pipeline_id,
+                transport,
+                false,
+                &metrics,
+                shutdown,
+            )
+            .await
+        });
+    }
+    {
+        let (sink_metrics, shutdown) = (sink_metrics.clone(), shutdown.clone());
+        streams.spawn(async move {
+            app::run_topology(sink, &sink_id, transport, false, &sink_metrics, shutdown).await
+        });
+    }
+    // The image pipeline service's ops routes, with its real S3 readiness check.
+    let ops = app::service_router(
+        axum::Router::new(),
+        vec![metrics.clone()],
+        app::object_store_readiness(objects.clone()),
+    );
+
+    let store = ProductStore::Sled(products.clone());
+    let upsert = |index: usize| {
+        let store = store.clone();
+        let url = format!("{images_base}/images/p{index:04}.png");
+        async move {
+            let body = product(MALL, &format!("p{index:04}"), "t", &url);
+            let product = validate_product(&body).expect("valid product");
+            store.upsert(&product).await.expect("upsert");
+        }
+    };
+
+    // Before: everything flows.
+    assert_eq!(get(&ops, "/readyz").await.0, 200);
+    for index in 0..BEFORE {
+        upsert(index).await;
+    }
+    wait_collected(&view, BEFORE, Duration::from_secs(60)).await;
+
+    // The outage: new products keep coming while S3 is gone.
+    let outage_started = Instant::now();
+    relay.stop().await;
+    let not_ready_after = wait_status(&ops, 503, Duration::from_secs(5)).await;
+    for index in BEFORE..BEFORE + DURING {
+        upsert(index).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during_early = collected(&view, BEFORE + DURING).await;
+    let remaining = OUTAGE.saturating_sub(outage_started.elapsed());
+    tokio::time::sleep(remaining).await;
+    let during_late = collected(&view, BEFORE + DURING).await;
+    let (_, text) = get(&ops, "/metrics").await;
+    let retries_during = metric_sum(&text, "topology_retries_total", "image-collector");
+    assert_eq!(
+        during_early, during_late,
+        "work went on while S3 was down ({during_early} → {during_late})"
+    );
+    assert!(
+        during_late < BEFORE + DURING,
+        "every product was collected during the outage"
+    );
+    assert!(
+        retries_during > 0.0,
+        "no retries while S3 was down:\n{text}"
+    );
+    assert_eq!(get(&ops, "/readyz").await.0, 503);
+
+    // Back: ready again, work resumes, everything ends collected.
+    relay.resume().await;
+    let outage = outage_started.elapsed();
+    let ready_after = wait_status(&ops, 200, Duration::from_secs(10)).await;
+    let resumed = Instant::now();
+    wait_collected(&view, BEFORE + DURING, Duration::from_secs(90)).await;
+    let caught_up = resumed.elapsed();
+
+    // Settle, then count.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let (_, text) = get(&ops, "/metrics").await;
+        let in_flight = metric_sum(&text, "topology_in_flight", "");
+        let lag = metric_sum(&text, "topology_consumer_lag", "");
+        if in_flight == 0.0 && lag == 0.0 {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lag {lag}, in flight {in_flight}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let total = BEFORE + DURING;
+    let uploads = metric_sum(&text, "catalog_image_uploads_total", "");
+    let collected_events = metric_sum(&text, "catalog_images_collected_total", "");
+    let failed = metric_sum(&text, "catalog_images_failed_total", "");
+    let dead = metric_sum(&text, "topology_dead_letter_total", "");
+    let retries = metric_sum(&text, "topology_retries_total", "image-collector");
+    assert_eq!(failed, 0.0, "failed images:\n{text}");
+    assert_eq!(dead, 0.0, "dead-lettered records:\n{text}");
+    assert_eq!(uploads as usize, total, "uploads");
+    assert_eq!(collected_events as usize, total, "collected events");
+
+    // Exactly one object per product, listed at the server itself.
+    let direct = images::S3ObjectStore::new(s3_config(moto.url(), &bucket))
+        .await
+        .expect("direct S3 store");
+    let stored = direct.list("products/").await.expect("list");
+    assert_eq!(stored.len(), total, "objects in the bucket: {stored:?}");
+    for index in 0..total {
+        let prefix = format!("products/{MALL}/p{index:04}/");
+        let count = stored.iter().filter(|key| key.starts_with(&prefix)).count();
+        assert_eq!(count, 1, "objects of p{index:04}");
+        let complete = view
+            .get(&ProductKey::new(MALL, format!("p{index:04}")))
+            .await
+            .expect("view")
+            .expect("collected");
+        assert!(
+            stored.contains(&complete.image.key),
+            "p{index:04} points at {}",
+            complete.image.key
+        );
+    }
+
+    shutdown.cancel();
+    while let Some(result) = streams.join_next().await {
+        result.expect("stream task").expect("stream");
+    }
+    println!(
+        "s3 outage: products={total} (during outage {DURING}) outage={outage:?} \
+         readyz_503_after={not_ready_after:?} readyz_200_after={ready_after:?} \
+         collected_during_outage={} retries={retries} caught_up_in={caught_up:?} \
+         collected={collected_events} uploads={uploads} objects={} lost=0 duplicate_uploads=0",
+        during_late - BEFORE,
+        stored.len()
+    );
+}
