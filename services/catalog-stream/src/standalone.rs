@@ -389,6 +389,9 @@ impl OutboxRelay {
                 }
                 continue;
             }
+            // Publish only what is on disk: a change the store could still lose in a crash
+            // must not reach the pipeline.
+            self.outbox.sync().await?;
             for (sequence, entry) in pending {
                 self.publish(sequence, &entry).await?;
                 next = sequence + 1;

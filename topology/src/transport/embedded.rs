@@ -302,9 +302,22 @@ impl EmbeddedLog {
     }
 
     /// Flushes to disk (no-op for temporary logs).
+    ///
+    /// Runs sled's blocking flush on tokio's blocking pool rather than `flush_async`: sled 0.34
+    /// runs `flush_async` on its own IO pool of seven threads, and with seven flushes waiting
+    /// there the buffer write they wait for queues behind them; once a transaction anywhere in
+    /// the process also waits for sled's global lock, every sled call hangs (seen with the
+    /// standalone mode under a burst of POSTs).
     pub async fn flush(&self) -> Result<(), LogError> {
         if self.durable {
-            self.db.flush_async().await.map_err(sled_err("flush"))?;
+            let db = self.db.clone();
+            tokio::task::spawn_blocking(move || db.flush())
+                .await
+                .map_err(|error| LogError::Sled {
+                    place: "flush".into(),
+                    source: sled::Error::ReportableBug(format!("flush task failed: {error}")),
+                })?
+                .map_err(sled_err("flush"))?;
         }
         Ok(())
     }

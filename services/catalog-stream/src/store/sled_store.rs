@@ -6,6 +6,7 @@
 //! and the status in one transaction too.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
@@ -78,11 +79,59 @@ pub struct OutboxEntry {
     pub ts_ms: i64,
 }
 
+/// One flush at a time for many writers (group commit).
+///
+/// sled 0.34's `flush_async` runs on sled's own IO thread pool, which in practice stays at
+/// seven threads; with seven flushes waiting there, the write of the log buffer they wait for
+/// queues behind them and the process hangs (seen under a burst of concurrent POSTs). So the
+/// store never has more than one flush in flight: a writer takes a ticket once its write is
+/// applied, and returns when a flush started after that ticket has completed. Whoever holds the
+/// lock flushes for every ticket taken so far, on a blocking thread of tokio's pool.
+struct GroupCommit {
+    db: sled::Db,
+    /// Tickets taken (writes applied in memory).
+    requested: AtomicU64,
+    /// Every ticket up to this one is on disk.
+    durable: AtomicU64,
+    leader: tokio::sync::Mutex<()>,
+}
+
+impl GroupCommit {
+    fn new(db: sled::Db) -> Self {
+        Self {
+            db,
+            requested: AtomicU64::new(0),
+            durable: AtomicU64::new(0),
+            leader: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Returns once every write applied before this call is on disk.
+    async fn sync(&self) -> Result<(), StoreError> {
+        let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        while self.durable.load(Ordering::SeqCst) < ticket {
+            let _leader = self.leader.lock().await;
+            if self.durable.load(Ordering::SeqCst) >= ticket {
+                break;
+            }
+            // Every ticket up to `target` was taken after its write was applied.
+            let target = self.requested.load(Ordering::SeqCst);
+            let db = self.db.clone();
+            tokio::task::spawn_blocking(move || db.flush())
+                .await
+                .map_err(|error| StoreError::corrupt("flush task", error))??;
+            self.durable.fetch_max(target, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
 /// The change records written with the products, in order.
 #[derive(Clone)]
 pub struct Outbox {
     tree: sled::Tree,
     notify: Arc<tokio::sync::Notify>,
+    commit: Arc<GroupCommit>,
 }
 
 impl Outbox {
@@ -118,6 +167,12 @@ impl Outbox {
         self.tree.is_empty()
     }
 
+    /// Returns once every entry written before this call is on disk: the relay publishes only
+    /// durable entries, so a crash never leaves an event for a write the store lost.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        self.commit.sync().await
+    }
+
     /// Resolves when a new entry may have been written.
     pub async fn changed(&self) {
         self.notify.notified().await;
@@ -127,7 +182,6 @@ impl Outbox {
 /// Products and their outbox in sled.
 #[derive(Clone)]
 pub struct SledProductStore {
-    db: sled::Db,
     products: sled::Tree,
     outbox: Outbox,
 }
@@ -136,11 +190,11 @@ impl SledProductStore {
     /// Opens the trees in `db`.
     pub fn open(db: &sled::Db) -> Result<Self, StoreError> {
         Ok(Self {
-            db: db.clone(),
             products: db.open_tree("products")?,
             outbox: Outbox {
                 tree: db.open_tree("products.outbox")?,
                 notify: Arc::new(tokio::sync::Notify::new()),
+                commit: Arc::new(GroupCommit::new(db.clone())),
             },
         })
     }
@@ -151,13 +205,13 @@ impl SledProductStore {
     }
 
     /// Writes the product and its change record in one transaction; returns once both are on
-    /// disk.
+    /// disk (flushes are shared between concurrent writers: group commit).
     pub async fn upsert_durable(
         &self,
         product: &Product,
     ) -> Result<(UpsertOutcome, i64), StoreError> {
         let outcome = self.upsert(product)?;
-        self.db.flush_async().await?;
+        self.outbox.commit.sync().await?;
         self.outbox.notify.notify_waiters();
         Ok(outcome)
     }
@@ -203,7 +257,7 @@ impl SledProductStore {
     /// Deletes the product and records the deletion in the outbox; returns once on disk.
     pub async fn delete_durable(&self, key: &ProductKey) -> Result<bool, StoreError> {
         let deleted = self.delete(key)?;
-        self.db.flush_async().await?;
+        self.outbox.commit.sync().await?;
         Ok(deleted)
     }
 
