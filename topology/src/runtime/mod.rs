@@ -251,7 +251,14 @@ impl Runtime {
                         drain_warned = false;
                     } else {
                         last_commit = Instant::now();
-                        commit(&mut *consumer, tracker, &metrics, &durable).await?;
+                        commit(
+                            &mut *consumer,
+                            tracker,
+                            &metrics,
+                            &durable,
+                            cfg.exactly_once,
+                        )
+                        .await?;
                         update_lag(&*consumer, tracker, &metrics, &cfg.application_id).await;
                     }
                 }
@@ -261,7 +268,14 @@ impl Runtime {
                         if !failed.is_empty() {
                             return Err(RuntimeError::OutputFailed(failed));
                         }
-                        commit(&mut *consumer, tracker, &metrics, &durable).await?;
+                        commit(
+                            &mut *consumer,
+                            tracker,
+                            &metrics,
+                            &durable,
+                            cfg.exactly_once,
+                        )
+                        .await?;
                         last_commit = Instant::now();
                         let assigned: HashSet<_> = tracker.assigned().into_iter().collect();
                         let resume: Vec<_> = tps
@@ -298,7 +312,14 @@ impl Runtime {
             );
         }
         let committed = if result.is_ok() {
-            commit(&mut *consumer, tracker, &metrics, &durable).await
+            commit(
+                &mut *consumer,
+                tracker,
+                &metrics,
+                &durable,
+                cfg.exactly_once,
+            )
+            .await
         } else {
             Ok(())
         };
@@ -385,6 +406,7 @@ async fn commit(
     tracker: &OffsetTracker,
     metrics: &Metrics,
     durable: &Durable,
+    exactly_once: bool,
 ) -> Result<(), RuntimeError> {
     let pending = tracker.pending_commits();
     if pending.is_empty() {
@@ -393,7 +415,17 @@ async fn commit(
     let started = Instant::now();
     // State and changelog first: an input offset is never committed ahead of them.
     durable.flush().await?;
-    consumer.commit(pending.clone()).await?;
+    match consumer.commit(pending.clone()).await {
+        Ok(()) => {}
+        // At-least-once: a commit refused while the group rebalances (or after this member
+        // was fenced out by a missed session) loses nothing; the offsets are offered again at
+        // the next interval, or the partitions' next owner resumes from the last commit.
+        Err(error) if !exactly_once => {
+            tracing::warn!(%error, "offset commit failed; retrying at the next interval");
+            return Ok(());
+        }
+        Err(error) => return Err(error.into()),
+    }
     metrics
         .commit_latency
         .observe(started.elapsed().as_secs_f64());
