@@ -91,6 +91,39 @@ pub struct EmbeddedLog {
     round_robin: AtomicU32,
     default_partitions: u32,
     durable: bool,
+    flushes: Arc<FlushState>,
+}
+
+/// Single-flight flushing: many concurrent `flush_async` calls exhaust sled 0.34's small IO
+/// thread pool, which the flushes themselves wait on (a hang seen with a second sled database
+/// in the process). One flush runs at a time, on a blocking thread, and callers whose writes
+/// an earlier flush already covered return at once.
+#[derive(Debug, Default)]
+struct FlushState {
+    lock: std::sync::Mutex<()>,
+    written: std::sync::atomic::AtomicU64,
+    flushed: std::sync::atomic::AtomicU64,
+}
+
+impl FlushState {
+    fn wrote(&self) {
+        self.written.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn flush(&self, db: &sled::Db) -> Result<(), LogError> {
+        let wanted = self.written.load(Ordering::SeqCst);
+        let _g = self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.flushed.load(Ordering::SeqCst) >= wanted {
+            return Ok(());
+        }
+        let upto = self.written.load(Ordering::SeqCst);
+        db.flush().map_err(sled_err("flush"))?;
+        self.flushed.fetch_max(upto, Ordering::SeqCst);
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for EmbeddedLog {
@@ -125,6 +158,7 @@ impl EmbeddedLog {
             round_robin: AtomicU32::new(0),
             default_partitions: 1,
             durable,
+            flushes: Arc::new(FlushState::default()),
         })
     }
 
@@ -210,6 +244,7 @@ impl EmbeddedLog {
             };
             tree.insert(next.to_be_bytes(), encode(record))
                 .map_err(sled_err(place()))?;
+            self.flushes.wrote();
             next
         };
         self.notify.notify_waiters();
@@ -285,13 +320,17 @@ impl EmbeddedLog {
         for (tp, o) in offsets {
             batch.insert(offset_key(group, &tp.topic, tp.partition), &o.to_be_bytes());
         }
-        self.offsets.apply_batch(batch).map_err(sled_err("offsets"))
+        self.offsets
+            .apply_batch(batch)
+            .map_err(sled_err("offsets"))?;
+        self.flushes.wrote();
+        Ok(())
     }
 
     /// Flushes to disk, blocking the calling thread (no-op for temporary logs).
     pub fn flush_blocking(&self) -> Result<(), LogError> {
         if self.durable {
-            self.db.flush().map_err(sled_err("flush"))?;
+            self.flushes.flush(&self.db)?;
         }
         Ok(())
     }
@@ -309,17 +348,16 @@ impl EmbeddedLog {
     /// the process also waits for sled's global lock, every sled call hangs (seen with the
     /// standalone mode under a burst of POSTs).
     pub async fn flush(&self) -> Result<(), LogError> {
-        if self.durable {
-            let db = self.db.clone();
-            tokio::task::spawn_blocking(move || db.flush())
-                .await
-                .map_err(|error| LogError::Sled {
-                    place: "flush".into(),
-                    source: sled::Error::ReportableBug(format!("flush task failed: {error}")),
-                })?
-                .map_err(sled_err("flush"))?;
+        if !self.durable {
+            return Ok(());
         }
-        Ok(())
+        let (db, flushes) = (self.db.clone(), self.flushes.clone());
+        tokio::task::spawn_blocking(move || flushes.flush(&db))
+            .await
+            .map_err(|e| LogError::Sled {
+                place: "flush".into(),
+                source: sled::Error::ReportableBug(format!("flush task: {e}")),
+            })?
     }
 }
 
