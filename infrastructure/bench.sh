@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# The side-by-side benchmarks of SPEC §8 (issue 7).
+#
+#   infrastructure/bench.sh [engine|state|async|all]   (default: all = engine + state; async runs
+#   infrastructure/bench-async.sh; e2e/ingest are not here yet)
+#
+# engine: builds the catalog-bench binaries (release), the Kafka Streams contender
+# (infrastructure/bench/kafka-streams, jars from Maven Central, compiled with javac) and the Quix
+# Streams venv (~/.cache/catalog-stream/bench-venv), starts Kafka and the registry through up.sh,
+# fills one input topic per partition count once (BENCH_RECORDS Avro envelopes, default 200k),
+# then runs every contender alternately BENCH_RUNS times (default 3), each with a fresh consumer
+# group and its own fresh output topic, measured from the outside by `bench-harness measure`.
+# Prints a markdown table of medians and `RESULT …` lines. Raw lines go to $BENCH_OUT
+# (default infrastructure/.run/bench-engine.txt).
+# state: `cargo bench -p state`.
+set -euo pipefail
+
+INFRA_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(cd "$INFRA_DIR/.." && pwd)"
+BENCH_DIR="$INFRA_DIR/bench"
+CACHE_DIR="${CATALOG_STREAM_CACHE:-$HOME/.cache/catalog-stream}"
+VENV="$CACHE_DIR/bench-venv"
+TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_DIR/target}"
+BIN="$TARGET_DIR/release"
+RUNS="${BENCH_RUNS:-3}"
+N="${BENCH_RECORDS:-200000}"
+PARTITIONS="${BENCH_PARTITIONS:-1 4}"
+CONTENDERS="${BENCH_CONTENDERS:-ours rdkafka kafka_streams quix ours_tuned}"
+OUT="${BENCH_OUT:-$INFRA_DIR/.run/bench-engine.txt}"
+export RUST_BACKTRACE=0
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+
+prepare_engine() {
+    "$INFRA_DIR/up.sh" kafka registry
+    set -a
+    # shellcheck disable=SC1091
+    source "$INFRA_DIR/.env"
+    set +a
+    log "building catalog-bench (release)"
+    (cd "$REPO_DIR" && cargo build -q --release -p catalog-bench)
+    if [[ " $CONTENDERS " == *" kafka_streams "* ]]; then
+        local ks="$BENCH_DIR/kafka-streams"
+        if [[ ! -f "$ks/lib/kafka-streams-4.1.1.jar" ]]; then
+            log "fetching Kafka Streams 4.1.1 and Avro from Maven Central"
+            (cd "$ks" && mvn -q dependency:copy-dependencies -DoutputDirectory=lib)
+        fi
+        mkdir -p "$ks/classes"
+        javac -nowarn -cp "$ks/lib/*" -d "$ks/classes" "$ks/src/StreamsBench.java"
+        cp "$BENCH_DIR/schemas/product.avsc" "$ks/classes/"
+    fi
+    if [[ " $CONTENDERS " == *" quix "* && ! -x "$VENV/bin/python" ]]; then
+        log "installing quixstreams into $VENV"
+        python3 -m venv "$VENV"
+        "$VENV/bin/pip" install -q 'quixstreams[avro]==3.28.1'
+    fi
+}
+
+# run_one CONTENDER PARTITIONS: one measured run; appends its MEASURE line to $OUT.
+run_one() {
+    local who="$1" p="$2" id="$RANDOM$RANDOM"
+    local input="bench.engine.v1.in.${p}p.$N" output="bench.out.$who.${p}p.$id" group="bench-$who-$id"
+    local expect=$((N - N / 10)) fields="id,sku,price_cents,source_ts_ms" threads=1
+    local cmd
+    case "$who" in
+        ours) cmd=("$BIN/engine-bench" --input "$input" --output "$output" --group "$group") ;;
+        ours_tuned) cmd=("$BIN/engine-bench" --input "$input" --output "$output" --group "$group"
+            --max-in-flight 50000 --cache-register --current-thread) ;;
+        rdkafka)
+            expect=$N fields="op,after,source"
+            cmd=("$BIN/rdkafka-pipe" --input "$input" --output "$output" --group "$group") ;;
+        kafka_streams)
+            ((p > 1)) && threads=2
+            local ks="$BENCH_DIR/kafka-streams"
+            cmd=(java -Xmx1g -cp "$ks/classes:$ks/lib/*" StreamsBench "$input" "$output" "$group" "$threads") ;;
+        quix) cmd=("$VENV/bin/python" "$BENCH_DIR/quix/quix_bench.py" "$input" "$output" "$group") ;;
+        *) log "unknown contender $who"; exit 2 ;;
+    esac
+    local line
+    line=$("$BIN/bench-harness" measure --label "$who" --output "$output" --partitions "$p" \
+        --records "$N" --expect "$expect" --fields "$fields" -- "${cmd[@]}" \
+        2>>"$INFRA_DIR/.run/bench-$who.log" | grep '^MEASURE' || true)
+    if [[ -z "$line" ]]; then
+        line="MEASURE label=$who partitions=$p records=$N failed=1"
+        log "$who ($p partitions) failed; see $INFRA_DIR/.run/bench-$who.log"
+    fi
+    log "$line"
+    echo "$line" >>"$OUT"
+}
+
+engine() {
+    prepare_engine
+    mkdir -p "$(dirname "$OUT")"
+    : >"$OUT"
+    for p in $PARTITIONS; do
+        "$BIN/bench-harness" produce --topic "bench.engine.v1.in.${p}p.$N" --partitions "$p" --records "$N"
+    done
+    for run in $(seq 1 "$RUNS"); do
+        for p in $PARTITIONS; do
+            for who in $CONTENDERS; do
+                log "run $run/$RUNS: $who, $p partition(s)"
+                run_one "$who" "$p"
+            done
+        done
+    done
+    {
+        echo "machine: $(nproc) cores, $(free -m | awk '/^Mem:/{print $2}') MiB RAM, load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+        echo "records: $N per run, runs: $RUNS, registry: $SCHEMA_REGISTRY_URL"
+    } | tee -a "$OUT"
+    python3 "$BENCH_DIR/summarise.py" "$OUT"
+}
+
+state() {
+    log "cargo bench -p state"
+    (cd "$REPO_DIR" && cargo bench -p state)
+}
+
+case "${1:-all}" in
+    engine) engine ;;
+    state) state ;;
+    all) engine; state ;;
+    async)
+        shift
+        exec "$INFRA_DIR/bench-async.sh" "$@" ;;
+    e2e | ingest) log "$1: not part of this script yet (issue 7, other sections)"; exit 2 ;;
+    *) log "usage: $0 [engine|state|async|all]"; exit 2 ;;
+esac

@@ -1,0 +1,163 @@
+//! Our contender: the stateless topology (Avro envelope → filter `op` in c/r/u → map to the
+//! product → Avro sink) on the engine's `Runtime` over `KafkaTransport`. Runs until SIGTERM /
+//! SIGINT; `bench-harness measure` watches its output topic from the outside.
+//!
+//! `engine-bench --input T --output T --group G`
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use apache_avro::Schema;
+use futures::future::BoxFuture;
+
+use anyhow::Context as _;
+use catalog_bench::{PRODUCT_SCHEMA, op_of, setting, to_product};
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use topology::serdes::{AvroSerde, HttpSchemaRegistry, RegistryError, SchemaRegistry, StringSerde};
+use topology::transport::KafkaTransport;
+use topology::{Runtime, RuntimeConfig, TopologyBuilder, Value};
+
+#[derive(Parser)]
+struct Args {
+    /// Input topic (Avro envelopes).
+    #[arg(long)]
+    input: String,
+    /// Output topic (Avro products).
+    #[arg(long)]
+    output: String,
+    /// Consumer group (fresh per run).
+    #[arg(long)]
+    group: String,
+    /// `RuntimeConfig::max_in_flight_per_partition` (default: the engine's, 1,000).
+    #[arg(long)]
+    max_in_flight: Option<usize>,
+    /// `RuntimeConfig::poll_timeout` in ms (default: the engine's, 50 ms).
+    #[arg(long)]
+    poll_timeout_ms: Option<u64>,
+    /// Wraps the registry so `register` is answered from a per-subject cache (the engine's
+    /// `HttpSchemaRegistry::register` computes the schema's canonical form on every record).
+    #[arg(long)]
+    cache_register: bool,
+    /// Runs on tokio's current-thread runtime instead of the multi-thread one.
+    #[arg(long)]
+    current_thread: bool,
+}
+
+/// Answers `register` from a per-subject cache (one schema per subject in this benchmark).
+#[derive(Debug)]
+struct SubjectIdCache {
+    inner: Arc<dyn SchemaRegistry>,
+    ids: Mutex<HashMap<String, u32>>,
+}
+
+impl SchemaRegistry for SubjectIdCache {
+    fn schema_by_id(&self, id: u32) -> BoxFuture<'_, Result<Arc<Schema>, RegistryError>> {
+        self.inner.schema_by_id(id)
+    }
+
+    fn register<'a>(
+        &'a self,
+        subject: &'a str,
+        schema: &'a Schema,
+    ) -> BoxFuture<'a, Result<u32, RegistryError>> {
+        Box::pin(async move {
+            let cached = self.ids.lock().ok().and_then(|m| m.get(subject).copied());
+            if let Some(id) = cached {
+                return Ok(id);
+            }
+            let id = self.inner.register(subject, schema).await?;
+            if let Ok(mut m) = self.ids.lock() {
+                m.insert(subject.to_owned(), id);
+            }
+            Ok(id)
+        })
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let rt = if args.current_thread {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    }
+    .enable_all()
+    .build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let bootstrap = setting("KAFKA_BOOTSTRAP", "127.0.0.1:9092");
+    let registry = setting("SCHEMA_REGISTRY_URL", "http://127.0.0.1:8081");
+    let mut sr: Arc<dyn SchemaRegistry> = Arc::new(HttpSchemaRegistry::new(registry));
+    if args.cache_register {
+        sr = Arc::new(SubjectIdCache {
+            inner: sr,
+            ids: Mutex::new(HashMap::new()),
+        });
+    }
+    let product = apache_avro::Schema::parse_str(PRODUCT_SCHEMA).context("product schema")?;
+
+    let b = TopologyBuilder::new();
+    b.source(
+        "cdc",
+        &args.input,
+        Arc::new(StringSerde),
+        Arc::new(AvroSerde::new(sr.clone())),
+    )
+    .filter(
+        "upserts",
+        |r| matches!(&r.value, Some(Value::Avro(v)) if matches!(op_of(v), Some("c" | "r" | "u"))),
+    )
+    .map("to-product", |mut r| {
+        r.value = match r.value.take() {
+            Some(Value::Avro(v)) => to_product(v).map(Value::Avro),
+            other => other,
+        };
+        r
+    })
+    .to(
+        "products",
+        &args.output,
+        Arc::new(StringSerde),
+        Arc::new(AvroSerde::new(sr).with_schema(product)),
+    );
+    let topology = b
+        .build()
+        .map_err(|e| anyhow::anyhow!("invalid topology: {e:?}"))?;
+
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        stop.cancel();
+    });
+    let mut config = RuntimeConfig::new(&args.group);
+    config.drain_timeout = std::time::Duration::from_secs(5);
+    // Tuning knobs (public RuntimeConfig fields); bench.sh runs the defaults and reports a tuned
+    // run separately.
+    if let Some(n) = args.max_in_flight {
+        config.max_in_flight_per_partition = n;
+    }
+    if let Some(ms) = args.poll_timeout_ms {
+        config.poll_timeout = std::time::Duration::from_millis(ms);
+    }
+    let summary = Runtime::new(topology, Arc::new(KafkaTransport::new(&bootstrap)), config)
+        .run(shutdown)
+        .await?;
+    eprintln!(
+        "engine-bench: consumed {} records, peak RSS {} KiB",
+        summary.consumed,
+        catalog_bench::peak_rss_kib("self").unwrap_or(0)
+    );
+    Ok(())
+}
