@@ -139,20 +139,27 @@ fn kafka_transport(settings: &Settings) -> Arc<dyn Transport> {
     Arc::new(transport)
 }
 
-/// Runs a topology until `shutdown`, with metrics in `registry`.
+/// Runs a topology until `shutdown`, with metrics in `registry`; `state` is flushed before
+/// offsets are committed.
 pub async fn run_topology(
     topology: Topology,
     application_id: &str,
     transport: Arc<dyn Transport>,
     exactly_once: bool,
+    state: Option<state::StateDir>,
     registry: &prometheus::Registry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let metrics = Metrics::new(registry).context("cannot register the engine metrics")?;
     let mut config = RuntimeConfig::new(application_id);
     config.exactly_once = exactly_once;
-    let summary = Runtime::new(topology, transport, config)
-        .with_metrics(metrics)
+    let mut runtime = Runtime::new(topology, transport, config).with_metrics(metrics);
+    if let Some(dir) = state {
+        // Flushed before every offset commit: processors record their effects there without
+        // a flush of their own.
+        runtime = runtime.with_state_dir(dir);
+    }
+    let summary = runtime
         .run(shutdown)
         .await
         .context("the topology stopped")?;
@@ -201,7 +208,9 @@ pub async fn complete_products(settings: Settings) -> anyhow::Result<()> {
         async move { vec![("mongodb".to_owned(), answers(view.ping()).await)] }
     });
     let api = complete_products::routes(
-        CompleteProducts::new(products, view).with_api_token(settings.api_token()),
+        CompleteProducts::new(products, view)
+            .with_api_token(settings.api_token())
+            .with_image_links(image_links(&settings).await?),
     );
     let router = service_router(api, vec![registry.clone()], ready);
     let application_id = settings.kafka.group_id.clone().unwrap_or(application_id);
@@ -210,6 +219,7 @@ pub async fn complete_products(settings: Settings) -> anyhow::Result<()> {
         &application_id,
         kafka_transport(&settings),
         settings.kafka.exactly_once,
+        None,
         &registry,
         shutdown.clone(),
     );
@@ -226,6 +236,28 @@ async fn stream_then_cancel(
     let result = work.await;
     shutdown.cancel();
     result
+}
+
+/// How long a presigned image URL stays valid when the bucket has no public base URL.
+const DEFAULT_PRESIGN_SECS: u64 = 3600;
+
+/// S3 settings whose images have an HTTP URL: a presigned one when no public base URL is set.
+fn with_link_default(mut s3: images::S3Config) -> images::S3Config {
+    if s3.public_base_url.is_none() && s3.presign_expiry_secs.is_none() {
+        s3.presign_expiry_secs = Some(DEFAULT_PRESIGN_SECS);
+    }
+    s3
+}
+
+/// The bucket as complete-products sees it: only to render image URLs when they are read
+/// (never creating the bucket, which is the image pipeline's).
+async fn image_links(settings: &Settings) -> anyhow::Result<Arc<dyn images::ObjectStore>> {
+    let mut s3 = with_link_default(settings.s3.clone());
+    s3.create_bucket = false;
+    let store = images::S3ObjectStore::new(s3)
+        .await
+        .context("invalid s3 settings")?;
+    Ok(Arc::new(store))
 }
 
 /// Builds the image work (fetcher, object store, state, metrics) from settings.
@@ -256,11 +288,12 @@ pub async fn image_pipeline(settings: Settings) -> anyhow::Result<()> {
         .s3
         .validate()
         .map_err(|errors| anyhow::anyhow!("invalid s3 settings: {}", errors.join("; ")))?;
-    let s3 = images::S3ObjectStore::new(settings.s3.clone())
+    let s3 = images::S3ObjectStore::new(with_link_default(settings.s3.clone()))
         .await
         .context("cannot reach the S3 bucket")?;
     let objects: Arc<dyn images::ObjectStore> = Arc::new(s3);
     let work = image_work(&settings, objects.clone(), &registry).await?;
+    let state_dir = work.state.dir();
     let schema_registry: Arc<dyn SchemaRegistry> = Arc::new(HttpSchemaRegistry::new(
         settings.schema_registry_url.clone(),
     ));
@@ -279,6 +312,7 @@ pub async fn image_pipeline(settings: Settings) -> anyhow::Result<()> {
         &application_id,
         kafka_transport(&settings),
         settings.kafka.exactly_once,
+        Some(state_dir),
         &registry,
         shutdown.clone(),
     );

@@ -27,6 +27,7 @@ pub struct CompleteProducts {
     products: ProductStore,
     view: ViewStore,
     api_token: Option<ApiToken>,
+    image_links: Option<std::sync::Arc<dyn images::ObjectStore>>,
 }
 
 impl CompleteProducts {
@@ -36,6 +37,32 @@ impl CompleteProducts {
             products,
             view,
             api_token: None,
+            image_links: None,
+        }
+    }
+
+    /// Renders each image's HTTP URL when it is served (a fresh presigned URL, or the public
+    /// base URL of `store`), instead of the URL recorded at collection time, which may have
+    /// expired.
+    pub fn with_image_links(mut self, store: std::sync::Arc<dyn images::ObjectStore>) -> Self {
+        self.image_links = Some(store);
+        self
+    }
+
+    async fn refresh_links(&self, items: &mut [CompleteProduct]) {
+        let Some(store) = &self.image_links else {
+            return;
+        };
+        for item in items {
+            match store.http_url(&item.image.key).await {
+                Ok(Some(url)) => item.image.http_url = url,
+                Ok(None) => {}
+                // The recorded URL still names the object; a failed signing must not fail
+                // the read.
+                Err(error) => {
+                    tracing::warn!(%error, key = %item.image.key, "image URL not renewed")
+                }
+            }
         }
     }
 
@@ -192,11 +219,12 @@ async fn list(
         check_id("mallId", mall_id)?;
     }
     let after = query.cursor.as_deref().map(decode_cursor).transpose()?;
-    let page = service
+    let mut page = service
         .view
         .list(query.mall_id.as_deref(), after.as_ref(), limit)
         .await
         .map_err(store_error)?;
+    service.refresh_links(&mut page.items).await;
     let data: Vec<_> = page.items.iter().map(body).collect();
     Ok(json_response(
         StatusCode::OK,
@@ -264,7 +292,12 @@ async fn get_one(
     };
     let key = resolve(&product_id, mall_id, candidates)?;
     match service.view.get(&key).await.map_err(store_error)? {
-        Some(complete) => Ok(success(StatusCode::OK, body(&complete))),
+        Some(mut complete) => {
+            service
+                .refresh_links(std::slice::from_mut(&mut complete))
+                .await;
+            Ok(success(StatusCode::OK, body(&complete)))
+        }
         None => Err(ApiError::not_found(format!(
             "no complete product `{product_id}` in mall `{}`",
             key.mall_id

@@ -280,9 +280,8 @@ impl ImageWork {
                 .map_err(|e| transient("object store delete", e))?;
             self.metrics.objects_deleted.inc();
         }
-        self.state
-            .flush()
-            .map_err(|e| transient("image state flush", e))?;
+        // No flush here: the runtime flushes the state directory before it commits the
+        // offset past this record (`Runtime::with_state_dir`); until then a crash replays it.
         self.metrics.collected.inc();
         Ok(Some(collected_event(
             key,
@@ -408,9 +407,6 @@ impl ImageWork {
                 .advance(&state_key, &next)
                 .map_err(|e| transient("image state", e))?;
         }
-        self.state
-            .flush()
-            .map_err(|e| transient("image state flush", e))?;
         self.metrics.removed.inc();
         Ok(Some(removed_event(key, &next)))
     }

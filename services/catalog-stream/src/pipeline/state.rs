@@ -71,9 +71,10 @@ impl PipelineState {
         })
     }
 
-    /// Flushes to disk (before offsets are committed past the work).
-    pub fn flush(&self) -> Result<(), StateError> {
-        self.dir.flush().map(|_| ())
+    /// The state directory, for the runtime to flush before it commits offsets past the work
+    /// recorded here.
+    pub fn dir(&self) -> StateDir {
+        self.dir.clone()
     }
 
     /// Products tracked.
