@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
+use topology::changelog::KafkaChangelog;
 use topology::serdes::{HttpSchemaRegistry, SchemaRegistry};
 use topology::transport::{KafkaTransport, Transport};
 use topology::{Metrics, Runtime, RuntimeConfig, Topology};
@@ -147,6 +148,7 @@ pub async fn run_topology(
     transport: Arc<dyn Transport>,
     exactly_once: bool,
     state: Option<state::StateDir>,
+    changelog: Option<Arc<dyn state::ChangelogSink>>,
     registry: &prometheus::Registry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -158,6 +160,9 @@ pub async fn run_topology(
         // Flushed before every offset commit: processors record their effects there without
         // a flush of their own.
         runtime = runtime.with_state_dir(dir);
+    }
+    if let Some(sink) = changelog {
+        runtime = runtime.with_changelog(sink);
     }
     let summary = runtime
         .run(shutdown)
@@ -220,6 +225,7 @@ pub async fn complete_products(settings: Settings) -> anyhow::Result<()> {
         kafka_transport(&settings),
         settings.kafka.exactly_once,
         None,
+        None,
         &registry,
         shutdown.clone(),
     );
@@ -264,12 +270,11 @@ async fn image_links(settings: &Settings) -> anyhow::Result<Arc<dyn images::Obje
 pub async fn image_work(
     settings: &Settings,
     objects: Arc<dyn images::ObjectStore>,
+    state: PipelineState,
     registry: &prometheus::Registry,
 ) -> anyhow::Result<ImageWork> {
     let fetcher = images::ImageFetcher::new(settings.fetch.clone())
         .map_err(|error| anyhow::anyhow!("invalid fetch settings: {error}"))?;
-    let state = PipelineState::open(&settings.state_dir)
-        .with_context(|| format!("cannot open the state in {}", settings.state_dir.display()))?;
     Ok(ImageWork {
         fetcher,
         fetch_retry: settings.fetch_retry.clone(),
@@ -277,6 +282,47 @@ pub async fn image_work(
         state,
         metrics: ImageMetrics::new(registry)?,
     })
+}
+
+/// Opens the image pipeline's state; with `state_changelog`, backed by the compacted topic
+/// `{application_id}-image-pipeline.products-changelog` and restored from it when the local
+/// directory is empty (a new pod).
+async fn pipeline_state(
+    settings: &Settings,
+    application_id: &str,
+) -> anyhow::Result<(PipelineState, Option<Arc<KafkaChangelog>>)> {
+    let open_error = || format!("cannot open the state in {}", settings.state_dir.display());
+    if !settings.state_changelog {
+        let state = PipelineState::open(&settings.state_dir).with_context(open_error)?;
+        return Ok((state, None));
+    }
+    let mut client: Vec<(&str, &str)> = vec![("bootstrap.servers", &settings.kafka.bootstrap)];
+    client.extend(
+        settings
+            .kafka
+            .properties
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.as_str())),
+    );
+    let changelog = Arc::new(
+        KafkaChangelog::with_settings(application_id, &client)
+            .context("cannot create the state changelog producer")?,
+    );
+    changelog
+        .ensure_topic(pipeline::PRODUCTS_STORE)
+        .await
+        .context("cannot create the state changelog topic")?;
+    let dir = state::StateConfig::new(&settings.state_dir)
+        .changelog(changelog.clone())
+        .open()
+        .with_context(open_error)?;
+    let restored = changelog
+        .restore(&dir, pipeline::PRODUCTS_STORE)
+        .await
+        .context("cannot restore the image state from its changelog")?;
+    tracing::info!(?restored, "image state ready");
+    let state = PipelineState::with_dir(dir).with_context(open_error)?;
+    Ok((state, Some(changelog)))
 }
 
 /// `image-pipeline`: the diff-checker, the image collector and the image remover over Kafka
@@ -292,15 +338,20 @@ pub async fn image_pipeline(settings: Settings) -> anyhow::Result<()> {
         .await
         .context("cannot reach the S3 bucket")?;
     let objects: Arc<dyn images::ObjectStore> = Arc::new(s3);
-    let work = image_work(&settings, objects.clone(), &registry).await?;
-    let state_dir = work.state.dir();
+    let (template, origin) = topology_template(&settings, pipeline::IMAGE_PIPELINE_TOPOLOGY)?;
+    let application_id = match &settings.kafka.group_id {
+        Some(group) => group.clone(),
+        None => pipeline::application_id(&template, &settings.topics)?
+            .unwrap_or_else(|| "catalog-stream-image-pipeline".to_owned()),
+    };
+    let (state, changelog) = pipeline_state(&settings, &application_id).await?;
+    let state_dir = state.dir();
+    let work = image_work(&settings, objects.clone(), state, &registry).await?;
     let schema_registry: Arc<dyn SchemaRegistry> = Arc::new(HttpSchemaRegistry::new(
         settings.schema_registry_url.clone(),
     ));
     let processors = pipeline::registry(Some(work), None, schema_registry);
-    let (template, origin) = topology_template(&settings, pipeline::IMAGE_PIPELINE_TOPOLOGY)?;
-    let (topology, application_id) =
-        pipeline::load(&template, &origin, &settings.topics, &processors)?;
+    let (topology, _) = pipeline::load(&template, &origin, &settings.topics, &processors)?;
     let router = service_router(
         Router::new(),
         vec![registry.clone()],
@@ -313,6 +364,7 @@ pub async fn image_pipeline(settings: Settings) -> anyhow::Result<()> {
         kafka_transport(&settings),
         settings.kafka.exactly_once,
         Some(state_dir),
+        changelog.map(|sink| sink as Arc<dyn state::ChangelogSink>),
         &registry,
         shutdown.clone(),
     );

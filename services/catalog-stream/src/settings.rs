@@ -60,6 +60,9 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// The image pipeline's topology file; the built-in one when absent.
     pub topology_file: Option<PathBuf>,
+    /// Back the image pipeline's state with a compacted changelog topic, so a pod that starts
+    /// with an empty state directory restores it before processing.
+    pub state_changelog: bool,
     /// When set, the write endpoints (`POST /api/v1/products`,
     /// `DELETE /api/v1/complete-products/{id}`) require `Authorization: Bearer <api_token>`;
     /// reads stay open. Better given through the environment (`CATALOG_API_TOKEN`, from a
@@ -178,6 +181,7 @@ impl Default for Settings {
             topics: Topics::default(),
             state_dir: PathBuf::from("data/state"),
             topology_file: None,
+            state_changelog: true,
             api_token: None,
         }
     }

@@ -234,11 +234,13 @@ async fn s3_outage_pauses_and_resumes_without_loss_or_duplicates() {
         Some([("topology".to_owned(), "complete-products".to_owned())].into()),
     )
     .expect("registry");
+    let state = PipelineState::open(&dir.path().join("state")).expect("state");
+    let state_dir = state.dir();
     let work = ImageWork {
         fetcher: images::ImageFetcher::new(fetch_config(None)).expect("fetcher"),
         fetch_retry: images::RetryPolicy::default(),
         objects: objects.clone(),
-        state: PipelineState::open(&dir.path().join("state")).expect("state"),
+        state,
         metrics: ImageMetrics::new(&metrics).expect("metrics"),
     };
     let processors = pipeline::registry(Some(work), Some(view.clone()), schemas.clone());
@@ -274,6 +276,8 @@ async fn s3_outage_pauses_and_resumes_without_loss_or_duplicates() {
                 &pipeline_id,
                 transport,
                 false,
+                Some(state_dir),
+                None,
                 &metrics,
                 shutdown,
             )
@@ -283,7 +287,17 @@ async fn s3_outage_pauses_and_resumes_without_loss_or_duplicates() {
     {
         let (sink_metrics, shutdown) = (sink_metrics.clone(), shutdown.clone());
         streams.spawn(async move {
-            app::run_topology(sink, &sink_id, transport, false, &sink_metrics, shutdown).await
+            app::run_topology(
+                sink,
+                &sink_id,
+                transport,
+                false,
+                None,
+                None,
+                &sink_metrics,
+                shutdown,
+            )
+            .await
         });
     }
     // The image pipeline service's ops routes, with its real S3 readiness check.

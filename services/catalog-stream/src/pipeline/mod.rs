@@ -17,7 +17,7 @@ pub use change::{ProductChange, change_event, product_change};
 pub use events::{IMAGE_EVENT_SCHEMA, ImageEvent, ImageEventKind, ProductFields, event_key};
 pub use metrics::ImageMetrics;
 pub use processors::{CompleteProductsSink, ImageCollector, ImageRemover, ImageWork};
-pub use state::{PipelineState, ProductImageState};
+pub use state::{PRODUCTS_STORE, PipelineState, ProductImageState};
 
 use crate::settings::Topics;
 use crate::store::ViewStore;
@@ -115,6 +115,16 @@ pub fn load(
         config.build(registry).map_err(config_error)?,
         application_id,
     ))
+}
+
+/// The `application_id` a topology file names (after rendering), if any.
+pub fn application_id(template: &str, topics: &Topics) -> Result<Option<String>, PipelineError> {
+    let text = render(template, topics)?;
+    let config = TopologyConfig::from_yaml(&text).map_err(|errors| PipelineError::Config {
+        origin: "topology file".to_owned(),
+        errors,
+    })?;
+    Ok(config.application_id)
 }
 
 /// A registry with every processor name but no working processors, for describing and

@@ -73,7 +73,7 @@ impl Processor for ImageCollector {
     }
 
     fn stores(&self) -> Vec<String> {
-        vec!["image-pipeline.products".into()]
+        vec![super::state::PRODUCTS_STORE.into()]
     }
 }
 
@@ -92,7 +92,7 @@ impl Processor for ImageRemover {
     }
 
     fn stores(&self) -> Vec<String> {
-        vec!["image-pipeline.products".into()]
+        vec![super::state::PRODUCTS_STORE.into()]
     }
 }
 

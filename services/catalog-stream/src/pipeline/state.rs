@@ -10,6 +10,9 @@ use state::{KvStore, StateDir, StateError};
 
 use crate::store::CollectedImage;
 
+/// The store's name (its sled tree, and its changelog topic `{group}-{store}-changelog`).
+pub const PRODUCTS_STORE: &str = "image-pipeline.products";
+
 /// Per-product state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ProductImageState {
@@ -43,7 +46,7 @@ impl PipelineState {
 
     /// Uses an open state directory.
     pub fn with_dir(dir: StateDir) -> Result<Self, StateError> {
-        let products = dir.store("image-pipeline.products")?;
+        let products = dir.store(PRODUCTS_STORE)?;
         Ok(Self { dir, products })
     }
 
