@@ -44,6 +44,11 @@ enum Cmd {
         #[arg(long)]
         records: u64,
     },
+    /// Deletes the topics whose names start with `prefix` (old output topics).
+    Cleanup {
+        #[arg(long, default_value = "bench.out.")]
+        prefix: String,
+    },
     /// Runs one contender and measures it.
     Measure {
         #[arg(long)]
@@ -179,6 +184,44 @@ async fn produce(
     Ok(())
 }
 
+async fn delete_topics(bootstrap: &str, topics: &[&str]) -> anyhow::Result<()> {
+    if topics.is_empty() {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .context("admin client")?;
+    for r in admin
+        .delete_topics(topics, &AdminOptions::new())
+        .await
+        .context("delete topics")?
+    {
+        if let Err((t, e)) = r {
+            eprintln!("bench-harness: deleting {t}: {e}");
+        }
+    }
+    Ok(())
+}
+
+async fn cleanup(bootstrap: &str, prefix: &str) -> anyhow::Result<()> {
+    let w = watcher(bootstrap)?;
+    let md = w
+        .fetch_metadata(None, Duration::from_secs(10))
+        .context("metadata")?;
+    let names: Vec<&str> = md
+        .topics()
+        .iter()
+        .map(|t| t.name())
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    eprintln!(
+        "bench-harness: deleting {} topics starting with {prefix}",
+        names.len()
+    );
+    delete_topics(bootstrap, &names).await
+}
+
 /// Decodes the first record of partition 0 of `topic` as a product.
 async fn verify(
     bootstrap: &str,
@@ -294,6 +337,8 @@ async fn measure(
         Ok(c) => c,
         Err(e) => format!("verify=FAILED({e})"),
     };
+    // The outputs are not needed after the check; keep the broker's disk small.
+    delete_topics(bootstrap, &[output]).await?;
     println!(
         "MEASURE label={label} partitions={partitions} records={records} outputs={have} rate={rate:.0} window_s={window:.3} wall_s={:.3} rss_kib={peak_rss} {checked}",
         (last - spawned).as_secs_f64()
@@ -311,6 +356,7 @@ async fn main() -> anyhow::Result<()> {
             partitions,
             records,
         } => produce(&bootstrap, &registry, &topic, partitions, records).await,
+        Cmd::Cleanup { prefix } => cleanup(&bootstrap, &prefix).await,
         Cmd::Measure {
             label,
             output,
