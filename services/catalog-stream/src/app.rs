@@ -140,6 +140,15 @@ fn kafka_transport(settings: &Settings) -> Arc<dyn Transport> {
     Arc::new(transport)
 }
 
+/// What a runtime flushes before it commits offsets past the work recorded there.
+#[derive(Clone, Default)]
+pub struct Durability {
+    /// The processors' state directory.
+    pub state: Option<state::StateDir>,
+    /// The changelog of that state.
+    pub changelog: Option<Arc<dyn state::ChangelogSink>>,
+}
+
 /// Runs a topology until `shutdown`, with metrics in `registry`; `state` is flushed before
 /// offsets are committed.
 pub async fn run_topology(
@@ -147,8 +156,7 @@ pub async fn run_topology(
     application_id: &str,
     transport: Arc<dyn Transport>,
     exactly_once: bool,
-    state: Option<state::StateDir>,
-    changelog: Option<Arc<dyn state::ChangelogSink>>,
+    durability: Durability,
     registry: &prometheus::Registry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -156,12 +164,12 @@ pub async fn run_topology(
     let mut config = RuntimeConfig::new(application_id);
     config.exactly_once = exactly_once;
     let mut runtime = Runtime::new(topology, transport, config).with_metrics(metrics);
-    if let Some(dir) = state {
+    if let Some(dir) = durability.state {
         // Flushed before every offset commit: processors record their effects there without
         // a flush of their own.
         runtime = runtime.with_state_dir(dir);
     }
-    if let Some(sink) = changelog {
+    if let Some(sink) = durability.changelog {
         runtime = runtime.with_changelog(sink);
     }
     let summary = runtime
@@ -224,8 +232,7 @@ pub async fn complete_products(settings: Settings) -> anyhow::Result<()> {
         &application_id,
         kafka_transport(&settings),
         settings.kafka.exactly_once,
-        None,
-        None,
+        Durability::default(),
         &registry,
         shutdown.clone(),
     );
@@ -363,8 +370,10 @@ pub async fn image_pipeline(settings: Settings) -> anyhow::Result<()> {
         &application_id,
         kafka_transport(&settings),
         settings.kafka.exactly_once,
-        Some(state_dir),
-        changelog.map(|sink| sink as Arc<dyn state::ChangelogSink>),
+        Durability {
+            state: Some(state_dir),
+            changelog: changelog.map(|sink| sink as Arc<dyn state::ChangelogSink>),
+        },
         &registry,
         shutdown.clone(),
     );

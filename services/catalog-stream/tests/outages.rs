@@ -276,8 +276,10 @@ async fn s3_outage_pauses_and_resumes_without_loss_or_duplicates() {
                 &pipeline_id,
                 transport,
                 false,
-                Some(state_dir),
-                None,
+                app::Durability {
+                    state: Some(state_dir),
+                    changelog: None,
+                },
                 &metrics,
                 shutdown,
             )
@@ -292,8 +294,7 @@ async fn s3_outage_pauses_and_resumes_without_loss_or_duplicates() {
                 &sink_id,
                 transport,
                 false,
-                None,
-                None,
+                app::Durability::default(),
                 &sink_metrics,
                 shutdown,
             )
