@@ -13,6 +13,6 @@ set -a
 # shellcheck source=/dev/null # written by up.sh
 source "$INFRA_DIR/.env"
 set +a
-cargo test --workspace --lib --bins --tests "$@"
+cargo test --workspace --no-fail-fast --lib --bins --tests "$@"
 # Doctests are a separate pass; benchmarks (`cargo bench`, `infrastructure/bench.sh`) are not tests.
 cargo test --workspace --doc "$@"

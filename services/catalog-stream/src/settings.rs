@@ -351,6 +351,26 @@ impl Settings {
 mod tests {
     use super::*;
 
+    /// The README's settings example parses and is what the defaults say, so it stays true.
+    #[test]
+    fn the_readme_example_is_valid_and_shows_the_defaults() {
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("```yaml\nlisten:")
+            .expect("the README has a settings example");
+        let body = &readme[start + "```yaml\n".len()..];
+        let example = &body[..body.find("```").expect("closed block")];
+        let parsed = Settings::from_yaml(example, "README.md").expect("the example parses");
+        let defaults = Settings::default();
+        assert_eq!(parsed.topics.cdc, defaults.topics.cdc);
+        assert_eq!(parsed.mongodb.database, defaults.mongodb.database);
+        assert_eq!(parsed.s3.bucket, defaults.s3.bucket);
+        assert_eq!(parsed.fetch, defaults.fetch);
+        assert_eq!(parsed.fetch_retry, defaults.fetch_retry);
+        assert_eq!(parsed.state_changelog, defaults.state_changelog);
+        assert_eq!(parsed.listen, defaults.listen);
+    }
+
     #[test]
     fn file_then_environment() {
         let mut settings = Settings::from_yaml(
