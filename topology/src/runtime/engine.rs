@@ -335,11 +335,14 @@ impl Engine {
             }
         };
         let engine = self.clone();
+        // Counted as being processed (for back-pressure) until the stage is done with it.
+        let working = ack.processing();
         tokio::spawn(async move {
             if let Some(prev) = prev {
                 let _ = prev.await;
             }
             engine.process(node, &stage, record, &ack).await;
+            drop(working);
             if let Some(tx) = done_tx {
                 let _ = tx.send(());
             }

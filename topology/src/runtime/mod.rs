@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-pub use offsets::{Ack, AckInner, OffsetTracker, PartitionOffsets};
+pub use offsets::{Ack, AckInner, OffsetTracker, PartitionOffsets, ProcessingGuard};
 
 use crate::graph::Topology;
 use crate::transport::{ConnectSpec, TopicPartition, Transport, TransportError};
@@ -39,9 +39,15 @@ pub struct RuntimeConfig {
     pub application_id: String,
     /// How often offsets are committed.
     pub commit_interval: Duration,
-    /// Records in flight per partition before it is paused.
+    /// Records per partition still being processed (held by async stages) before it is
+    /// paused; it resumes once they drop to half of this.
     pub max_in_flight_per_partition: usize,
-    /// How long one poll waits.
+    /// Records per partition in flight in total, including those whose outputs only await the
+    /// producer's acknowledgement, before it is paused (resumed at half). Never below
+    /// `max_in_flight_per_partition`.
+    pub max_unacked_per_partition: usize,
+    /// How long one poll waits (while a partition is paused, at most
+    /// [`PAUSED_POLL_TIMEOUT`], so it resumes promptly).
     pub poll_timeout: Duration,
     /// How long shutdown waits for in-flight work.
     pub drain_timeout: Duration,
@@ -50,19 +56,39 @@ pub struct RuntimeConfig {
 }
 
 impl RuntimeConfig {
-    /// Defaults for `application_id`: commit every second, 1,000 records in flight per
-    /// partition, 30 s drain.
+    /// Defaults for `application_id`: commit every second, 1,000 records being processed and
+    /// 20,000 in flight in total (awaiting output acks included) per partition, 30 s drain.
     pub fn new(application_id: &str) -> Self {
         RuntimeConfig {
             application_id: application_id.to_owned(),
             commit_interval: Duration::from_secs(1),
             max_in_flight_per_partition: 1000,
+            max_unacked_per_partition: 20_000,
             poll_timeout: Duration::from_millis(50),
             drain_timeout: Duration::from_secs(30),
             exactly_once: false,
         }
     }
+
+    fn unacked_limit(&self) -> usize {
+        self.max_unacked_per_partition
+            .max(self.max_in_flight_per_partition)
+    }
+
+    /// Whether a partition with `in_flight` records (`processing` of them still being
+    /// processed) must be paused.
+    fn over_limit(&self, in_flight: usize, processing: usize) -> bool {
+        processing >= self.max_in_flight_per_partition.max(1) || in_flight >= self.unacked_limit()
+    }
+
+    /// Whether a paused partition may resume (both counts at or below half their limit).
+    fn below_low_water(&self, in_flight: usize, processing: usize) -> bool {
+        processing <= self.max_in_flight_per_partition / 2 && in_flight <= self.unacked_limit() / 2
+    }
 }
+
+/// The longest a poll waits while a partition is paused: the resume check runs between polls.
+pub const PAUSED_POLL_TIMEOUT: Duration = Duration::from_millis(2);
 
 /// Why the runtime stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -193,10 +219,39 @@ impl Runtime {
         let mut last_commit = Instant::now();
         let result: Result<(), RuntimeError> = async {
             loop {
+                // Resume before blocking in poll: a partition paused for back-pressure is
+                // fetched again as soon as its in-flight work drops to the low-water mark.
+                if !paused.is_empty() {
+                    let assigned: HashSet<_> = tracker.assigned().into_iter().collect();
+                    let ready: Vec<_> = paused
+                        .iter()
+                        .filter(|tp| {
+                            if !assigned.contains(*tp) {
+                                return true;
+                            }
+                            let (in_flight, processing) = tracker.in_flight_and_processing(tp);
+                            cfg.below_low_water(in_flight, processing)
+                                && !draining.as_ref().is_some_and(|(_, d)| d.contains(*tp))
+                        })
+                        .cloned()
+                        .collect();
+                    for tp in &ready {
+                        paused.remove(tp);
+                    }
+                    let live: Vec<_> = ready.into_iter().filter(|t| assigned.contains(t)).collect();
+                    if !live.is_empty() {
+                        consumer.resume(&live)?;
+                    }
+                }
+                let timeout = if paused.is_empty() {
+                    cfg.poll_timeout
+                } else {
+                    cfg.poll_timeout.min(PAUSED_POLL_TIMEOUT)
+                };
                 let polled = tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => break,
-                    r = consumer.poll(cfg.poll_timeout) => r?,
+                    r = consumer.poll(timeout) => r?,
                 };
                 if tracker.resets() != resets {
                     // A rebalance threw uncommitted work away and rewound the kept
@@ -219,25 +274,6 @@ impl Runtime {
                         }
                     } else {
                         ingest(raw, tracker, &engine, &mut *consumer, &mut paused, cfg).await?;
-                    }
-                }
-                if !paused.is_empty() {
-                    let assigned: HashSet<_> = tracker.assigned().into_iter().collect();
-                    let ready: Vec<_> = paused
-                        .iter()
-                        .filter(|tp| {
-                            !assigned.contains(*tp)
-                                || (tracker.in_flight(tp) <= cfg.max_in_flight_per_partition / 2
-                                    && !draining.as_ref().is_some_and(|(_, d)| d.contains(*tp)))
-                        })
-                        .cloned()
-                        .collect();
-                    for tp in &ready {
-                        paused.remove(tp);
-                    }
-                    let live: Vec<_> = ready.into_iter().filter(|t| assigned.contains(t)).collect();
-                    if !live.is_empty() {
-                        consumer.resume(&live)?;
                     }
                 }
                 if draining.is_none() && last_commit.elapsed() >= cfg.commit_interval {
@@ -349,7 +385,8 @@ async fn ingest(
         // delivery): the next owner reads it again.
         None => tracing::debug!(%tp, offset, "record of an unassigned partition skipped"),
     }
-    if tracker.in_flight(&tp) >= cfg.max_in_flight_per_partition && paused.insert(tp.clone()) {
+    let (in_flight, processing) = tracker.in_flight_and_processing(&tp);
+    if cfg.over_limit(in_flight, processing) && paused.insert(tp.clone()) {
         consumer.pause(std::slice::from_ref(&tp))?;
     }
     Ok(())

@@ -80,6 +80,8 @@ impl PartitionOffsets {
 #[derive(Debug)]
 struct Assigned {
     offsets: PartitionOffsets,
+    /// Records still being processed (held by an async stage), not only awaiting output acks.
+    processing: usize,
     epoch: u64,
     committed: Option<i64>,
     /// The first offset begun since assignment (or since the last reset).
@@ -132,6 +134,7 @@ impl OffsetTracker {
             let epoch = g.epoch;
             g.partitions.entry(tp.clone()).or_insert_with(|| Assigned {
                 offsets: PartitionOffsets::default(),
+                processing: 0,
                 epoch,
                 committed: None,
                 start: None,
@@ -186,6 +189,7 @@ impl OffsetTracker {
             }
             *a = Assigned {
                 offsets: PartitionOffsets::default(),
+                processing: 0,
                 epoch,
                 committed: a.committed,
                 start: position,
@@ -281,6 +285,33 @@ impl OffsetTracker {
             .map_or(0, |a| a.offsets.in_flight())
     }
 
+    /// Records of one partition still being processed (inside an async stage), as opposed to
+    /// records whose outputs only await the producer's acknowledgement.
+    pub fn processing(&self, tp: &TopicPartition) -> usize {
+        self.lock().partitions.get(tp).map_or(0, |a| a.processing)
+    }
+
+    /// Records in flight and still being processed in one partition, under one lock.
+    pub fn in_flight_and_processing(&self, tp: &TopicPartition) -> (usize, usize) {
+        self.lock()
+            .partitions
+            .get(tp)
+            .map_or((0, 0), |a| (a.offsets.in_flight(), a.processing))
+    }
+
+    fn processing_delta(&self, tp: &TopicPartition, epoch: u64, up: bool) {
+        let mut g = self.lock();
+        if let Some(a) = g.partitions.get_mut(tp)
+            && a.epoch == epoch
+        {
+            if up {
+                a.processing += 1;
+            } else {
+                a.processing = a.processing.saturating_sub(1);
+            }
+        }
+    }
+
     /// Records in flight in all partitions.
     pub fn total_in_flight(&self) -> usize {
         self.lock()
@@ -335,6 +366,26 @@ impl AckInner {
     /// Marks the record as failed for good: its offset will not be committed.
     pub fn fail(&self) {
         self.failed.store(true, AtomicOrdering::SeqCst);
+    }
+
+    /// Counts this record as still being processed (see [`OffsetTracker::processing`]) until
+    /// the returned guard is dropped.
+    pub fn processing(self: &Arc<Self>) -> ProcessingGuard {
+        self.tracker.processing_delta(&self.tp, self.epoch, true);
+        ProcessingGuard { ack: self.clone() }
+    }
+}
+
+/// Keeps a record counted as being processed; see [`AckInner::processing`].
+#[derive(Debug)]
+pub struct ProcessingGuard {
+    ack: Ack,
+}
+
+impl Drop for ProcessingGuard {
+    fn drop(&mut self) {
+        let a = &self.ack;
+        a.tracker.processing_delta(&a.tp, a.epoch, false);
     }
 }
 

@@ -139,6 +139,17 @@ impl EmbeddedLog {
         Self::with_db(db, true)
     }
 
+    /// Like [`EmbeddedLog::open`] with sled's page cache limited to `cache_bytes` (sled's
+    /// default is 1 GiB per database, which a long log fills).
+    pub fn open_with(dir: &Path, cache_bytes: u64) -> Result<Self, LogError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .open()
+            .map_err(sled_err(dir.display().to_string()))?;
+        Self::with_db(db, true)
+    }
+
     /// A log in a temporary directory, removed on drop, not flushed (tests).
     pub fn temporary() -> Result<Self, LogError> {
         let db = sled::Config::new()
