@@ -46,7 +46,15 @@ pub enum PipelineError {
 /// Fills the `${...}` placeholders of a topology file: topic names, and the Avro schemas as
 /// quoted JSON strings.
 pub fn render(template: &str, topics: &Topics) -> Result<String, PipelineError> {
-    let namespace = topics.cdc.clone();
+    // Debezium names the topic `<prefix>.<db>.<collection>` and its schemas' namespace the same
+    // parts made Avro-safe (`-` is legal in a topic, not in an Avro name).
+    let mut parts = topics.cdc.rsplitn(3, '.');
+    let (collection, db, prefix) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    let namespace = connectors::debezium::avro_namespace(prefix, db, collection);
     let schemas = connectors::debezium::AvroSchemas::new(&namespace)
         .map_err(|error| PipelineError::Schemas(error.to_string()))?;
     let quoted = |schema: &apache_avro::Schema| -> Result<String, PipelineError> {
@@ -142,4 +150,26 @@ pub fn registry_for_validation() -> Registry {
         });
     }
     registry
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dashed_cdc_topic_still_gives_valid_avro_names() {
+        let topics = Topics {
+            cdc: "shop-1.catalog-db.products".into(),
+            ..Topics::default()
+        };
+        let (topology, application_id) = load(
+            IMAGE_PIPELINE_TOPOLOGY,
+            "built-in",
+            &topics,
+            &registry_for_validation(),
+        )
+        .expect("loads");
+        assert_eq!(application_id, "catalog-stream-image-pipeline");
+        assert!(topology.describe().contains("shop-1.catalog-db.products"));
+    }
 }
