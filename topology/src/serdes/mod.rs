@@ -10,9 +10,12 @@
 
 mod registry;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use apache_avro::Schema;
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::writer::datum::GenericDatumWriter;
 use futures::future::{BoxFuture, ready};
 
 pub use registry::{
@@ -264,6 +267,63 @@ impl Serde for JsonSerde {
 pub struct AvroSerde {
     registry: Arc<dyn SchemaRegistry>,
     schema: Option<Arc<Schema>>,
+    cache: Arc<AvroCache>,
+}
+
+/// What an [`AvroSerde`] (and its clones) keeps between records, so the steady state neither
+/// talks to the registry nor canonicalises or resolves schemas: the schema id per subject it
+/// encodes to, a reader per writer schema id and the writer of its own schema.
+#[derive(Default)]
+struct AvroCache {
+    /// Schema id of the configured schema per topic, value side.
+    value_ids: RwLock<HashMap<String, u32>>,
+    /// Schema id of the configured schema per topic, key side.
+    key_ids: RwLock<HashMap<String, u32>>,
+    /// Readers by writer schema id (resolving to the configured schema, if any).
+    readers: RwLock<HashMap<u32, Arc<GenericDatumReader<'static>>>>,
+    /// The writer of the configured schema.
+    writer: OnceLock<Result<GenericDatumWriter<'static>, String>>,
+}
+
+impl std::fmt::Debug for AvroCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let readers = self.readers.read().map(|m| m.len()).unwrap_or(0);
+        f.debug_struct("AvroCache")
+            .field("readers", &readers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AvroCache {
+    fn ids(&self, is_key: bool) -> &RwLock<HashMap<String, u32>> {
+        if is_key {
+            &self.key_ids
+        } else {
+            &self.value_ids
+        }
+    }
+}
+
+/// A process-wide copy of `schema` that lives as long as the process, so readers and writers
+/// (which borrow their schemas) can be cached. One copy per distinct schema (by its full JSON
+/// form), so the memory is bounded by the schemas the process sees.
+fn interned(schema: &Schema) -> Result<&'static Schema, String> {
+    static INTERNED: OnceLock<Mutex<HashMap<String, &'static Schema>>> = OnceLock::new();
+    let key = serde_json::to_string(schema).map_err(|e| e.to_string())?;
+    let mut map = INTERNED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Ok(map
+        .entry(key)
+        .or_insert_with(|| Box::leak(Box::new(schema.clone()))))
+}
+
+fn avro_err(schema_id: Option<u32>) -> impl FnOnce(apache_avro::Error) -> SerdeError {
+    move |e| SerdeError::Avro {
+        schema_id,
+        message: e.to_string(),
+    }
 }
 
 impl AvroSerde {
@@ -272,12 +332,14 @@ impl AvroSerde {
         AvroSerde {
             registry,
             schema: None,
+            cache: Arc::default(),
         }
     }
 
     /// Sets the schema: the reader schema when decoding, the writer schema when encoding.
     pub fn with_schema(mut self, schema: Schema) -> Self {
         self.schema = Some(Arc::new(schema));
+        self.cache = Arc::default();
         self
     }
 
@@ -289,6 +351,76 @@ impl AvroSerde {
     /// The subject under TopicNameStrategy.
     pub fn subject(topic: &str, is_key: bool) -> String {
         format!("{topic}-{}", if is_key { "key" } else { "value" })
+    }
+
+    /// The reader for writer schema `id` (built once per id).
+    async fn reader(&self, id: u32) -> Result<Arc<GenericDatumReader<'static>>, SerdeError> {
+        let cached = self
+            .cache
+            .readers
+            .read()
+            .ok()
+            .and_then(|m| m.get(&id).cloned());
+        if let Some(r) = cached {
+            return Ok(r);
+        }
+        let writer = self.registry.schema_by_id(id).await?;
+        let bad = |message: String| SerdeError::Avro {
+            schema_id: Some(id),
+            message,
+        };
+        let writer = interned(&writer).map_err(bad)?;
+        let reader_schema = match self.schema.as_deref() {
+            Some(s) => Some(interned(s).map_err(bad)?),
+            None => None,
+        };
+        let reader = GenericDatumReader::builder(writer)
+            .maybe_reader_schema(reader_schema)
+            .build()
+            .map(Arc::new)
+            .map_err(avro_err(Some(id)))?;
+        if let Ok(mut m) = self.cache.readers.write() {
+            m.insert(id, reader.clone());
+        }
+        Ok(reader)
+    }
+
+    /// The id of the configured schema under the subject of `topic` (registered once).
+    async fn schema_id(
+        &self,
+        topic: &str,
+        is_key: bool,
+        schema: &Schema,
+    ) -> Result<u32, SerdeError> {
+        let ids = self.cache.ids(is_key);
+        if let Some(id) = ids.read().ok().and_then(|m| m.get(topic).copied()) {
+            return Ok(id);
+        }
+        let id = self
+            .registry
+            .register(&Self::subject(topic, is_key), schema)
+            .await?;
+        if let Ok(mut m) = ids.write() {
+            m.insert(topic.to_owned(), id);
+        }
+        Ok(id)
+    }
+
+    /// The writer of the configured schema (built once).
+    fn writer(&self, schema: &Schema) -> Result<&GenericDatumWriter<'static>, SerdeError> {
+        self.cache
+            .writer
+            .get_or_init(|| {
+                let schema = interned(schema)?;
+                GenericDatumWriter::builder(schema)
+                    .build()
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|message| SerdeError::Avro {
+                schema_id: None,
+                message: message.clone(),
+            })
     }
 }
 
@@ -314,17 +446,12 @@ impl Serde for AvroSerde {
                 return Err(SerdeError::WrongMagicByte { found: bytes[0] });
             }
             let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
-            let writer = self.registry.schema_by_id(id).await?;
+            let reader = self.reader(id).await?;
             let mut datum = &bytes[5..];
-            apache_avro::reader::datum::GenericDatumReader::builder(&writer)
-                .maybe_reader_schema(self.schema.as_deref())
-                .build()
-                .and_then(|r| r.read_value(&mut datum))
+            reader
+                .read_value(&mut datum)
                 .map(Value::Avro)
-                .map_err(|e| SerdeError::Avro {
-                    schema_id: Some(id),
-                    message: e.to_string(),
-                })
+                .map_err(avro_err(Some(id)))
         })
     }
 
@@ -341,36 +468,33 @@ impl Serde for AvroSerde {
                     what: "a value without a configured writer schema".into(),
                 });
             };
-            let avro = match value {
-                Value::Avro(a) => a.clone(),
-                Value::Json(j) => apache_avro::types::Value::try_from(j.clone()).map_err(|e| {
-                    SerdeError::Avro {
-                        schema_id: None,
-                        message: e.to_string(),
-                    }
-                })?,
-                Value::String(s) => apache_avro::types::Value::String(s.clone()),
-                Value::Bytes(b) => apache_avro::types::Value::Bytes(b.to_vec()),
+            let writer = self.writer(schema)?;
+            // The header (id patched in below), then the datum, in one buffer.
+            let mut out = Vec::with_capacity(256);
+            out.extend_from_slice(&[0; 5]);
+            // An Avro value already valid for the schema is written by reference (the writer
+            // validates it); anything else is converted and resolved to the schema first.
+            let direct = match value {
+                Value::Avro(a) => writer.write_value_ref(&mut out, a).is_ok(),
+                _ => false,
             };
-            let resolved = avro.resolve(schema).map_err(|e| SerdeError::Avro {
-                schema_id: None,
-                message: e.to_string(),
-            })?;
-            let id = self
-                .registry
-                .register(&Self::subject(topic, is_key), schema)
-                .await?;
-            let datum = apache_avro::writer::datum::GenericDatumWriter::builder(schema)
-                .build()
-                .and_then(|w| w.write_value_to_vec(resolved))
-                .map_err(|e| SerdeError::Avro {
-                    schema_id: Some(id),
-                    message: e.to_string(),
-                })?;
-            let mut out = Vec::with_capacity(datum.len() + 5);
-            out.push(0);
-            out.extend_from_slice(&id.to_be_bytes());
-            out.extend_from_slice(&datum);
+            if !direct {
+                out.truncate(5);
+                let avro = match value {
+                    Value::Avro(a) => a.clone(),
+                    Value::Json(j) => {
+                        apache_avro::types::Value::try_from(j.clone()).map_err(avro_err(None))?
+                    }
+                    Value::String(s) => apache_avro::types::Value::String(s.clone()),
+                    Value::Bytes(b) => apache_avro::types::Value::Bytes(b.to_vec()),
+                };
+                let resolved = avro.resolve(schema).map_err(avro_err(None))?;
+                writer
+                    .write_value_ref(&mut out, &resolved)
+                    .map_err(avro_err(None))?;
+            }
+            let id = self.schema_id(topic, is_key, schema).await?;
+            out[1..5].copy_from_slice(&id.to_be_bytes());
             Ok(out)
         })
     }
