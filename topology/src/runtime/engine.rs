@@ -8,13 +8,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use futures::StreamExt;
 use futures::future::BoxFuture;
-use tokio::sync::{Semaphore, oneshot};
+use futures::stream::FuturesUnordered;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::offsets::Ack;
 use crate::graph::{NodeKind, Topology};
 use crate::processor::{AsyncOptions, Ordering, ProcessError, Processor};
-use crate::transport::{RecordSink, TransportError};
+use crate::transport::{DeliveryFuture, RecordSink, TransportError};
 use crate::{Headers, Metrics, RawRecord, Record};
 
 type ChainKey = (String, i32, Option<Vec<u8>>);
@@ -32,6 +34,73 @@ pub(crate) struct Engine {
     sink: Arc<dyn RecordSink>,
     metrics: Arc<Metrics>,
     stages: Vec<Option<Arc<AsyncStage>>>,
+    /// Per node: its name and latency histogram, looked up once (used by sinks per record).
+    node_meta: Vec<Option<NodeMeta>>,
+    /// Queued writes awaiting acknowledgement, completed by one driver task.
+    deliveries: mpsc::UnboundedSender<Pending>,
+}
+
+#[derive(Clone)]
+struct NodeMeta {
+    name: Arc<str>,
+    latency: prometheus::Histogram,
+}
+
+impl NodeMeta {
+    fn new(metrics: &Metrics, name: String) -> Self {
+        NodeMeta {
+            latency: metrics.node_latency.with_label_values(&[&name]),
+            name: Arc::from(name),
+        }
+    }
+}
+
+/// One queued write: the ack it holds and what to record when it completes.
+struct Pending {
+    delivery: DeliveryFuture,
+    ack: Ack,
+    node: NodeMeta,
+    started: Instant,
+    metrics: Arc<Metrics>,
+}
+
+impl Pending {
+    async fn complete(self) {
+        match self.delivery.await {
+            Ok(()) => self
+                .node
+                .latency
+                .observe(self.started.elapsed().as_secs_f64()),
+            Err(e) => {
+                let node = &*self.node.name;
+                tracing::error!(node, error = %e, "write failed for good");
+                self.metrics.record(node, "failed");
+                self.ack.fail();
+            }
+        }
+        // The ack (one clone of it) is released here, once the write is acknowledged.
+    }
+}
+
+/// Completes queued writes: one task polling every delivery instead of a task per record.
+async fn drive_deliveries(mut rx: mpsc::UnboundedReceiver<Pending>) {
+    let mut pending = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            got = rx.recv() => match got {
+                Some(p) => {
+                    pending.push(p.complete());
+                    while let Ok(p) = rx.try_recv() {
+                        pending.push(p.complete());
+                    }
+                }
+                None => break,
+            },
+            Some(()) = pending.next(), if !pending.is_empty() => {}
+        }
+    }
+    // The engine is gone: finish what is still queued.
+    while pending.next().await.is_some() {}
 }
 
 impl Engine {
@@ -54,11 +123,23 @@ impl Engine {
                 _ => None,
             })
             .collect();
+        let node_meta = topology
+            .nodes()
+            .iter()
+            .map(|n| {
+                matches!(n.kind, NodeKind::Sink { .. })
+                    .then(|| NodeMeta::new(&metrics, n.name.clone()))
+            })
+            .collect();
+        let (deliveries, rx) = mpsc::unbounded_channel();
+        tokio::spawn(drive_deliveries(rx));
         Arc::new(Engine {
             topology,
             sink,
             metrics,
             stages,
+            node_meta,
+            deliveries,
         })
     }
 
@@ -219,14 +300,17 @@ impl Engine {
                         headers: record.headers,
                         timestamp: record.timestamp,
                     };
-                    self.send(&n.name, raw, ack.clone()).await;
+                    let meta = self.node_meta[node]
+                        .clone()
+                        .unwrap_or_else(|| NodeMeta::new(&self.metrics, n.name.clone()));
+                    self.send(meta, raw, ack.clone()).await;
                 }
             }
         })
     }
 
     /// Queues `raw` and keeps `ack` until the write is acknowledged.
-    async fn send(&self, node: &str, raw: RawRecord, ack: Ack) {
+    async fn send(&self, node: NodeMeta, raw: RawRecord, ack: Ack) {
         let started = Instant::now();
         let delivery = loop {
             // Under the send gate: work cancelled by a revocation never reaches the producer
@@ -245,29 +329,24 @@ impl Engine {
                 Err(e) => break Err(e),
             }
         };
-        let metrics = self.metrics.clone();
-        let node = node.to_owned();
         match delivery {
-            Ok(d) => {
-                tokio::spawn(async move {
-                    match d.await {
-                        Ok(()) => {
-                            metrics
-                                .node_latency
-                                .with_label_values(&[&node])
-                                .observe(started.elapsed().as_secs_f64());
-                        }
-                        Err(e) => {
-                            tracing::error!(node, error = %e, "write failed for good");
-                            metrics.record(&node, "failed");
-                            ack.fail();
-                        }
-                    }
-                });
+            Ok(delivery) => {
+                let pending = Pending {
+                    delivery,
+                    ack,
+                    node,
+                    started,
+                    metrics: self.metrics.clone(),
+                };
+                // The driver lives as long as the engine; should it be gone, complete here.
+                if let Err(mpsc::error::SendError(p)) = self.deliveries.send(pending) {
+                    tokio::spawn(p.complete());
+                }
             }
             Err(e) => {
+                let node = &*node.name;
                 tracing::error!(node, error = %e, "write failed for good");
-                metrics.record(&node, "failed");
+                self.metrics.record(node, "failed");
                 ack.fail();
             }
         }
@@ -297,7 +376,8 @@ impl Engine {
             .dead_letter_total
             .with_label_values(&[&topic])
             .inc();
-        self.send(&format!("dlq:{topic}"), raw, ack.clone()).await;
+        let meta = NodeMeta::new(&self.metrics, format!("dlq:{topic}"));
+        self.send(meta, raw, ack.clone()).await;
     }
 
     /// Starts async processing of `record` at `node`, in order with its chain.
