@@ -105,10 +105,19 @@ where
     Arc::new(move || Box::pin(check()))
 }
 
+/// The server selection timeout when the MongoDB URI sets none (the driver's own is 30 s): an
+/// outage then turns requests into 503s within seconds instead of holding them for half a minute.
+const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(3);
+
 async fn mongo_database(settings: &Settings) -> anyhow::Result<mongodb::Database> {
-    let client = mongodb::Client::with_uri_str(&settings.mongodb.uri)
+    let mut options = mongodb::options::ClientOptions::parse(&settings.mongodb.uri)
         .await
         .context("invalid MongoDB connection string")?;
+    options
+        .server_selection_timeout
+        .get_or_insert(SERVER_SELECTION_TIMEOUT);
+    let client =
+        mongodb::Client::with_options(options).context("invalid MongoDB connection string")?;
     Ok(client.database(&settings.mongodb.database))
 }
 
