@@ -46,6 +46,14 @@ const PARTITIONS: u32 = 4;
 const DATABASE: &str = "catalog";
 const COLLECTION: &str = "products";
 const TOPIC_PREFIX: &str = "catalog";
+/// sled's page cache per database. sled's default is 1 GiB for each of the four databases the
+/// process opens (store, log, registry, state), which a catalog of 100k products fills; SPEC §8
+/// allows the whole process 128 MiB. sled counts serialized sizes, so its real footprint is
+/// larger than these figures.
+const STORE_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+const LOG_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+const REGISTRY_CACHE_BYTES: u64 = 1024 * 1024;
+const STATE_CACHE_BYTES: u64 = 8 * 1024 * 1024;
 
 /// The in-process Schema Registry as the engine's [`SchemaRegistry`].
 #[derive(Debug)]
@@ -157,12 +165,15 @@ impl Standalone {
     pub fn open(data_dir: &Path, base_url: &str) -> anyhow::Result<Self> {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("cannot create {}", data_dir.display()))?;
-        let db = sled::open(data_dir.join("store"))
+        let db = sled::Config::new()
+            .path(data_dir.join("store"))
+            .cache_capacity(STORE_CACHE_BYTES)
+            .open()
             .with_context(|| format!("cannot open {}/store", data_dir.display()))?;
         let products = SledProductStore::open(&db)?;
         let view = SledViewStore::open(&db)?;
         let log = Arc::new(
-            EmbeddedLog::open(&data_dir.join("log"))
+            EmbeddedLog::open_with(&data_dir.join("log"), LOG_CACHE_BYTES)
                 .with_context(|| format!("cannot open {}/log", data_dir.display()))?,
         );
         let topics = Topics::default();
@@ -175,11 +186,15 @@ impl Standalone {
             log.create_topic(topic, PARTITIONS)
                 .with_context(|| format!("cannot create topic {topic}"))?;
         }
-        let registry = schema_registry::Registry::open(data_dir.join("registry"))
-            .with_context(|| format!("cannot open {}/registry", data_dir.display()))?;
+        let registry =
+            schema_registry::Registry::open_with(data_dir.join("registry"), REGISTRY_CACHE_BYTES)
+                .with_context(|| format!("cannot open {}/registry", data_dir.display()))?;
         let images = images::LocalDirObjectStore::new(data_dir.join("images"), base_url)
             .map_err(|error| anyhow::anyhow!("cannot prepare the image directory: {error}"))?;
-        let state = PipelineState::open(&data_dir.join("state"))
+        let state = state::StateConfig::new(data_dir.join("state"))
+            .page_cache_bytes(STATE_CACHE_BYTES)
+            .open()
+            .and_then(PipelineState::with_dir)
             .with_context(|| format!("cannot open {}/state", data_dir.display()))?;
         Ok(Self {
             products,

@@ -160,10 +160,19 @@ const PREFIX_SUBJECT: &[u8] = b"subject/";
 /// Opens sled, waiting briefly for the file lock: sled's background threads release it a moment
 /// after the previous handle in this process is dropped (a restart in place, or a test reopening).
 fn open_db(dir: &Path) -> Result<sled::Db> {
+    open_db_with(dir, None)
+}
+
+/// [`open_db`] with sled's page cache limited to `cache_bytes` when given.
+fn open_db_with(dir: &Path, cache_bytes: Option<u64>) -> Result<sled::Db> {
     const ATTEMPTS: u32 = 40;
     let mut attempt = 0;
     loop {
-        match sled::open(dir) {
+        let mut config = sled::Config::new().path(dir);
+        if let Some(bytes) = cache_bytes {
+            config = config.cache_capacity(bytes);
+        }
+        match config.open() {
             Err(sled::Error::Io(e))
                 if attempt < ATTEMPTS && e.to_string().contains("could not acquire lock") =>
             {
@@ -283,6 +292,17 @@ impl Registry {
     /// Opens (or creates) a registry persisted in sled under `dir`.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         let db = open_db(dir.as_ref())?;
+        Self::from_db(dir.as_ref(), db)
+    }
+
+    /// Like [`Registry::open`] with sled's page cache limited to `cache_bytes` (sled's default
+    /// is 1 GiB per database).
+    pub fn open_with(dir: impl AsRef<Path>, cache_bytes: u64) -> Result<Self> {
+        let db = open_db_with(dir.as_ref(), Some(cache_bytes))?;
+        Self::from_db(dir.as_ref(), db)
+    }
+
+    fn from_db(dir: &Path, db: sled::Db) -> Result<Self> {
         let tree = db.open_tree("schema-registry")?;
         let mut state = State {
             next_id: 1,
@@ -316,7 +336,7 @@ impl Registry {
         let max_id = state.schemas.keys().next_back().copied().unwrap_or(0);
         state.next_id = state.next_id.max(max_id + 1);
         tracing::debug!(
-            dir = %dir.as_ref().display(),
+            dir = %dir.display(),
             schemas = state.schemas.len(),
             subjects = state.subjects.len(),
             "opened schema registry store"
