@@ -399,7 +399,8 @@ impl OutboxRelay {
             None => 0,
         };
         loop {
-            let pending = self.outbox.pending(next, 256)?;
+            let outbox = self.outbox.clone();
+            let pending = blocking(move || Ok(outbox.pending(next, 256)?)).await?;
             if pending.is_empty() {
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
@@ -412,19 +413,31 @@ impl OutboxRelay {
             // Publish only what is on disk: a change the store could still lose in a crash
             // must not reach the pipeline.
             self.outbox.sync().await?;
+            let mut records = Vec::with_capacity(pending.len());
             for (sequence, entry) in pending {
-                self.publish(sequence, &entry).await?;
+                self.publish(sequence, &entry, &mut records).await?;
                 next = sequence + 1;
             }
-            self.log.flush().await?;
-            self.outbox.remove_through(next - 1)?;
+            // sled calls on a blocking thread: they can wait for a flush in progress.
+            let (log, outbox) = (self.log.clone(), self.outbox.clone());
+            blocking(move || {
+                for record in &records {
+                    log.append(record)?;
+                }
+                log.flush_blocking()?;
+                outbox.remove_through(next - 1)?;
+                Ok(())
+            })
+            .await?;
         }
     }
 
+    /// The change records of one outbox entry, added to `records`.
     async fn publish(
         &self,
         sequence: u64,
         entry: &crate::store::OutboxEntry,
+        records: &mut Vec<RawRecord>,
     ) -> anyhow::Result<()> {
         let id =
             serde_json::json!({"mallId": entry.key.mall_id, "productId": entry.key.product_id});
@@ -475,18 +488,18 @@ impl OutboxRelay {
         event.after = after;
         event.source = Some(source);
         event.ts_ms = Some(entry.ts_ms);
-        self.append(sequence, &event).await?;
+        records.push(self.record(sequence, &event).await?);
         if op == Op::Delete {
-            self.append(sequence, &ChangeEvent::tombstone(id)).await?;
+            records.push(self.record(sequence, &ChangeEvent::tombstone(id)).await?);
         }
         Ok(())
     }
 
-    async fn append(&self, sequence: u64, event: &ChangeEvent) -> anyhow::Result<()> {
+    async fn record(&self, sequence: u64, event: &ChangeEvent) -> anyhow::Result<RawRecord> {
         let (key, value) = self.encoder.encode(&self.topic, event).await?;
         let mut headers = Headers::default();
         headers.insert(OUTBOX_SEQUENCE_HEADER, sequence.to_string().into_bytes());
-        self.log.append(&RawRecord {
+        Ok(RawRecord {
             topic: self.topic.clone(),
             partition: -1,
             offset: -1,
@@ -494,9 +507,18 @@ impl OutboxRelay {
             value: value.map(Into::into),
             headers,
             timestamp: Some(crate::store::now_ms()),
-        })?;
-        Ok(())
+        })
     }
+}
+
+/// Runs sled calls on tokio's blocking pool: sled 0.34's calls can wait for a flush in progress
+/// (its process-wide lock), which must not stall an async worker.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .context("sled task")?
 }
 
 /// `catalog-stream` with no arguments.

@@ -583,9 +583,19 @@ impl SourceConsumer for EmbeddedConsumer {
         &mut self,
         offsets: Vec<(TopicPartition, i64)>,
     ) -> BoxFuture<'_, Result<(), TransportError>> {
+        // sled's batch takes its process-wide write lock, which waits for any flush in
+        // progress: commit and flush on a blocking thread, never on an async worker.
+        let (log, group) = (self.log.clone(), self.group.clone());
         Box::pin(async move {
-            self.log.commit(&self.group, &offsets)?;
-            self.log.flush().await?;
+            tokio::task::spawn_blocking(move || {
+                log.commit(&group, &offsets)?;
+                log.flush_blocking()
+            })
+            .await
+            .map_err(|e| LogError::Sled {
+                place: "commit".into(),
+                source: sled::Error::ReportableBug(format!("commit task: {e}")),
+            })??;
             Ok(())
         })
     }

@@ -292,7 +292,10 @@ impl ViewStore {
     pub async fn apply(&self, change: &ViewChange) -> Result<bool, StoreError> {
         match self {
             ViewStore::Mongo(store) => store.apply(change).await,
-            ViewStore::Sled(store) => store.apply(change),
+            ViewStore::Sled(store) => {
+                let (store, change) = (store.clone(), change.clone());
+                sled_store::blocking(move || store.apply(&change)).await
+            }
         }
     }
 

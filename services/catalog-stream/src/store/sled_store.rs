@@ -65,6 +65,20 @@ fn transaction_error(error: TransactionError<StoreError>) -> StoreError {
     }
 }
 
+/// Runs a sled call on tokio's blocking pool.
+///
+/// sled 0.34's transactions and batches take a process-wide write lock that waits for any
+/// flush in progress (an fsync), and once a transaction has run every other sled call goes
+/// through that lock too: on an async worker they would stall the runtime (2 workers on 2
+/// cores) for the length of an fsync.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| StoreError::corrupt("sled task", error))?
+}
+
 /// A change waiting to be published: what the product became (`None`: deleted).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -210,7 +224,9 @@ impl SledProductStore {
         &self,
         product: &Product,
     ) -> Result<(UpsertOutcome, i64), StoreError> {
-        let outcome = self.upsert(product)?;
+        let store = self.clone();
+        let product = product.clone();
+        let outcome = blocking(move || store.upsert(&product)).await?;
         self.outbox.commit.sync().await?;
         self.outbox.notify.notify_waiters();
         Ok(outcome)
@@ -256,7 +272,9 @@ impl SledProductStore {
 
     /// Deletes the product and records the deletion in the outbox; returns once on disk.
     pub async fn delete_durable(&self, key: &ProductKey) -> Result<bool, StoreError> {
-        let deleted = self.delete(key)?;
+        let store = self.clone();
+        let key = key.clone();
+        let deleted = blocking(move || store.delete(&key)).await?;
         self.outbox.commit.sync().await?;
         Ok(deleted)
     }
