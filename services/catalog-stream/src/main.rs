@@ -11,6 +11,10 @@ use catalog_stream::settings::Settings;
 use catalog_stream::{app, pipeline, standalone};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// mimalloc returns freed memory to the system where glibc's arenas keep it (see Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Product and image collection as an event stream.
 ///
 /// Without a subcommand, runs everything in one process (the standalone mode): HTTP API on
