@@ -323,6 +323,12 @@ impl Runtime {
                         if !resume.is_empty() {
                             consumer.resume(&resume)?;
                         }
+                        if tracker.resets() != resets {
+                            // The commit was aborted and the partitions rewound: the held
+                            // records will be delivered again.
+                            resets = tracker.resets();
+                            held.clear();
+                        }
                         while let Some(raw) = held.pop_front() {
                             ingest(raw, tracker, &engine, &mut *consumer, &mut paused, cfg).await?;
                         }
@@ -452,8 +458,16 @@ async fn commit(
     let started = Instant::now();
     // State and changelog first: an input offset is never committed ahead of them.
     durable.flush().await?;
+    let resets = tracker.resets();
     match consumer.commit(pending.clone()).await {
         Ok(()) => {}
+        // Exactly-once: the transport aborted the transaction (a commit that raced a group
+        // rebalance) and rewound the partitions to their last commit: nothing was committed
+        // and the records are read again; go on.
+        Err(error) if exactly_once && tracker.resets() != resets => {
+            tracing::warn!(%error, "transaction aborted at commit; uncommitted records are read again");
+            return Ok(());
+        }
         // At-least-once: a commit refused while the group rebalances (or after this member
         // was fenced out by a missed session) loses nothing; the offsets are offered again at
         // the next interval, or the partitions' next owner resumes from the last commit.

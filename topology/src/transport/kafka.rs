@@ -315,6 +315,57 @@ fn blocking_err(op: &str, e: tokio::task::JoinError) -> TransportError {
     }
 }
 
+impl KafkaConsumer {
+    /// Exactly-once: aborts the open transaction, begins a new one and rewinds every assigned
+    /// partition to its last committed offset (its in-flight work is cancelled). Failures are
+    /// kept for the next commit, like those of a rebalance.
+    async fn abort_and_rewind(&self) {
+        let context = self.consumer.context();
+        let producer = self.producer.clone();
+        let aborted = tokio::task::spawn_blocking(move || {
+            producer
+                .abort_transaction(Duration::from_secs(30))
+                .and_then(|()| producer.begin_transaction())
+        })
+        .await;
+        let aborted = match aborted {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "abort task failed");
+                return;
+            }
+        };
+        if let Err(e) = aborted {
+            tracing::error!(error = %e, "aborting the transaction after a failed commit failed");
+            *context
+                .txn_error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+            return;
+        }
+        let assigned = context.tracker.assigned();
+        let rewinds = context.tracker.reset(&assigned);
+        tracing::warn!(
+            rewound = rewinds.len(),
+            "transaction commit failed and was aborted; uncommitted records will be read again"
+        );
+        for r in rewinds {
+            if let Err(e) = self.consumer.seek(
+                &r.tp.topic,
+                r.tp.partition,
+                Offset::Offset(r.offset),
+                Duration::ZERO,
+            ) {
+                tracing::error!(tp = %r.tp, offset = r.offset, error = %e, "rewind failed");
+                *context
+                    .txn_error
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+            }
+        }
+    }
+}
+
 impl SourceConsumer for KafkaConsumer {
     fn poll(
         &mut self,
@@ -360,7 +411,7 @@ impl SourceConsumer for KafkaConsumer {
                     return Err(kafka("transaction after a rebalance")(e));
                 }
                 let producer = self.producer.clone();
-                tokio::task::spawn_blocking(move || {
+                let committed = tokio::task::spawn_blocking(move || {
                     let cgm = consumer
                         .group_metadata()
                         .ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::State))?;
@@ -369,8 +420,20 @@ impl SourceConsumer for KafkaConsumer {
                     producer.begin_transaction()
                 })
                 .await
-                .map_err(|e| blocking_err("commit transaction", e))?
-                .map_err(kafka("commit transaction"))
+                .map_err(|e| blocking_err("commit transaction", e))?;
+                match committed {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        // A commit that raced a group rebalance (e.g. an outdated generation)
+                        // only requires an abort: throw the open transaction away and read the
+                        // uncommitted records again, as on a revoke (the runtime sees the
+                        // tracker's reset and goes on).
+                        if matches!(&e, KafkaError::Transaction(t) if t.txn_requires_abort()) {
+                            self.abort_and_rewind().await;
+                        }
+                        Err(kafka("commit transaction")(e))
+                    }
+                }
             } else {
                 tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
                     .await
