@@ -5,12 +5,13 @@
 //! sink records, keeping an [`Ack`] clone alive until each write is acknowledged.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
+use prometheus::IntCounter;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::offsets::Ack;
@@ -38,6 +39,26 @@ pub(crate) struct Engine {
     node_meta: Vec<Option<NodeMeta>>,
     /// Queued writes awaiting acknowledgement, completed by one driver task.
     deliveries: mpsc::UnboundedSender<Pending>,
+    /// Per node, its `records_total` counters by outcome, looked up on first use.
+    counters: Vec<[OnceLock<IntCounter>; 3]>,
+}
+
+/// The per-record outcomes counted for every node (`records_total{node,outcome}`).
+#[derive(Clone, Copy)]
+enum Outcome {
+    In = 0,
+    Out = 1,
+    Dropped = 2,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::In => "in",
+            Outcome::Out => "out",
+            Outcome::Dropped => "dropped",
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -131,6 +152,11 @@ impl Engine {
                     .then(|| NodeMeta::new(&metrics, n.name.clone()))
             })
             .collect();
+        let counters = topology
+            .nodes()
+            .iter()
+            .map(|_| Default::default())
+            .collect();
         let (deliveries, rx) = mpsc::unbounded_channel();
         tokio::spawn(drive_deliveries(rx));
         Arc::new(Engine {
@@ -140,7 +166,24 @@ impl Engine {
             stages,
             node_meta,
             deliveries,
+            counters,
         })
+    }
+
+    /// Counts one record at node `node` with `outcome` (the same series as
+    /// [`Metrics::record`], without a label lookup per record).
+    fn count(&self, node: usize, outcome: Outcome) {
+        let (Some(slots), Some(n)) = (self.counters.get(node), self.topology.nodes().get(node))
+        else {
+            return;
+        };
+        slots[outcome as usize]
+            .get_or_init(|| {
+                self.metrics
+                    .records_total
+                    .with_label_values(&[&n.name, outcome.label()])
+            })
+            .inc();
     }
 
     /// Decodes a source record and pushes it through the graph.
@@ -158,7 +201,7 @@ impl Engine {
         else {
             return;
         };
-        self.metrics.record(&node.name, "in");
+        self.count(src, Outcome::In);
         let key = match &raw.key {
             None => None,
             Some(k) => match key_serde.deserialize(&raw.topic, true, k).await {
@@ -207,7 +250,7 @@ impl Engine {
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let n = &self.topology.nodes()[node];
-            self.metrics.record(&n.name, "out");
+            self.count(node, Outcome::Out);
             let children = &n.children;
             if let Some((last, rest)) = children.split_last() {
                 for &c in rest {
@@ -226,14 +269,14 @@ impl Engine {
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let n = &self.topology.nodes()[node];
-            self.metrics.record(&n.name, "in");
+            self.count(node, Outcome::In);
             match &n.kind {
                 NodeKind::Source { .. } => {}
                 NodeKind::Filter(pred) => {
                     if pred(&record) {
                         self.emit(node, record, ack).await;
                     } else {
-                        self.metrics.record(&n.name, "dropped");
+                        self.count(node, Outcome::Dropped);
                     }
                 }
                 NodeKind::Map(f) => {
@@ -243,7 +286,7 @@ impl Engine {
                 NodeKind::FlatMap(f) => {
                     let outs = f(record);
                     if outs.is_empty() {
-                        self.metrics.record(&n.name, "dropped");
+                        self.count(node, Outcome::Dropped);
                     }
                     for out in outs {
                         self.emit(node, out, ack).await;
@@ -251,12 +294,12 @@ impl Engine {
                 }
                 NodeKind::Branch(preds) => match preds.iter().position(|p| p(&record)) {
                     Some(i) => {
-                        self.metrics.record(&n.name, "out");
+                        self.count(node, Outcome::Out);
                         if let Some(&child) = n.children.get(i) {
                             self.run(child, record, ack).await;
                         }
                     }
-                    None => self.metrics.record(&n.name, "dropped"),
+                    None => self.count(node, Outcome::Dropped),
                 },
                 NodeKind::BranchChild => self.emit(node, record, ack).await,
                 NodeKind::Async { .. } => self.dispatch(node, record, ack.clone()),
@@ -487,7 +530,7 @@ impl Engine {
         match outcome {
             Ok(outs) => {
                 if outs.is_empty() {
-                    self.metrics.record(name, "dropped");
+                    self.count(node, Outcome::Dropped);
                 }
                 for out in outs {
                     self.emit(node, out, ack).await;
