@@ -9,12 +9,33 @@
 
 mod own_servers;
 
+use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
+use catalog_stream::app;
+use catalog_stream::pipeline::{self, ImageMetrics, ImageWork, PipelineState};
+use catalog_stream::product::ProductKey;
+use catalog_stream::settings::Topics;
+use catalog_stream::standalone::{InProcessRegistry, fetch_config};
+use catalog_stream::store::{SledViewStore, ViewStore};
+use connectors::debezium::{ChangeEvent, Op, SourceInfo};
+use connectors::mongo_source::ChangeEncoder;
+use images::ObjectStore;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::json;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use topology::serdes::SchemaRegistry;
+use topology::transport::{KafkaTransport, Transport};
+use tower::ServiceExt;
 
-use own_servers::{Kind, OwnServer, Process, free_port, product, wait_ok};
+use own_servers::{Kind, OwnServer, Process, cache_dir, fixture, free_port, product, wait_ok};
 
 /// How long each outage lasts.
 const OUTAGE: Duration = Duration::from_secs(10);
@@ -243,5 +264,429 @@ async fn mongodb_outage_answers_503_then_recovers_without_loss() {
          refused_503={refused} slowest_503={slowest_503:?} readyz_200_after={ready_after:?} \
          first_post_after={first_after:?} accepted={} stored={stored} lost=0",
         accepted.len()
+    );
+}
+
+// --- The broker ------------------------------------------------------------------------------
+
+/// A single-node KRaft broker of our own, from the jars `up.sh` fetched, advertising `advertised`
+/// (the relay's port) as its client listener while it listens on `port`.
+fn start_broker(dir: &Path, port: u16, advertised: u16) -> Process {
+    let lib = cache_dir().join("kafka-4.1.1/lib");
+    assert!(
+        lib.exists(),
+        "{} is missing: run `infrastructure/up.sh kafka` once to fetch the jars",
+        lib.display()
+    );
+    let controller = free_port();
+    let infra = concat!(env!("CARGO_MANIFEST_DIR"), "/../../infrastructure/kafka/");
+    let template =
+        std::fs::read_to_string(format!("{infra}server.properties.in")).expect("template");
+    let properties = template
+        .replace(
+            "advertised.listeners=PLAINTEXT://127.0.0.1:@PORT@",
+            &format!("advertised.listeners=PLAINTEXT://127.0.0.1:{advertised}"),
+        )
+        .replace("@PORT@", &port.to_string())
+        .replace("@DATA_DIR@", &dir.join("data").display().to_string())
+        .replace("@CONTROLLER_PORT@", &controller.to_string());
+    assert!(
+        !properties.contains('@')
+            && properties.contains(&format!(
+                "advertised.listeners=PLAINTEXT://127.0.0.1:{advertised},"
+            )),
+        "unfilled template or the relay not advertised:\n{properties}"
+    );
+    let config = dir.join("server.properties");
+    std::fs::write(&config, properties).expect("server.properties");
+    let log4j = std::fs::read_to_string(format!("{infra}log4j2.properties"))
+        .expect("log4j2")
+        .replace("@LOG_DIR@", &dir.display().to_string());
+    let log4j_path = dir.join("log4j2.properties");
+    std::fs::write(&log4j_path, log4j).expect("log4j2.properties");
+    let java = |main: &str| {
+        let mut command = Command::new("java");
+        command
+            .args(["-Xms256m", "-Xmx512m", "-XX:+UseG1GC"])
+            .arg(format!(
+                "-Dlog4j2.configurationFile={}",
+                log4j_path.display()
+            ))
+            .arg("-cp")
+            .arg(format!("{}/*", lib.display()))
+            .arg(main);
+        command
+    };
+    let format = java("kafka.tools.StorageTool")
+        .args([
+            "format",
+            "--standalone",
+            "--cluster-id=MkU3OEVBNTcwNTJENDM2Qk",
+        ])
+        .arg(format!("--config={}", config.display()))
+        .output()
+        .expect("StorageTool");
+    assert!(format.status.success(), "format: {format:?}");
+    let mut command = java("kafka.Kafka");
+    command.arg(&config);
+    let mut broker = Process::spawn("kafka", command, &dir.join("kafka.log"));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !broker.output().contains("Kafka Server started") {
+        broker.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "the broker did not start in 120 s:\n{}",
+            broker.output()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    broker
+}
+
+/// An image server answering every path with a PNG after `delay`.
+async fn slow_image_server(delay: Duration) -> String {
+    let png = fixture("pixel.png");
+    let app = axum::Router::new().fallback(move || {
+        let png = png.clone();
+        async move {
+            tokio::time::sleep(delay).await;
+            ([(axum::http::header::CONTENT_TYPE, "image/png")], png)
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{address}")
+}
+
+fn product_event(mall: &str, product_id: &str, image_url: &str, ord: i32) -> ChangeEvent {
+    let id = json!({"mallId": mall, "productId": product_id});
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let after = json!({"_id": id, "mallId": mall, "productId": product_id, "title": "Mug",
+                       "content": "A mug", "price": "12000", "imageUrl": image_url,
+                       "version": 1});
+    let mut event = ChangeEvent::tombstone(id);
+    event.op = Op::Create;
+    event.db = Some("catalog".to_owned());
+    event.collection = Some("products".to_owned());
+    event.after = Some(after);
+    event.source = Some(SourceInfo {
+        version: "2.7.0.Final".into(),
+        connector: "mongodb".into(),
+        name: "catalog".to_owned(),
+        ts_ms: (now_ms / 1000) * 1000,
+        snapshot: Some("false".into()),
+        db: "catalog".to_owned(),
+        rs: None,
+        sequence: None,
+        ts_us: None,
+        ts_ns: None,
+        collection: "products".into(),
+        ord,
+        lsid: None,
+        txn_number: None,
+        wall_time: Some(now_ms),
+    });
+    event.ts_ms = Some(now_ms);
+    event
+}
+
+fn metric_sum(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && line.contains(label))
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let value = if rest.starts_with('{') {
+                rest.split_once('}')?.1
+            } else if rest.starts_with(' ') {
+                rest
+            } else {
+                return None;
+            };
+            value.trim().parse::<f64>().ok()
+        })
+        .sum()
+}
+
+async fn metrics_text(router: &axum::Router) -> String {
+    let response = router
+        .clone()
+        .oneshot(
+            axum::http::Request::get("/metrics")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+async fn collected(view: &ViewStore, mall: &str, count: usize) -> usize {
+    let mut done = 0;
+    for index in 0..count {
+        let key = ProductKey::new(mall, format!("p{index:04}"));
+        if view.get(&key).await.expect("view").is_some() {
+            done += 1;
+        }
+    }
+    done
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_outage_pauses_and_resumes_without_loss_or_duplicates() {
+    const MALL: &str = "broker-outage-mall";
+    const TOTAL: usize = 600;
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The relay first: the broker advertises the relay's port, so every client goes through it.
+    let broker_port = free_port();
+    let mut relay = Relay::start(broker_port).await;
+    let broker = start_broker(dir.path(), broker_port, relay.port);
+    let bootstrap = format!("127.0.0.1:{}", relay.port);
+
+    let topics = Topics::default();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("admin");
+    let new_topics: Vec<NewTopic<'_>> = [
+        &topics.cdc,
+        &topics.upserts,
+        &topics.deletes,
+        &topics.image_events,
+    ]
+    .into_iter()
+    .map(|topic| NewTopic::new(topic, 4, TopicReplication::Fixed(1)))
+    .collect();
+    for result in admin
+        .create_topics(&new_topics, &AdminOptions::new())
+        .await
+        .expect("create topics")
+    {
+        result.expect("topic created");
+    }
+
+    // CDC events for every product, produced before the pipeline starts.
+    let images_base = slow_image_server(Duration::from_millis(100)).await;
+    let schemas: Arc<dyn SchemaRegistry> = Arc::new(InProcessRegistry::new(Arc::new(
+        schema_registry::Registry::in_memory(),
+    )));
+    let encoder =
+        ChangeEncoder::avro(schemas.clone(), "catalog", "catalog", "products").expect("encoder");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("producer");
+    for index in 0..TOTAL {
+        let id = format!("p{index:04}");
+        let event = product_event(
+            MALL,
+            &id,
+            &format!("{images_base}/images/{id}.png"),
+            index as i32 + 1,
+        );
+        let (key, value) = encoder.encode(&topics.cdc, &event).await.expect("encode");
+        let value = value.expect("not a tombstone");
+        producer
+            .send(
+                FutureRecord::to(&topics.cdc).key(&key).payload(&value),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(error, _)| error)
+            .expect("produce");
+    }
+
+    // The image pipeline and the complete-products sink, in process, over the broker.
+    let db = sled::open(dir.path().join("store")).expect("sled");
+    let view = ViewStore::Sled(SledViewStore::open(&db).expect("view"));
+    let objects: Arc<dyn ObjectStore> = Arc::new(
+        images::LocalDirObjectStore::new(dir.path().join("objects"), "http://127.0.0.1:1/")
+            .expect("object store"),
+    );
+    let metrics = prometheus::Registry::new();
+    let sink_metrics = prometheus::Registry::new_custom(
+        None,
+        Some([("topology".to_owned(), "complete-products".to_owned())].into()),
+    )
+    .expect("registry");
+    let state = PipelineState::open(&dir.path().join("state")).expect("state");
+    let state_dir = state.dir();
+    let work = ImageWork {
+        fetcher: images::ImageFetcher::new(fetch_config(None)).expect("fetcher"),
+        fetch_retry: images::RetryPolicy::default(),
+        objects: objects.clone(),
+        state,
+        metrics: ImageMetrics::new(&metrics).expect("metrics"),
+    };
+    let processors = pipeline::registry(Some(work), Some(view.clone()), schemas.clone());
+    let (image_pipeline, pipeline_id) = pipeline::load(
+        pipeline::IMAGE_PIPELINE_TOPOLOGY,
+        "image-pipeline",
+        &topics,
+        &processors,
+    )
+    .expect("image pipeline");
+    let (sink, sink_id) = pipeline::load(
+        pipeline::COMPLETE_PRODUCTS_TOPOLOGY,
+        "complete-products",
+        &topics,
+        &processors,
+    )
+    .expect("sink");
+    let transport: Arc<dyn Transport> = Arc::new(KafkaTransport::new(&bootstrap));
+    let shutdown = CancellationToken::new();
+    let mut streams = JoinSet::new();
+    {
+        let (transport, metrics, shutdown) = (transport.clone(), metrics.clone(), shutdown.clone());
+        streams.spawn(async move {
+            app::run_topology(
+                image_pipeline,
+                &pipeline_id,
+                transport,
+                false,
+                app::Durability {
+                    state: Some(state_dir),
+                    changelog: None,
+                },
+                &metrics,
+                shutdown,
+            )
+            .await
+        });
+    }
+    {
+        let (sink_metrics, shutdown) = (sink_metrics.clone(), shutdown.clone());
+        streams.spawn(async move {
+            app::run_topology(
+                sink,
+                &sink_id,
+                transport,
+                false,
+                app::Durability::default(),
+                &sink_metrics,
+                shutdown,
+            )
+            .await
+        });
+    }
+    let ops = app::service_router(
+        axum::Router::new(),
+        vec![metrics.clone(), sink_metrics.clone()],
+        app::object_store_readiness(objects.clone()),
+    );
+
+    // Mid-stream: some products are collected, most are not.
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(90);
+    let at_cut = loop {
+        let uploads = metric_sum(&metrics_text(&ops).await, "catalog_image_uploads_total", "");
+        if uploads as usize >= TOTAL / 10 {
+            break uploads as usize;
+        }
+        if Instant::now() >= deadline {
+            let output = broker.output();
+            let tail: Vec<&str> = output.lines().rev().take(40).collect();
+            panic!(
+                "{uploads} uploads before the cut\n{}\nbroker:\n{}",
+                metrics_text(&ops).await,
+                tail.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        at_cut < TOTAL / 2,
+        "too late for an outage: {at_cut} uploaded"
+    );
+
+    // The outage.
+    let outage_started = Instant::now();
+    relay.stop().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during_early = collected(&view, MALL, TOTAL).await;
+    tokio::time::sleep(OUTAGE.saturating_sub(outage_started.elapsed())).await;
+    let during_late = collected(&view, MALL, TOTAL).await;
+    assert_eq!(
+        during_early, during_late,
+        "the sink went on while the broker was down"
+    );
+    assert!(
+        streams.try_join_next().is_none(),
+        "a topology stopped during the outage"
+    );
+
+    // Back: work resumes, everything ends collected.
+    relay.resume().await;
+    let outage = outage_started.elapsed();
+    let resumed = Instant::now();
+    let deadline = resumed + Duration::from_secs(180);
+    loop {
+        let done = collected(&view, MALL, TOTAL).await;
+        if done == TOTAL {
+            break;
+        }
+        if let Some(result) = streams.try_join_next() {
+            panic!("a topology stopped after the outage: {result:?}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{done} of {TOTAL} collected 180 s after the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let caught_up = resumed.elapsed();
+
+    // Settle: lag back to 0, nothing in flight.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let text = metrics_text(&ops).await;
+        let in_flight = metric_sum(&text, "topology_in_flight", "");
+        let lag = metric_sum(&text, "topology_consumer_lag", "");
+        if in_flight == 0.0 && lag == 0.0 {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lag {lag}, in flight {in_flight}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let uploads = metric_sum(&text, "catalog_image_uploads_total", "");
+    let collected_events = metric_sum(&text, "catalog_images_collected_total", "");
+    let failed = metric_sum(&text, "catalog_images_failed_total", "");
+    let dead = metric_sum(&text, "topology_dead_letter_total", "");
+    assert_eq!(failed, 0.0, "failed images:\n{text}");
+    assert_eq!(dead, 0.0, "dead-lettered records:\n{text}");
+    assert_eq!(uploads as usize, TOTAL, "uploads:\n{text}");
+
+    // Exactly one object per product.
+    let stored = objects.list("products/").await.expect("list");
+    assert_eq!(stored.len(), TOTAL, "objects");
+    for index in 0..TOTAL {
+        let prefix = format!("products/{MALL}/p{index:04}/");
+        let count = stored.iter().filter(|key| key.starts_with(&prefix)).count();
+        assert_eq!(count, 1, "objects of p{index:04}");
+    }
+
+    shutdown.cancel();
+    while let Some(result) = streams.join_next().await {
+        result.expect("stream task").expect("stream");
+    }
+    drop(broker);
+    println!(
+        "broker outage: products={TOTAL} uploaded_at_cut={at_cut} outage={outage:?} \
+         collected_at_outage_end={during_late} caught_up_in={caught_up:?} collected={collected_events} \
+         uploads={uploads} objects={} lag=0 lost=0 duplicate_uploads=0",
+        stored.len()
     );
 }

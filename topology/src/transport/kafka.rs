@@ -97,6 +97,24 @@ fn kafka(operation: impl Into<String>) -> impl FnOnce(KafkaError) -> TransportEr
     move |source| TransportError::Kafka { operation, source }
 }
 
+/// Consumer errors of an unreachable or moving broker, which librdkafka retries on its own.
+fn transient_consumer_error(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::NetworkException
+            | RDKafkaErrorCode::Resolve
+            | RDKafkaErrorCode::OperationTimedOut
+            | RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::BrokerNotAvailable
+            | RDKafkaErrorCode::LeaderNotAvailable
+            | RDKafkaErrorCode::NotLeaderForPartition
+            | RDKafkaErrorCode::CoordinatorNotAvailable
+            | RDKafkaErrorCode::NotCoordinator
+    )
+}
+
 fn tpl_of(offsets: &[(TopicPartition, i64)]) -> Result<TopicPartitionList, TransportError> {
     let mut tpl = TopicPartitionList::new();
     for (tp, o) in offsets {
@@ -374,6 +392,12 @@ impl SourceConsumer for KafkaConsumer {
         Box::pin(async move {
             match tokio::time::timeout(timeout, self.consumer.recv()).await {
                 Err(_) => Ok(None),
+                // librdkafka reports lost broker connections through the consumer and keeps
+                // reconnecting by itself: an outage pauses the stream, it does not end it.
+                Ok(Err(KafkaError::MessageConsumption(code))) if transient_consumer_error(code) => {
+                    tracing::warn!(error = %code, "kafka consumer: broker unavailable, retrying");
+                    Ok(None)
+                }
                 Ok(Err(e)) => Err(kafka("poll")(e)),
                 Ok(Ok(m)) => {
                     let mut headers = Headers::default();
