@@ -162,7 +162,21 @@ async fn local_dir_writes_are_atomic_and_leave_no_temporary_files() {
     // Removing the last object removes its now-empty directories too.
     store.delete(&key).await.expect("delete");
     assert!(files_under(dir.path()).is_empty());
-    assert_eq!(std::fs::read_dir(dir.path()).expect("root").count(), 0);
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("root")
+        .map(|entry| entry.expect("entry").file_name())
+        .collect();
+    assert_eq!(left, [".incoming"], "only the (empty) write area stays");
+
+    // A write cut short by a crash leaves a file in the write area; reopening clears it.
+    std::fs::write(dir.path().join(".incoming/cut-short.tmp-1"), b"partial").expect("write");
+    LocalDirObjectStore::new(dir.path(), "http://images.test").expect("reopen");
+    let incoming = std::fs::read_dir(dir.path().join(".incoming")).expect("write area");
+    assert_eq!(
+        incoming.count(),
+        0,
+        "stale temporary files are removed when the store opens"
+    );
 }
 
 /// The S3 settings from the environment, else from `infrastructure/.env`.

@@ -42,6 +42,10 @@ fn io_error<'a>(
     }
 }
 
+/// Where objects are written before they are renamed into place (same filesystem as the
+/// objects, so the rename is atomic); cleared when the store opens.
+const INCOMING_DIR: &str = ".incoming";
+
 impl LocalDirObjectStore {
     /// A store under `root` (created if missing) whose objects are served at
     /// `{base_url}/images/{key}`.
@@ -55,6 +59,15 @@ impl LocalDirObjectStore {
                 "base_url {base_url:?} must be an http(s) URL"
             )));
         }
+        // Objects are written under `.incoming/` and renamed into place; whatever is left there
+        // was cut short by a crash (kill -9 mid-write) and belongs to no object.
+        let incoming = root.join(INCOMING_DIR);
+        match std::fs::remove_dir_all(&incoming) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(io_error("clear", &incoming)(error)),
+        }
+        std::fs::create_dir_all(&incoming).map_err(io_error("create directory", &incoming))?;
         Ok(Self { root, base_url })
     }
 
@@ -92,7 +105,10 @@ impl LocalDirObjectStore {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let temp = dir.join(format!(".{name}.tmp-{:016x}", rand::random::<u64>()));
+        let temp = self
+            .root
+            .join(INCOMING_DIR)
+            .join(format!("{name}.tmp-{:016x}", rand::random::<u64>()));
         let size = bytes.len() as u64;
         let etag = hex::encode(Sha256::digest(&bytes));
         let written = async {
