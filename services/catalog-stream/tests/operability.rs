@@ -39,7 +39,7 @@ use support::{server_env, unique_name};
 use topology::serdes::{HttpSchemaRegistry, SchemaRegistry};
 
 const PNG: &[u8] = include_bytes!("../../images/tests/fixtures/pixel.png");
-const DEADLINE: Duration = Duration::from_secs(60);
+const DEADLINE: Duration = Duration::from_secs(180);
 const PARTITIONS: i32 = 3;
 /// Products whose image hangs until released (the non-zero lag moment).
 const GATED: usize = 6;
