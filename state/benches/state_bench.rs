@@ -98,6 +98,8 @@ fn bench_check_and_record() -> BenchResult {
         }
     }
     let binary_ids = rate(N, start);
+    dir.flush()?;
+    let records_disk = dir_size(tmp.path())?;
 
     // Redeliveries of B: all duplicates.
     let start = Instant::now();
@@ -186,7 +188,8 @@ fn bench_check_and_record() -> BenchResult {
     );
     println!(
         "INFO state_check_and_record duplicates_ops_per_s={duplicates:.0} \
-         final_flush_ms={flush_ms:.1} (sled background flush every 500 ms)"
+         final_flush_ms={flush_ms:.1} (sled background flush every 500 ms) \
+         disk_bytes_after_{N}_record_ids={records_disk}"
     );
     Ok(())
 }

@@ -237,7 +237,8 @@ impl StateDir {
         Ok(KvStore::new(self.raw(name, options)?))
     }
 
-    /// An idempotency store named `name`: trees `{name}.records` and `{name}.positions`.
+    /// An idempotency store named `name`: trees `{name}.record-blocks` (record ids grouped by
+    /// 16, see [`IdempotencyStore::records_tree`]) and `{name}.positions`.
     pub fn idempotency<V>(&self, name: &str) -> Result<IdempotencyStore<V>>
     where
         V: Serialize + DeserializeOwned,
@@ -245,7 +246,7 @@ impl StateDir {
         validate_name(name)?;
         let opts = StoreOptions::default();
         Ok(IdempotencyStore::new(
-            self.raw(&format!("{name}.records"), opts)?,
+            self.raw(&format!("{name}.record-blocks"), opts)?,
             self.raw(&format!("{name}.positions"), opts)?,
         ))
     }

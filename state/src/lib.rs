@@ -30,6 +30,7 @@
 //! # Ok(()) }
 //! ```
 
+mod blocks;
 mod cache;
 mod changelog;
 pub mod codec;

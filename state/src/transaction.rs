@@ -18,6 +18,7 @@ use sled::transaction::{
     ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
 };
 
+use crate::blocks;
 use crate::codec::{decode, encode};
 use crate::dir::StateDir;
 use crate::error::{Result, StateError};
@@ -196,11 +197,17 @@ impl Transaction<'_> {
         self.record_if_absent(idx, id.as_ref(), &v)
     }
 
+    /// Records `value` for `id` in its block of the records tree `idx`, if absent.
     pub(crate) fn record_if_absent(&mut self, idx: usize, id: &[u8], value: &[u8]) -> Result<bool> {
-        if self.raw_get(idx, id)?.is_some() {
+        let (key, slot) = blocks::locate(id);
+        let current = self.raw_get(idx, &key)?;
+        let name = &self.stores[idx].name;
+        let block = current.as_deref();
+        if blocks::find(name, &key, block.unwrap_or_default(), slot)?.is_some() {
             return Ok(false);
         }
-        self.raw_insert(idx, id.to_vec(), value.to_vec())?;
+        let new = blocks::with_entry(name, &key, block, slot, value)?;
+        self.raw_insert(idx, key, new)?;
         Ok(true)
     }
 

@@ -112,7 +112,7 @@ fn reopen_persists() {
     );
     assert_eq!(
         dir.tree_names(),
-        vec!["idem.positions", "idem.records", "products"]
+        vec!["idem.positions", "idem.record-blocks", "products"]
     );
 }
 
@@ -347,7 +347,12 @@ fn changelog_sees_every_write_and_restore_reproduces() {
     let recs = log.records();
     assert_eq!(recs.iter().filter(|r| r.store == "products").count(), 110);
     assert_eq!(recs.iter().filter(|r| r.store == "local").count(), 0);
-    assert_eq!(recs.iter().filter(|r| r.store == "idem.records").count(), 1);
+    assert_eq!(
+        recs.iter()
+            .filter(|r| r.store == "idem.record-blocks")
+            .count(),
+        1
+    );
     assert_eq!(
         recs.iter().filter(|r| r.store == "idem.positions").count(),
         1
@@ -366,7 +371,7 @@ fn changelog_sees_every_write_and_restore_reproduces() {
         restored.restore_from(log.compacted("products")).unwrap(),
         50
     );
-    for tree in ["idem.records", "idem.positions"] {
+    for tree in ["idem.record-blocks", "idem.positions"] {
         fresh.restore(tree, log.compacted(tree)).unwrap();
     }
     let original: Vec<_> = s.iter().collect::<Result<_, _>>().unwrap();
@@ -510,4 +515,84 @@ fn batch_check_and_record_and_record_ids() {
     assert_eq!(idem.records_len(), 3);
     assert!(state::record_id("t", 0, 255) < state::record_id("t", 0, 256));
     assert!(state::record_id("t", 0, i64::MAX) < state::record_id("t", 1, 0));
+}
+
+#[test]
+fn ids_sharing_a_block_are_independent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let id = |o| state::record_id("t", 0, o);
+    {
+        let dir = StateDir::open(tmp.path()).unwrap();
+        let idem = dir.idempotency::<u64>("idem").unwrap();
+        // Offsets 0..40 span three blocks of 16; record every other one, out of order.
+        for o in (0..40).rev().step_by(2) {
+            assert!(idem.check_and_record(id(o), &(o as u64 * 10)).unwrap());
+        }
+        for o in 0..40 {
+            assert_eq!(idem.is_recorded(id(o)).unwrap(), o % 2 == 1, "offset {o}");
+        }
+        assert!(idem.forget(id(17)).unwrap());
+        assert!(!idem.forget(id(17)).unwrap());
+        assert!(!idem.forget(id(16)).unwrap()); // never recorded, its block exists
+        let done = dir
+            .transaction(&[&idem], |tx| {
+                Ok::<_, StateError>((
+                    tx.check_and_record(&idem, id(16), &160)?,
+                    tx.check_and_record(&idem, id(16), &161)?,
+                    tx.check_and_record(&idem, id(19), &190)?,
+                ))
+            })
+            .unwrap();
+        assert_eq!(done, (true, false, false));
+        assert_eq!(idem.records_len(), 20);
+        assert_eq!(idem.stats().unwrap().keys, 20);
+        dir.flush().unwrap();
+    }
+    let dir = StateDir::open(tmp.path()).unwrap();
+    let idem = dir.idempotency::<u64>("idem").unwrap();
+    for o in 0..40 {
+        let want = match o {
+            16 => Some(160),
+            17 => None,
+            o if o % 2 == 1 => Some(o as u64 * 10),
+            _ => None,
+        };
+        assert_eq!(
+            idem.recorded(id(o)).unwrap().map(|r| r.outcome),
+            want,
+            "offset {o}"
+        );
+    }
+    assert!(!idem.check_and_record(id(39), &0).unwrap());
+    assert!(idem.check_and_record(id(38), &0).unwrap());
+    assert!(idem.check_and_record("", &1).unwrap()); // the empty id has its own block
+    assert!(!idem.check_and_record("", &1).unwrap());
+    assert!(idem.check_and_record("\u{0}", &1).unwrap());
+    assert_eq!(idem.expire_records_before(u64::MAX).unwrap(), 23);
+    assert_eq!(idem.records_len(), 0);
+    assert!(idem.check_and_record(id(39), &0).unwrap());
+}
+
+#[test]
+fn concurrent_check_and_record_in_shared_blocks_is_atomic() {
+    let dir = StateConfig::temporary().open().unwrap();
+    let idem = dir.idempotency::<u8>("idem").unwrap();
+    let wins: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4u8)
+            .map(|t| {
+                let idem = idem.clone();
+                s.spawn(move || {
+                    (0..512)
+                        .filter(|o| {
+                            idem.check_and_record(state::record_id("t", 0, *o), &t)
+                                .unwrap()
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(wins, 512);
+    assert_eq!(idem.records_len(), 512);
 }
