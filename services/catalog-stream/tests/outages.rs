@@ -368,7 +368,9 @@ async fn s3_outage_pauses_and_resumes_without_loss_or_duplicates() {
         let (_, text) = get(&ops, "/metrics").await;
         let in_flight = metric_sum(&text, "topology_in_flight", "");
         let lag = metric_sum(&text, "topology_consumer_lag", "");
-        if in_flight == 0.0 && lag == 0.0 {
+        // Absent gauges would sum to 0 too: lag must have been measured.
+        let measured = text.contains("topology_consumer_lag{");
+        if measured && in_flight == 0.0 && lag == 0.0 {
             break text;
         }
         assert!(

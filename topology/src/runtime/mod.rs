@@ -217,6 +217,7 @@ impl Runtime {
         let mut drain_warned = false;
         let mut summary = RunSummary::default();
         let mut last_commit = Instant::now();
+        let mut lag_update: Option<tokio::task::JoinHandle<()>> = None;
         let result: Result<(), RuntimeError> = async {
             loop {
                 // Resume before blocking in poll: a partition paused for back-pressure is
@@ -240,6 +241,7 @@ impl Runtime {
                     }
                     let live: Vec<_> = ready.into_iter().filter(|t| assigned.contains(t)).collect();
                     if !live.is_empty() {
+                        tracing::debug!(partitions = ?live, "resuming after back-pressure");
                         consumer.resume(&live)?;
                     }
                 }
@@ -286,7 +288,6 @@ impl Runtime {
                         draining = Some((Instant::now(), HashSet::new()));
                         drain_warned = false;
                     } else {
-                        last_commit = Instant::now();
                         commit(
                             &mut *consumer,
                             tracker,
@@ -295,7 +296,10 @@ impl Runtime {
                             cfg.exactly_once,
                         )
                         .await?;
-                        update_lag(&*consumer, tracker, &metrics, &cfg.application_id).await;
+                        // From the end of the commit: a commit slower than the interval must
+                        // still leave the loop time to poll.
+                        last_commit = Instant::now();
+                        spawn_lag_update(&mut lag_update, &*consumer, tracker, &metrics, cfg);
                     }
                 }
                 if let Some((since, tps)) = &draining {
@@ -332,7 +336,7 @@ impl Runtime {
                         while let Some(raw) = held.pop_front() {
                             ingest(raw, tracker, &engine, &mut *consumer, &mut paused, cfg).await?;
                         }
-                        update_lag(&*consumer, tracker, &metrics, &cfg.application_id).await;
+                        spawn_lag_update(&mut lag_update, &*consumer, tracker, &metrics, cfg);
                     } else if !drain_warned && since.elapsed() >= cfg.drain_timeout {
                         drain_warned = true;
                         tracing::warn!(
@@ -365,6 +369,9 @@ impl Runtime {
         } else {
             Ok(())
         };
+        if let Some(running) = lag_update.take() {
+            running.abort();
+        }
         update_lag(&*consumer, tracker, &metrics, &cfg.application_id).await;
         consumer.close().await;
         result?;
@@ -393,6 +400,7 @@ async fn ingest(
     }
     let (in_flight, processing) = tracker.in_flight_and_processing(&tp);
     if cfg.over_limit(in_flight, processing) && paused.insert(tp.clone()) {
+        tracing::debug!(%tp, in_flight, processing, "pausing for back-pressure");
         consumer.pause(std::slice::from_ref(&tp))?;
     }
     Ok(())
@@ -484,6 +492,95 @@ async fn commit(
     Ok(())
 }
 
+/// Starts a lag update in the background unless the previous one is still running.
+///
+/// Off the poll loop because the broker may answer offset queries only after a pending
+/// long-poll fetch on the same connection: awaited inline, a slow answer after every commit
+/// left the loop one record per commit interval (seen after a broker outage: ~1 record/1.2 s
+/// on an otherwise idle consumer).
+fn spawn_lag_update(
+    running: &mut Option<tokio::task::JoinHandle<()>>,
+    consumer: &dyn crate::transport::SourceConsumer,
+    tracker: &Arc<OffsetTracker>,
+    metrics: &Arc<Metrics>,
+    cfg: &RuntimeConfig,
+) {
+    if running.as_ref().is_some_and(|task| !task.is_finished()) {
+        return;
+    }
+    let assigned = tracker.assigned();
+    if assigned.is_empty() {
+        return;
+    }
+    let queries = LagQueries::start(consumer, tracker, assigned);
+    let (tracker, metrics, group) = (tracker.clone(), metrics.clone(), cfg.application_id.clone());
+    *running = Some(tokio::spawn(async move {
+        queries.apply(&tracker, &metrics, &group).await;
+    }));
+}
+
+/// The offset queries of one lag update, started while the consumer is at hand.
+struct LagQueries {
+    ends: futures::future::BoxFuture<'static, Result<Vec<(TopicPartition, i64)>, TransportError>>,
+    group_committed: Option<
+        futures::future::BoxFuture<
+            'static,
+            Result<crate::transport::CommittedOffsets, TransportError>,
+        >,
+    >,
+}
+
+impl LagQueries {
+    fn start(
+        consumer: &dyn crate::transport::SourceConsumer,
+        tracker: &OffsetTracker,
+        assigned: Vec<TopicPartition>,
+    ) -> Self {
+        // Partitions this runtime has not committed yet: the group's committed offset.
+        let unknown: Vec<_> = assigned
+            .iter()
+            .filter(|tp| tracker.committed_offset(tp).is_none())
+            .cloned()
+            .collect();
+        LagQueries {
+            group_committed: (!unknown.is_empty()).then(|| consumer.committed_offsets(unknown)),
+            ends: consumer.end_offsets(assigned),
+        }
+    }
+
+    async fn apply(self, tracker: &OffsetTracker, metrics: &Metrics, group: &str) {
+        let mut group_committed = std::collections::HashMap::new();
+        if let Some(query) = self.group_committed {
+            match query.await {
+                Ok(v) => group_committed.extend(v),
+                Err(e) => tracing::debug!(error = %e, "committed offsets unavailable"),
+            }
+        }
+        match self.ends.await {
+            Ok(ends) => {
+                let assigned: std::collections::HashSet<_> =
+                    tracker.assigned().into_iter().collect();
+                for (tp, end) in ends {
+                    // Revoked while the query ran: its lag is the next owner's to report.
+                    if !assigned.contains(&tp) {
+                        continue;
+                    }
+                    let committed = tracker
+                        .committed_offset(&tp)
+                        .or_else(|| group_committed.get(&tp).copied().flatten())
+                        .unwrap_or(0);
+                    metrics
+                        .consumer_lag
+                        .with_label_values(&[group, &tp.topic, &tp.partition.to_string()])
+                        .set((end - committed).max(0));
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "end offsets unavailable"),
+        }
+    }
+}
+
+/// Updates the lag gauges and waits for the answer (at shutdown).
 async fn update_lag(
     consumer: &dyn crate::transport::SourceConsumer,
     tracker: &OffsetTracker,
@@ -494,32 +591,7 @@ async fn update_lag(
     if assigned.is_empty() {
         return;
     }
-    // Partitions this runtime has not committed yet: the group's committed offset.
-    let unknown: Vec<_> = assigned
-        .iter()
-        .filter(|tp| tracker.committed_offset(tp).is_none())
-        .cloned()
-        .collect();
-    let mut group_committed = std::collections::HashMap::new();
-    if !unknown.is_empty() {
-        match consumer.committed_offsets(unknown).await {
-            Ok(v) => group_committed.extend(v),
-            Err(e) => tracing::debug!(error = %e, "committed offsets unavailable"),
-        }
-    }
-    match consumer.end_offsets(assigned).await {
-        Ok(ends) => {
-            for (tp, end) in ends {
-                let committed = tracker
-                    .committed_offset(&tp)
-                    .or_else(|| group_committed.get(&tp).copied().flatten())
-                    .unwrap_or(0);
-                metrics
-                    .consumer_lag
-                    .with_label_values(&[group, &tp.topic, &tp.partition.to_string()])
-                    .set((end - committed).max(0));
-            }
-        }
-        Err(e) => tracing::debug!(error = %e, "end offsets unavailable"),
-    }
+    LagQueries::start(consumer, tracker, assigned)
+        .apply(tracker, metrics, group)
+        .await;
 }

@@ -615,11 +615,12 @@ impl SourceConsumer for EmbeddedConsumer {
     fn end_offsets(
         &self,
         tps: Vec<TopicPartition>,
-    ) -> BoxFuture<'_, Result<Vec<(TopicPartition, i64)>, TransportError>> {
+    ) -> BoxFuture<'static, Result<Vec<(TopicPartition, i64)>, TransportError>> {
+        let log = self.log.clone();
         Box::pin(async move {
             tps.into_iter()
                 .map(|tp| {
-                    let end = self.log.end_offset(&tp.topic, tp.partition)?;
+                    let end = log.end_offset(&tp.topic, tp.partition)?;
                     Ok((tp, end))
                 })
                 .collect()
@@ -629,11 +630,12 @@ impl SourceConsumer for EmbeddedConsumer {
     fn committed_offsets(
         &self,
         tps: Vec<TopicPartition>,
-    ) -> BoxFuture<'_, Result<super::CommittedOffsets, TransportError>> {
+    ) -> BoxFuture<'static, Result<super::CommittedOffsets, TransportError>> {
+        let (log, group) = (self.log.clone(), self.group.clone());
         Box::pin(async move {
             tps.into_iter()
                 .map(|tp| {
-                    let c = self.log.committed(&self.group, &tp.topic, tp.partition)?;
+                    let c = log.committed(&group, &tp.topic, tp.partition)?;
                     Ok((tp, c))
                 })
                 .collect()

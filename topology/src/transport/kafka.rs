@@ -217,6 +217,7 @@ impl ClientContext for StreamsContext {}
 impl ConsumerContext for StreamsContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
+            tracing::info!(partitions = ?tps_of(tpl), "rebalance: partitions revoked");
             (self.on_rebalance)();
             if self.exactly_once {
                 self.revoke_transactional(consumer, &tps_of(tpl));
@@ -238,8 +239,11 @@ impl ConsumerContext for StreamsContext {
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
+            tracing::info!(partitions = ?tps_of(tpl), "rebalance: partitions assigned");
             (self.on_rebalance)();
             self.tracker.assign(&tps_of(tpl));
+        } else if let Rebalance::Error(error) = rebalance {
+            tracing::warn!(%error, "rebalance error");
         }
     }
 }
@@ -484,28 +488,38 @@ impl SourceConsumer for KafkaConsumer {
     fn end_offsets(
         &self,
         tps: Vec<TopicPartition>,
-    ) -> BoxFuture<'_, Result<Vec<(TopicPartition, i64)>, TransportError>> {
+    ) -> BoxFuture<'static, Result<Vec<(TopicPartition, i64)>, TransportError>> {
         let consumer = self.consumer.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                tps.into_iter()
-                    .map(|tp| {
-                        consumer
-                            .fetch_watermarks(&tp.topic, tp.partition, Duration::from_secs(5))
-                            .map(|(_, high)| (tp.clone(), high))
-                            .map_err(kafka(format!("watermarks of {tp}")))
-                    })
-                    .collect()
+            // One ListOffsets request per leader for every partition (`Offset::End` is the
+            // "latest" timestamp, -1), instead of one watermark query per partition: each query can wait behind a
+            // long-poll fetch on the same connection.
+            let mut list = TopicPartitionList::new();
+            for tp in &tps {
+                list.add_partition_offset(&tp.topic, tp.partition, Offset::End)
+                    .map_err(kafka(format!("offset list for {tp}")))?;
+            }
+            let got = tokio::task::spawn_blocking(move || {
+                consumer.offsets_for_times(list, Duration::from_secs(5))
             })
             .await
-            .map_err(|e| blocking_err("watermarks", e))?
+            .map_err(|e| blocking_err("end offsets", e))?
+            .map_err(kafka("end offsets"))?;
+            Ok(got
+                .elements()
+                .iter()
+                .filter_map(|e| {
+                    let end = e.offset().to_raw().filter(|o| *o >= 0)?;
+                    Some((TopicPartition::new(e.topic(), e.partition()), end))
+                })
+                .collect())
         })
     }
 
     fn committed_offsets(
         &self,
         tps: Vec<TopicPartition>,
-    ) -> BoxFuture<'_, Result<super::CommittedOffsets, TransportError>> {
+    ) -> BoxFuture<'static, Result<super::CommittedOffsets, TransportError>> {
         let consumer = self.consumer.clone();
         Box::pin(async move {
             let list = tpl_of(&tps.iter().map(|t| (t.clone(), 0)).collect::<Vec<_>>())?;

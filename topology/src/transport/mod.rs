@@ -118,17 +118,20 @@ pub trait SourceConsumer: Send + Sync {
     fn pause(&mut self, tps: &[TopicPartition]) -> Result<(), TransportError>;
     /// Fetches again from these partitions.
     fn resume(&mut self, tps: &[TopicPartition]) -> Result<(), TransportError>;
-    /// Log end offsets, for lag.
+    /// Log end offsets, for lag. The future does not borrow the consumer: the runtime awaits
+    /// it off its poll loop, because a broker may answer it only after a pending long-poll
+    /// fetch (up to `fetch.wait.max.ms` per request).
     fn end_offsets(
         &self,
         tps: Vec<TopicPartition>,
-    ) -> BoxFuture<'_, Result<Vec<(TopicPartition, i64)>, TransportError>>;
+    ) -> BoxFuture<'static, Result<Vec<(TopicPartition, i64)>, TransportError>>;
     /// The group's committed offsets (`None`: nothing committed), for lag before this
-    /// runtime committed anything itself. The default knows none.
+    /// runtime committed anything itself. The default knows none. Like
+    /// [`end_offsets`](Self::end_offsets), the future does not borrow the consumer.
     fn committed_offsets(
         &self,
         tps: Vec<TopicPartition>,
-    ) -> BoxFuture<'_, Result<CommittedOffsets, TransportError>> {
+    ) -> BoxFuture<'static, Result<CommittedOffsets, TransportError>> {
         let _ = tps;
         Box::pin(async { Ok(Vec::new()) })
     }
