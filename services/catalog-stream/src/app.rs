@@ -11,7 +11,7 @@ use axum::Router;
 use tokio_util::sync::CancellationToken;
 use topology::changelog::KafkaChangelog;
 use topology::serdes::{HttpSchemaRegistry, SchemaRegistry};
-use topology::transport::{KafkaTransport, Transport};
+use topology::transport::{KafkaProbe, KafkaTransport, Transport};
 use topology::{Metrics, Runtime, RuntimeConfig, Topology};
 
 use crate::complete_products::{self, CompleteProducts};
@@ -141,12 +141,16 @@ async fn mongo_view_store(settings: &Settings) -> anyhow::Result<ViewStore> {
     Ok(ViewStore::Mongo(store))
 }
 
-fn kafka_transport(settings: &Settings) -> Arc<dyn Transport> {
+fn kafka_client(settings: &Settings) -> KafkaTransport {
     let mut transport = KafkaTransport::new(&settings.kafka.bootstrap);
     for (key, value) in &settings.kafka.properties {
         transport = transport.set(key, value);
     }
-    Arc::new(transport)
+    transport
+}
+
+fn kafka_transport(settings: &Settings) -> Arc<dyn Transport> {
+    Arc::new(kafka_client(settings))
 }
 
 /// What a runtime flushes before it commits offsets past the work recorded there.
@@ -225,9 +229,14 @@ pub async fn complete_products(settings: Settings) -> anyhow::Result<()> {
         &processors,
     )?;
     let ready_view = view.clone();
+    let kafka = kafka_probe(&settings, &settings.topics.image_events)?;
     let ready = readiness(move || {
-        let view = ready_view.clone();
-        async move { vec![("mongodb".to_owned(), answers(view.ping()).await)] }
+        let (view, kafka) = (ready_view.clone(), kafka.clone());
+        async move {
+            let (mongodb, kafka) =
+                tokio::join!(answers(view.ping()), kafka.answers(READINESS_TIMEOUT));
+            vec![("mongodb".to_owned(), mongodb), ("kafka".to_owned(), kafka)]
+        }
     });
     let api = complete_products::routes(
         CompleteProducts::new(products, view)
@@ -368,10 +377,11 @@ pub async fn image_pipeline(settings: Settings) -> anyhow::Result<()> {
     ));
     let processors = pipeline::registry(Some(work), None, schema_registry);
     let (topology, _) = pipeline::load(&template, &origin, &settings.topics, &processors)?;
+    let kafka = kafka_probe(&settings, &settings.topics.cdc)?;
     let router = service_router(
         Router::new(),
         vec![registry.clone()],
-        object_store_readiness(objects),
+        object_store_readiness(objects, Some(kafka)),
     );
     let application_id = settings.kafka.group_id.clone().unwrap_or(application_id);
     let stream = run_topology(
@@ -392,15 +402,31 @@ pub async fn image_pipeline(settings: Settings) -> anyhow::Result<()> {
 }
 
 /// The image pipeline's `/readyz` check: the object store answers (a lookup of a key that
-/// need not exist) within [`READINESS_TIMEOUT`].
-pub fn object_store_readiness(objects: Arc<dyn images::ObjectStore>) -> ReadinessCheck {
+/// need not exist) and, when given, the Kafka cluster answers, each within
+/// [`READINESS_TIMEOUT`].
+pub fn object_store_readiness(
+    objects: Arc<dyn images::ObjectStore>,
+    kafka: Option<KafkaProbe>,
+) -> ReadinessCheck {
     readiness(move || {
-        let objects = objects.clone();
+        let (objects, kafka) = (objects.clone(), kafka.clone());
         async move {
             let s3 = answers(async { objects.exists("readyz").await.is_ok() }).await;
-            vec![("s3".to_owned(), s3)]
+            let mut checks = vec![("s3".to_owned(), s3)];
+            if let Some(kafka) = kafka {
+                checks.push(("kafka".to_owned(), kafka.answers(READINESS_TIMEOUT).await));
+            }
+            checks
         }
     })
+}
+
+/// A readiness probe of the Kafka cluster with the service's client settings, asking for
+/// `topic` (one the service reads or writes).
+pub fn kafka_probe(settings: &Settings, topic: &str) -> anyhow::Result<KafkaProbe> {
+    kafka_client(settings)
+        .probe(topic)
+        .context("invalid Kafka client settings for the readiness probe")
 }
 
 /// The topology file named in the settings, or the built-in one.
@@ -460,17 +486,20 @@ pub async fn cdc_source(settings: Settings) -> anyhow::Result<()> {
         &extra,
     )?;
     let database = mongo_database(&settings).await?;
+    let kafka = kafka_probe(&settings, &settings.topics.cdc)?;
     let ready = readiness(move || {
-        let database = database.clone();
+        let (database, kafka) = (database.clone(), kafka.clone());
         async move {
-            let ok = answers(async {
-                database
-                    .run_command(mongodb::bson::doc! {"ping": 1})
-                    .await
-                    .is_ok()
-            })
-            .await;
-            vec![("mongodb".to_owned(), ok)]
+            let (mongodb, kafka) = tokio::join!(
+                answers(async {
+                    database
+                        .run_command(mongodb::bson::doc! {"ping": 1})
+                        .await
+                        .is_ok()
+                }),
+                kafka.answers(READINESS_TIMEOUT)
+            );
+            vec![("mongodb".to_owned(), mongodb), ("kafka".to_owned(), kafka)]
         }
     });
     let router = service_router(Router::new(), vec![registry], ready);

@@ -301,11 +301,12 @@ async fn s3_outage_pauses_and_resumes_without_loss_or_duplicates() {
             .await
         });
     }
-    // The image pipeline service's ops routes, with its real S3 readiness check.
+    // The image pipeline service's ops routes, with its real S3 readiness check (the log is
+    // embedded here: no Kafka check).
     let ops = app::service_router(
         axum::Router::new(),
         vec![metrics.clone()],
-        app::object_store_readiness(objects.clone()),
+        app::object_store_readiness(objects.clone(), None),
     );
 
     let store = ProductStore::Sled(products.clone());

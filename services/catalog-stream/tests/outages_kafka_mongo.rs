@@ -431,6 +431,20 @@ async fn metrics_text(router: &axum::Router) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+async fn ready_status(router: &axum::Router) -> u16 {
+    router
+        .clone()
+        .oneshot(
+            axum::http::Request::get("/readyz")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("response")
+        .status()
+        .as_u16()
+}
+
 async fn collected(view: &ViewStore, mall: &str, count: usize) -> usize {
     let mut done = 0;
     for index in 0..count {
@@ -593,11 +607,15 @@ async fn broker_outage_pauses_and_resumes_without_loss_or_duplicates() {
             .await
         });
     }
+    let probe = KafkaTransport::new(&bootstrap)
+        .probe(&topics.cdc)
+        .expect("kafka probe");
     let ops = app::service_router(
         axum::Router::new(),
         vec![metrics.clone(), sink_metrics.clone()],
-        app::object_store_readiness(objects.clone()),
+        app::object_store_readiness(objects.clone(), Some(probe)),
     );
+    assert_eq!(ready_status(&ops).await, 200, "/readyz before the outage");
 
     // Mid-stream: some products are collected, most are not.
     let started = Instant::now();
@@ -626,7 +644,17 @@ async fn broker_outage_pauses_and_resumes_without_loss_or_duplicates() {
     // The outage.
     let outage_started = Instant::now();
     relay.stop().await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // /readyz says the broker is gone (its probe waits up to 2 s for an answer).
+    let not_ready_after = loop {
+        if ready_status(&ops).await == 503 {
+            break outage_started.elapsed();
+        }
+        assert!(
+            outage_started.elapsed() < OUTAGE,
+            "/readyz still 200 while the broker is down"
+        );
+    };
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(outage_started.elapsed())).await;
     let during_early = collected(&view, MALL, TOTAL).await;
     tokio::time::sleep(OUTAGE.saturating_sub(outage_started.elapsed())).await;
     let during_late = collected(&view, MALL, TOTAL).await;
@@ -645,6 +673,16 @@ async fn broker_outage_pauses_and_resumes_without_loss_or_duplicates() {
     relay.resume().await;
     let outage = outage_started.elapsed();
     let resumed = Instant::now();
+    let ready_again_after = loop {
+        if ready_status(&ops).await == 200 {
+            break resumed.elapsed();
+        }
+        assert!(
+            resumed.elapsed() < Duration::from_secs(60),
+            "/readyz not back to 200 a minute after the broker returned"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let deadline = resumed + Duration::from_secs(180);
     loop {
         let done = collected(&view, MALL, TOTAL).await;
@@ -717,6 +755,7 @@ async fn broker_outage_pauses_and_resumes_without_loss_or_duplicates() {
     drop(broker);
     println!(
         "broker outage: products={TOTAL} uploaded_at_cut={at_cut} outage={outage:?} \
+         readyz_503_after={not_ready_after:?} readyz_200_after={ready_again_after:?} \
          collected_at_outage_end={during_late} caught_up_in={caught_up:?} collected={collected_events} \
          uploads={uploads} objects={} lag=0 lost=0 duplicate_uploads=0",
         stored.len()

@@ -77,6 +77,58 @@ impl KafkaTransport {
     }
 }
 
+/// Whether the cluster answers, for a readiness check: a metadata request for one topic on a
+/// client of its own. (A runtime's consumer retries by itself while the brokers are gone, so
+/// only a request of our own tells that they are.)
+///
+/// # Example
+/// ```
+/// # async fn check() -> Result<(), topology::transport::TransportError> {
+/// use std::time::Duration;
+/// use topology::transport::KafkaTransport;
+/// let probe = KafkaTransport::new("127.0.0.1:9092").probe("catalog.catalog.products")?;
+/// let up = probe.answers(Duration::from_secs(2)).await;
+/// # let _ = up; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct KafkaProbe {
+    client: Arc<BaseConsumer>,
+    topic: String,
+}
+
+impl std::fmt::Debug for KafkaProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaProbe")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaProbe {
+    /// Whether a broker answered a metadata request within `timeout` (a topic not created
+    /// yet still counts: the cluster answered).
+    pub async fn answers(&self, timeout: Duration) -> bool {
+        let (client, topic) = (self.client.clone(), self.topic.clone());
+        tokio::task::spawn_blocking(move || client.fetch_metadata(Some(&topic), timeout).is_ok())
+            .await
+            .unwrap_or(false)
+    }
+}
+
+impl KafkaTransport {
+    /// A [`KafkaProbe`] with this transport's client settings, asking for `topic`.
+    pub fn probe(&self, topic: &str) -> Result<KafkaProbe, TransportError> {
+        let client: BaseConsumer = self
+            .base(&["consumer"])
+            .create()
+            .map_err(kafka("create the readiness client"))?;
+        Ok(KafkaProbe {
+            client: Arc::new(client),
+            topic: topic.to_owned(),
+        })
+    }
+}
+
 fn is_consumer_property(key: &str) -> bool {
     const CONSUMER: &[&str] = &[
         "auto.offset.reset",

@@ -18,7 +18,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 pub use embedded::{EmbeddedLog, EmbeddedTransport, LogError};
-pub use kafka::KafkaTransport;
+pub use kafka::{KafkaProbe, KafkaTransport};
 
 use crate::RawRecord;
 use crate::runtime::OffsetTracker;
