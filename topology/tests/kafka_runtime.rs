@@ -386,3 +386,104 @@ async fn kafka_lag_metric_matches_the_broker() {
         .expect("encode");
     assert!(text.contains("topology_consumer_lag{"));
 }
+
+/// Two members of one group reading two topics of 4 partitions: each member holds the same
+/// partition numbers of both topics (co-partitioning), so per-key state kept across the topics
+/// stays in one member. Then a third member joins, and it holds again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_several_source_topics_are_co_partitioned() {
+    let bootstrap = bootstrap();
+    let (upserts, deletes, output) = (
+        unique("copart-upserts"),
+        unique("copart-deletes"),
+        unique("copart-out"),
+    );
+    create_topics(&bootstrap, &[(&upserts, 4), (&deletes, 4), (&output, 4)]).await;
+    let group = unique("copart-app");
+    let start = || {
+        let b = TopologyBuilder::new();
+        b.source(
+            "upserts",
+            &upserts,
+            Arc::new(StringSerde),
+            Arc::new(StringSerde),
+        )
+        .to(
+            "upserts-out",
+            &output,
+            Arc::new(StringSerde),
+            Arc::new(StringSerde),
+        );
+        b.source(
+            "deletes",
+            &deletes,
+            Arc::new(StringSerde),
+            Arc::new(StringSerde),
+        )
+        .to(
+            "deletes-out",
+            &output,
+            Arc::new(StringSerde),
+            Arc::new(StringSerde),
+        );
+        let topology = b.build().expect("valid topology");
+        let runtime = Runtime::new(
+            topology,
+            Arc::new(KafkaTransport::new(&bootstrap)),
+            RuntimeConfig::new(&group),
+        );
+        let tracker = runtime.tracker();
+        let shutdown = CancellationToken::new();
+        (
+            tracker,
+            shutdown.clone(),
+            tokio::spawn(runtime.run(shutdown)),
+        )
+    };
+    // Partition numbers held per topic, for one member.
+    let held = |tracker: &topology::runtime::OffsetTracker, topic: &str| -> Vec<i32> {
+        let mut p: Vec<i32> = tracker
+            .assigned()
+            .into_iter()
+            .filter(|tp| tp.topic == topic)
+            .map(|tp| tp.partition)
+            .collect();
+        p.sort();
+        p
+    };
+    let mut members = vec![start(), start()];
+    for expected_members in [2usize, 3] {
+        if expected_members == 3 {
+            members.push(start());
+        }
+        // Settled: all 8 partitions held, each member holding some.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let assignment = loop {
+            let assignment: Vec<(Vec<i32>, Vec<i32>)> = members
+                .iter()
+                .map(|(tracker, _, _)| (held(tracker, &upserts), held(tracker, &deletes)))
+                .collect();
+            let total: usize = assignment.iter().map(|(u, d)| u.len() + d.len()).sum();
+            let everyone = assignment.iter().filter(|(u, _)| !u.is_empty()).count();
+            if total == 8 && everyone == expected_members {
+                break assignment;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{expected_members} members never settled: {assignment:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        for (upserts_held, deletes_held) in &assignment {
+            assert_eq!(
+                upserts_held, deletes_held,
+                "a member holds different partitions of the two topics: {assignment:?}"
+            );
+        }
+        println!("co-partitioned with {expected_members} members: {assignment:?}");
+    }
+    for (_, shutdown, handle) in members {
+        shutdown.cancel();
+        handle.await.expect("join").expect("runtime");
+    }
+}

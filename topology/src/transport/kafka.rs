@@ -1,11 +1,16 @@
 //! The Kafka transport, through rdkafka.
 //!
-//! The consumer joins the group with `partition.assignment.strategy=cooperative-sticky` and
-//! `enable.auto.commit=false`; its context commits, before partitions are revoked, exactly the
-//! offsets below the oldest unfinished record and cancels work still running for them. The
-//! producer is idempotent (`enable.idempotence=true`). In exactly-once mode the producer is
-//! transactional: outputs and consumed offsets are committed together with
-//! `send_offsets_to_transaction` and the consumer group metadata.
+//! The consumer joins the group with `enable.auto.commit=false` and, by default, the
+//! `cooperative-sticky` assignor when it reads one topic and the `range` assignor when it reads
+//! several: range gives partition *i* of every source topic to the same member (with equal
+//! partition counts and the same key partitioner upstream), so state a topology keeps per key
+//! across its topics (e.g. upserts and deletes of one product) stays in one member, as Kafka
+//! Streams' tasks do. `partition.assignment.strategy` set on the transport wins. Its context
+//! commits, before partitions are revoked, exactly the offsets below the oldest unfinished
+//! record and cancels work still running for them. The producer is idempotent
+//! (`enable.idempotence=true`). In exactly-once mode the producer is transactional: outputs and
+//! consumed offsets are committed together with `send_offsets_to_transaction` and the consumer
+//! group metadata.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
@@ -126,6 +131,16 @@ impl KafkaTransport {
             client: Arc::new(client),
             topic: topic.to_owned(),
         })
+    }
+}
+
+/// The assignor when none is configured: `range` co-partitions several source topics (see the
+/// module documentation), `cooperative-sticky` rebalances one topic without stopping the world.
+fn default_assignor(topics: &[String]) -> &'static str {
+    if topics.len() > 1 {
+        "range"
+    } else {
+        "cooperative-sticky"
     }
 }
 
@@ -313,7 +328,12 @@ impl Transport for KafkaTransport {
             let consumer: StreamConsumer<StreamsContext> = self
                 .base(&["consumer"])
                 .set("group.id", &spec.group_id)
-                .set("partition.assignment.strategy", "cooperative-sticky")
+                .set(
+                    "partition.assignment.strategy",
+                    self.config
+                        .get("partition.assignment.strategy")
+                        .map_or_else(|| default_assignor(&spec.topics), String::as_str),
+                )
                 .set("enable.auto.commit", "false")
                 .set("enable.auto.offset.store", "false")
                 .set("enable.partition.eof", "false")
