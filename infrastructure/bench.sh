@@ -11,7 +11,8 @@
 # then runs every contender alternately BENCH_RUNS times (default 3), each with a fresh consumer
 # group and its own fresh output topic, measured from the outside by `bench-harness measure`.
 # Prints a markdown table of medians and `RESULT …` lines. Raw lines go to $BENCH_OUT
-# (default infrastructure/.run/bench-engine.txt).
+# (default infrastructure/.run/bench-engine.txt). BENCH_ENV=/path/to/.env uses servers already
+# running instead of starting them with up.sh.
 # state: `cargo bench -p state`.
 set -euo pipefail
 
@@ -32,10 +33,16 @@ export RUST_BACKTRACE=0
 log() { printf '[bench] %s\n' "$*" >&2; }
 
 prepare_engine() {
-    "$INFRA_DIR/up.sh" kafka registry
+    # BENCH_ENV=path/to/.env: use servers already running (e.g. started by up.sh in another
+    # checkout or worktree) instead of starting them here.
+    if [[ -n "${BENCH_ENV:-}" ]]; then
+        log "using the servers in $BENCH_ENV (up.sh not run)"
+    else
+        "$INFRA_DIR/up.sh" kafka registry
+    fi
     set -a
-    # shellcheck disable=SC1091
-    source "$INFRA_DIR/.env"
+    # shellcheck disable=SC1090,SC1091
+    source "${BENCH_ENV:-$INFRA_DIR/.env}"
     set +a
     log "building catalog-bench (release)"
     (cd "$REPO_DIR" && cargo build -q --release -p catalog-bench)

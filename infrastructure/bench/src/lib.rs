@@ -173,6 +173,21 @@ pub fn peak_rss_kib(pid: &str) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// CPU time (user, system) this process used so far, in seconds (`/proc/self/stat`, clock
+/// ticks of 1/100 s).
+pub fn cpu_seconds() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| {
+        f.get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|t| t / 100.0)
+    };
+    Some((tick(11)?, tick(12)?))
+}
+
 /// The librdkafka settings every Rust contender's producer uses (the engine's
 /// `KafkaTransport` producer settings).
 pub const PRODUCER_SETTINGS: &[(&str, &str)] = &[

@@ -103,25 +103,48 @@ impl Pending {
     }
 }
 
+/// How often the delivery driver picks up newly queued writes while others are outstanding.
+const DELIVERY_PICKUP: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Completes queued writes: one task polling every delivery instead of a task per record.
+///
+/// Queueing a write must not wake this task: at 100k+ records/s a cross-thread wake-up per
+/// record (a futex call and a context switch on each side) cost more than the rest of the
+/// write path. So while writes are outstanding the driver does not wait on the channel; it
+/// picks new ones up whenever a delivery completes (the producer acknowledges in batches) or
+/// every [`DELIVERY_PICKUP`]. Only when nothing is outstanding does it wait on the channel,
+/// so the first write of a burst wakes it and an idle runtime does not tick.
 async fn drive_deliveries(mut rx: mpsc::UnboundedReceiver<Pending>) {
     let mut pending = FuturesUnordered::new();
+    let mut tick = tokio::time::interval(DELIVERY_PICKUP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut open = true;
     loop {
+        while open {
+            match rx.try_recv() {
+                Ok(p) => pending.push(p.complete()),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+            }
+        }
+        if pending.is_empty() {
+            if !open {
+                break;
+            }
+            // Idle: wait for the next write (its send wakes this task).
+            match rx.recv().await {
+                Some(p) => pending.push(p.complete()),
+                None => open = false,
+            }
+            continue;
+        }
         tokio::select! {
-            got = rx.recv() => match got {
-                Some(p) => {
-                    pending.push(p.complete());
-                    while let Ok(p) = rx.try_recv() {
-                        pending.push(p.complete());
-                    }
-                }
-                None => break,
-            },
-            Some(()) = pending.next(), if !pending.is_empty() => {}
+            biased;
+            Some(()) = pending.next() => {}
+            _ = tick.tick(), if open => {}
+            else => {}
         }
     }
-    // The engine is gone: finish what is still queued.
-    while pending.next().await.is_some() {}
 }
 
 impl Engine {
@@ -352,25 +375,49 @@ impl Engine {
         })
     }
 
+    /// Hands `raw` to the producer under the send gate; `None` when the record's work was
+    /// cancelled (the output is dropped).
+    fn try_send(
+        &self,
+        raw: &RawRecord,
+        ack: &Ack,
+    ) -> Option<Result<DeliveryFuture, TransportError>> {
+        // Under the send gate: work cancelled by a revocation never reaches the producer
+        // (in exactly-once mode it would land in the next transaction).
+        let _gate = ack.live_send_gate()?;
+        Some(self.sink.send(raw))
+    }
+
+    /// Retries a send while the producer's queue is full. Boxed (and out of line) so the
+    /// common path's futures stay small: they are moved and allocated once per record.
+    fn send_when_queue_frees<'a>(
+        &'a self,
+        raw: &'a RawRecord,
+        ack: &'a Ack,
+    ) -> BoxFuture<'a, Option<Result<DeliveryFuture, TransportError>>> {
+        Box::pin(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                match self.try_send(raw, ack)? {
+                    Err(TransportError::QueueFull) => {}
+                    other => return Some(other),
+                }
+            }
+        })
+    }
+
     /// Queues `raw` and keeps `ack` until the write is acknowledged.
     async fn send(&self, node: NodeMeta, raw: RawRecord, ack: Ack) {
         let started = Instant::now();
-        let delivery = loop {
-            // Under the send gate: work cancelled by a revocation never reaches the producer
-            // (in exactly-once mode it would land in the next transaction).
-            let attempt = {
-                let Some(_gate) = ack.live_send_gate() else {
-                    return;
-                };
-                self.sink.send(&raw)
-            };
-            match attempt {
-                Ok(d) => break Ok(d),
-                Err(TransportError::QueueFull) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(5)).await
+        let delivery = match self.try_send(&raw, &ack) {
+            None => return,
+            Some(Err(TransportError::QueueFull)) => {
+                match self.send_when_queue_frees(&raw, &ack).await {
+                    None => return,
+                    Some(r) => r,
                 }
-                Err(e) => break Err(e),
             }
+            Some(r) => r,
         };
         match delivery {
             Ok(delivery) => {
@@ -395,8 +442,19 @@ impl Engine {
         }
     }
 
-    /// Writes the source record of `ack`, unchanged, to its dead-letter topic.
-    async fn dead_letter(&self, ack: &Ack, class: &str, message: &str, attempts: u32) {
+    /// Writes the source record of `ack`, unchanged, to its dead-letter topic. Boxed: a cold
+    /// path that would otherwise enlarge every caller's future.
+    fn dead_letter<'a>(
+        &'a self,
+        ack: &'a Ack,
+        class: &'a str,
+        message: &'a str,
+        attempts: u32,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(self.dead_letter_inner(ack, class, message, attempts))
+    }
+
+    async fn dead_letter_inner(&self, ack: &Ack, class: &str, message: &str, attempts: u32) {
         let origin = &ack.origin;
         let topic = self.topology.dead_letter_topic(&origin.topic);
         let mut headers: Headers = origin.headers.clone();

@@ -228,7 +228,10 @@ impl OffsetTracker {
         Some(Arc::new(AckInner {
             tracker: self.clone(),
             epoch: a.epoch,
-            cancel: a.cancel.child_token(),
+            // The partition's token itself (a clone, no allocation): nothing cancels one
+            // record's work alone, and a child token per record cost an allocation and two
+            // locks of the partition's token tree per record.
+            cancel: a.cancel.clone(),
             tp,
             origin,
             failed: AtomicBool::new(false),
@@ -349,7 +352,8 @@ pub struct AckInner {
     tp: TopicPartition,
     epoch: u64,
     failed: AtomicBool,
-    /// Cancelled when the partition is revoked or the runtime abandons work.
+    /// Cancelled when the partition is revoked or reset. It is the partition's token (shared
+    /// by all its records' acks), so cancelling it cancels all of the partition's work.
     pub cancel: CancellationToken,
     /// The source record as read, for dead-letter records.
     pub origin: RawRecord,

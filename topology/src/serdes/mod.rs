@@ -8,6 +8,7 @@
 //! [`SerdeError`] values, never panics: the runtime sends undecodable records to the dead-letter
 //! topic.
 
+mod fast;
 mod registry;
 
 use std::collections::HashMap;
@@ -280,9 +281,22 @@ struct AvroCache {
     /// Schema id of the configured schema per topic, key side.
     key_ids: RwLock<HashMap<String, u32>>,
     /// Readers by writer schema id (resolving to the configured schema, if any).
-    readers: RwLock<HashMap<u32, Arc<GenericDatumReader<'static>>>>,
+    readers: RwLock<HashMap<u32, Arc<Reader>>>,
     /// The writer of the configured schema.
-    writer: OnceLock<Result<GenericDatumWriter<'static>, String>>,
+    writer: OnceLock<Result<Writer, String>>,
+}
+
+/// The decoders of one writer schema: the compiled one (when there is no reader schema to
+/// resolve to and the schema compiles), else and for anything it leaves, `apache_avro`'s.
+struct Reader {
+    fast: Option<fast::Codec>,
+    generic: GenericDatumReader<'static>,
+}
+
+/// The encoders of the configured schema, as for [`Reader`].
+struct Writer {
+    fast: Option<fast::Codec>,
+    generic: GenericDatumWriter<'static>,
 }
 
 impl std::fmt::Debug for AvroCache {
@@ -354,7 +368,7 @@ impl AvroSerde {
     }
 
     /// The reader for writer schema `id` (built once per id).
-    async fn reader(&self, id: u32) -> Result<Arc<GenericDatumReader<'static>>, SerdeError> {
+    async fn reader(&self, id: u32) -> Result<Arc<Reader>, SerdeError> {
         let cached = self
             .cache
             .readers
@@ -374,11 +388,15 @@ impl AvroSerde {
             Some(s) => Some(interned(s).map_err(bad)?),
             None => None,
         };
-        let reader = GenericDatumReader::builder(writer)
+        let generic = GenericDatumReader::builder(writer)
             .maybe_reader_schema(reader_schema)
             .build()
-            .map(Arc::new)
             .map_err(avro_err(Some(id)))?;
+        let fast = match reader_schema {
+            None => fast::Codec::compile(writer),
+            Some(_) => None,
+        };
+        let reader = Arc::new(Reader { fast, generic });
         if let Ok(mut m) = self.cache.readers.write() {
             m.insert(id, reader.clone());
         }
@@ -407,14 +425,18 @@ impl AvroSerde {
     }
 
     /// The writer of the configured schema (built once).
-    fn writer(&self, schema: &Schema) -> Result<&GenericDatumWriter<'static>, SerdeError> {
+    fn writer(&self, schema: &Schema) -> Result<&Writer, SerdeError> {
         self.cache
             .writer
             .get_or_init(|| {
                 let schema = interned(schema)?;
-                GenericDatumWriter::builder(schema)
+                let generic = GenericDatumWriter::builder(schema)
                     .build()
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string())?;
+                Ok(Writer {
+                    fast: fast::Codec::compile(schema),
+                    generic,
+                })
             })
             .as_ref()
             .map_err(|message| SerdeError::Avro {
@@ -448,7 +470,11 @@ impl Serde for AvroSerde {
             let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
             let reader = self.reader(id).await?;
             let mut datum = &bytes[5..];
+            if let Some(v) = reader.fast.as_ref().and_then(|c| c.decode(datum)) {
+                return Ok(Value::Avro(v));
+            }
             reader
+                .generic
                 .read_value(&mut datum)
                 .map(Value::Avro)
                 .map_err(avro_err(Some(id)))
@@ -472,10 +498,16 @@ impl Serde for AvroSerde {
             // The header (id patched in below), then the datum, in one buffer.
             let mut out = Vec::with_capacity(256);
             out.extend_from_slice(&[0; 5]);
-            // An Avro value already valid for the schema is written by reference (the writer
+            // An Avro value shaped exactly like the schema is written in one pass by the
+            // compiled codec; one otherwise valid for the schema by reference (the writer
             // validates it); anything else is converted and resolved to the schema first.
             let direct = match value {
-                Value::Avro(a) => writer.write_value_ref(&mut out, a).is_ok(),
+                Value::Avro(a) => {
+                    writer.fast.as_ref().is_some_and(|c| c.encode(a, &mut out)) || {
+                        out.truncate(5);
+                        writer.generic.write_value_ref(&mut out, a).is_ok()
+                    }
+                }
                 _ => false,
             };
             if !direct {
@@ -490,6 +522,7 @@ impl Serde for AvroSerde {
                 };
                 let resolved = avro.resolve(schema).map_err(avro_err(None))?;
                 writer
+                    .generic
                     .write_value_ref(&mut out, &resolved)
                     .map_err(avro_err(None))?;
             }

@@ -470,18 +470,28 @@ impl SourceConsumer for KafkaConsumer {
         timeout: Duration,
     ) -> BoxFuture<'_, Result<Option<RawRecord>, TransportError>> {
         Box::pin(async move {
-            match tokio::time::timeout(timeout, self.consumer.recv()).await {
-                Err(_) => Ok(None),
+            // A record already fetched is taken without arming a timer (once per record at
+            // full speed); only an empty queue waits, up to `timeout`.
+            let ready = futures::FutureExt::now_or_never(self.consumer.recv());
+            let got = match ready {
+                Some(got) => got,
+                None => match tokio::time::timeout(timeout, self.consumer.recv()).await {
+                    Err(_) => return Ok(None),
+                    Ok(got) => got,
+                },
+            };
+            match got {
                 // librdkafka reports lost broker connections through the consumer and keeps
                 // reconnecting by itself: an outage pauses the stream, it does not end it.
-                Ok(Err(KafkaError::MessageConsumption(code))) if transient_consumer_error(code) => {
+                Err(KafkaError::MessageConsumption(code)) if transient_consumer_error(code) => {
                     tracing::warn!(error = %code, "kafka consumer: broker unavailable, retrying");
                     Ok(None)
                 }
-                Ok(Err(e)) => Err(kafka("poll")(e)),
-                Ok(Ok(m)) => {
+                Err(e) => Err(kafka("poll")(e)),
+                Ok(m) => {
                     let mut headers = Headers::default();
                     if let Some(h) = m.headers() {
+                        headers.0.reserve_exact(h.count());
                         for hd in h.iter() {
                             headers.0.push(Header {
                                 key: hd.key.to_owned(),

@@ -155,9 +155,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .run(shutdown)
         .await?;
     eprintln!(
-        "engine-bench: consumed {} records, peak RSS {} KiB",
+        "engine-bench: consumed {} records, peak RSS {} KiB, cpu user {:.2} s sys {:.2} s",
         summary.consumed,
-        catalog_bench::peak_rss_kib("self").unwrap_or(0)
+        catalog_bench::peak_rss_kib("self").unwrap_or(0),
+        catalog_bench::cpu_seconds().unwrap_or_default().0,
+        catalog_bench::cpu_seconds().unwrap_or_default().1,
     );
     Ok(())
 }

@@ -108,8 +108,10 @@ fn main() -> anyhow::Result<()> {
     }
     producer.flush(Duration::from_secs(10)).context("flush")?;
     eprintln!(
-        "rdkafka-pipe: copied {copied} records, peak RSS {} KiB",
-        catalog_bench::peak_rss_kib("self").unwrap_or(0)
+        "rdkafka-pipe: copied {copied} records, peak RSS {} KiB, cpu user {:.2} s sys {:.2} s",
+        catalog_bench::peak_rss_kib("self").unwrap_or(0),
+        catalog_bench::cpu_seconds().unwrap_or_default().0,
+        catalog_bench::cpu_seconds().unwrap_or_default().1,
     );
     Ok(())
 }
