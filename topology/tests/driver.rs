@@ -374,3 +374,92 @@ async fn poison_pill_goes_to_dead_letter() {
     assert_eq!(dlq[0].headers.get_str("dlq.source.offset"), Some("0"));
     driver.close().await.expect("close");
 }
+
+/// A registry that answers "unavailable" to its first `outage` schema lookups, as an HTTP
+/// registry does while it is down (connection refused, 503).
+#[derive(Debug)]
+struct FlakyRegistry {
+    inner: topology::serdes::MemorySchemaRegistry,
+    outage: AtomicUsize,
+    lookups: AtomicUsize,
+}
+
+impl topology::serdes::SchemaRegistry for FlakyRegistry {
+    fn schema_by_id(
+        &self,
+        id: u32,
+    ) -> futures::future::BoxFuture<
+        '_,
+        Result<Arc<apache_avro::Schema>, topology::serdes::RegistryError>,
+    > {
+        self.lookups.fetch_add(1, AtomicOrdering::SeqCst);
+        let down = self
+            .outage
+            .fetch_update(AtomicOrdering::SeqCst, AtomicOrdering::SeqCst, |n| {
+                n.checked_sub(1)
+            })
+            .is_ok();
+        if down {
+            return Box::pin(async {
+                Err(topology::serdes::RegistryError::Unavailable {
+                    message: "connection refused".into(),
+                })
+            });
+        }
+        self.inner.schema_by_id(id)
+    }
+
+    fn register<'a>(
+        &'a self,
+        subject: &'a str,
+        schema: &'a apache_avro::Schema,
+    ) -> futures::future::BoxFuture<'a, Result<u32, topology::serdes::RegistryError>> {
+        self.inner.register(subject, schema)
+    }
+}
+
+/// A schema registry outage pauses the record and retries it; it is processed once the
+/// registry answers, and nothing goes to the dead-letter topic.
+#[tokio::test]
+async fn registry_outage_is_retried_not_dead_lettered() {
+    let schema = apache_avro::Schema::parse_str(
+        r#"{"type":"record","name":"P","fields":[{"name":"id","type":"string"}]}"#,
+    )
+    .expect("schema");
+    let registry = Arc::new(FlakyRegistry {
+        inner: topology::serdes::MemorySchemaRegistry::default(),
+        outage: AtomicUsize::new(0),
+        lookups: AtomicUsize::new(0),
+    });
+    let avro = Arc::new(
+        topology::serdes::AvroSerde::new(registry.clone()).with_schema(schema.clone()),
+    );
+    let b = TopologyBuilder::new();
+    b.source("in", "cdc", Arc::new(StringSerde), avro.clone())
+        .to("out", "copy", Arc::new(StringSerde), avro);
+    let driver = TopologyTestDriver::new(b.build().expect("valid")).expect("driver");
+    // Three failed lookups (retried after 100, 200 and 400 ms), then the registry answers.
+    registry.outage.store(3, AtomicOrdering::SeqCst);
+    let value = apache_avro::types::Value::Record(vec![(
+        "id".into(),
+        apache_avro::types::Value::String("p1".into()),
+    )]);
+    driver
+        .pipe("cdc", None, Some(Value::Avro(value)))
+        .await
+        .expect("pipe");
+    driver
+        .settle_within(Duration::from_secs(10))
+        .await
+        .expect("settle");
+    assert_eq!(driver.read_output("copy").await.expect("read").len(), 1);
+    assert!(
+        driver.read_raw("cdc.dlq").expect("dlq").is_empty(),
+        "dead-lettered during a registry outage"
+    );
+    assert!(
+        registry.lookups.load(AtomicOrdering::SeqCst) >= 4,
+        "the lookup was retried"
+    );
+    driver.close().await.expect("close");
+}

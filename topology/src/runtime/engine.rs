@@ -17,6 +17,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use super::offsets::Ack;
 use crate::graph::{NodeKind, Topology};
 use crate::processor::{AsyncOptions, Ordering, ProcessError, Processor};
+use crate::serdes::SerdeError;
 use crate::transport::{DeliveryFuture, RecordSink, TransportError};
 use crate::{Headers, Metrics, RawRecord, Record};
 
@@ -227,8 +228,11 @@ impl Engine {
         self.count(src, Outcome::In);
         let key = match &raw.key {
             None => None,
-            Some(k) => match key_serde.deserialize(&raw.topic, true, k).await {
+            Some(k) => match registry_retry(&ack, || key_serde.deserialize(&raw.topic, true, k))
+                .await
+            {
                 Ok(v) => Some(v),
+                Err(e) if e.is_transient() => return stop_on_registry_outage(&ack, &e),
                 Err(e) => {
                     self.metrics.record(&node.name, "failed");
                     let msg = format!("key of {}-{}@{}: {e}", raw.topic, raw.partition, raw.offset);
@@ -239,18 +243,21 @@ impl Engine {
         };
         let value = match &raw.value {
             None => None,
-            Some(v) => match value_serde.deserialize(&raw.topic, false, v).await {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    self.metrics.record(&node.name, "failed");
-                    let msg = format!(
-                        "value of {}-{}@{}: {e}",
-                        raw.topic, raw.partition, raw.offset
-                    );
-                    self.dead_letter(&ack, e.class(), &msg, 1).await;
-                    return;
+            Some(v) => {
+                match registry_retry(&ack, || value_serde.deserialize(&raw.topic, false, v)).await {
+                    Ok(v) => Some(v),
+                    Err(e) if e.is_transient() => return stop_on_registry_outage(&ack, &e),
+                    Err(e) => {
+                        self.metrics.record(&node.name, "failed");
+                        let msg = format!(
+                            "value of {}-{}@{}: {e}",
+                            raw.topic, raw.partition, raw.offset
+                        );
+                        self.dead_letter(&ack, e.class(), &msg, 1).await;
+                        return;
+                    }
                 }
-            },
+            }
         };
         let record = Record {
             key,
@@ -333,29 +340,44 @@ impl Engine {
                 } => {
                     let key = match &record.key {
                         None => None,
-                        Some(k) => match key_serde.serialize(topic, true, k).await {
-                            Ok(b) => Some(bytes::Bytes::from(b)),
-                            Err(e) => {
-                                self.metrics.record(&n.name, "failed");
-                                let msg =
-                                    format!("encoding key for {topic} at sink {}: {e}", n.name);
-                                self.dead_letter(ack, e.class(), &msg, 1).await;
-                                return;
+                        Some(k) => {
+                            match registry_retry(ack, || key_serde.serialize(topic, true, k)).await
+                            {
+                                Ok(b) => Some(bytes::Bytes::from(b)),
+                                Err(e) if e.is_transient() => {
+                                    return stop_on_registry_outage(ack, &e);
+                                }
+                                Err(e) => {
+                                    self.metrics.record(&n.name, "failed");
+                                    let msg =
+                                        format!("encoding key for {topic} at sink {}: {e}", n.name);
+                                    self.dead_letter(ack, e.class(), &msg, 1).await;
+                                    return;
+                                }
                             }
-                        },
+                        }
                     };
                     let value = match &record.value {
                         None => None,
-                        Some(v) => match value_serde.serialize(topic, false, v).await {
-                            Ok(b) => Some(bytes::Bytes::from(b)),
-                            Err(e) => {
-                                self.metrics.record(&n.name, "failed");
-                                let msg =
-                                    format!("encoding value for {topic} at sink {}: {e}", n.name);
-                                self.dead_letter(ack, e.class(), &msg, 1).await;
-                                return;
+                        Some(v) => {
+                            match registry_retry(ack, || value_serde.serialize(topic, false, v))
+                                .await
+                            {
+                                Ok(b) => Some(bytes::Bytes::from(b)),
+                                Err(e) if e.is_transient() => {
+                                    return stop_on_registry_outage(ack, &e);
+                                }
+                                Err(e) => {
+                                    self.metrics.record(&n.name, "failed");
+                                    let msg = format!(
+                                        "encoding value for {topic} at sink {}: {e}",
+                                        n.name
+                                    );
+                                    self.dead_letter(ack, e.class(), &msg, 1).await;
+                                    return;
+                                }
                             }
-                        },
+                        }
                     };
                     let raw = RawRecord {
                         topic: topic.clone(),
@@ -607,4 +629,54 @@ impl Engine {
             }
         }
     }
+}
+
+/// How long a serde call is retried while the schema registry is unavailable before the
+/// record's partition stops committing (and the runtime stops, to be restarted).
+const REGISTRY_OUTAGE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs a serde call again, with backoff (100 ms doubling to 5 s), while it fails because the
+/// schema registry is unavailable: a registry outage pauses the record instead of sending it
+/// to the dead-letter topic as if its bytes were bad.
+async fn registry_retry<T, F, Fut>(ack: &Ack, mut call: F) -> Result<T, SerdeError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, SerdeError>>,
+{
+    let started = Instant::now();
+    let mut delay = std::time::Duration::from_millis(100);
+    loop {
+        match call().await {
+            Err(e)
+                if e.is_transient()
+                    && started.elapsed() < REGISTRY_OUTAGE_LIMIT
+                    && !ack.cancel.is_cancelled() =>
+            {
+                tracing::warn!(
+                    error = %e,
+                    topic = %ack.origin.topic,
+                    partition = ack.origin.partition,
+                    offset = ack.origin.offset,
+                    "schema registry unavailable; retrying"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The registry stayed unavailable past [`REGISTRY_OUTAGE_LIMIT`]: the record is neither
+/// processed nor dead-lettered; its partition stops committing and the runtime stops with an
+/// error, so a restart reads it again.
+fn stop_on_registry_outage(ack: &Ack, error: &SerdeError) {
+    tracing::error!(
+        %error,
+        topic = %ack.origin.topic,
+        partition = ack.origin.partition,
+        offset = ack.origin.offset,
+        "schema registry unavailable for {REGISTRY_OUTAGE_LIMIT:?}; stopping without committing past this record"
+    );
+    ack.fail();
 }

@@ -68,12 +68,22 @@ pub enum SerdeError {
 }
 
 impl SerdeError {
+    /// Whether the same call may succeed later (the registry is unavailable), rather than the
+    /// bytes being bad for good.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            SerdeError::Registry(RegistryError::Unavailable { .. })
+        )
+    }
+
     /// A short class name for dead-letter headers and metrics.
     pub fn class(&self) -> &'static str {
         match self {
             SerdeError::WrongMagicByte { .. } => "WrongMagicByte",
             SerdeError::TooShort { .. } => "TooShort",
             SerdeError::Registry(RegistryError::UnknownId { .. }) => "UnknownSchemaId",
+            SerdeError::Registry(RegistryError::Unavailable { .. }) => "RegistryUnavailable",
             SerdeError::Registry(_) => "Registry",
             SerdeError::Avro { .. } => "AvroDecode",
             SerdeError::Json(_) => "JsonDecode",

@@ -37,6 +37,13 @@ pub enum RegistryError {
         /// Registry's message.
         message: String,
     },
+    /// The registry did not answer, or answered 502/503: the same call may succeed later
+    /// (the runtime retries it instead of dead-lettering the record).
+    #[error("the schema registry is unavailable: {message}")]
+    Unavailable {
+        /// The client's message.
+        message: String,
+    },
     /// The registry returned a schema that does not parse as Avro.
     #[error("schema id {id} is not valid Avro: {message}")]
     BadSchema {
@@ -112,12 +119,18 @@ impl SchemaRegistry for HttpSchemaRegistry {
             if let Some(s) = self.by_id.read().ok().and_then(|m| m.get(&id).cloned()) {
                 return Ok(s);
             }
-            let registered = get_schema_by_id(id, &self.settings).await.map_err(|e| {
-                RegistryError::UnknownId {
-                    id,
-                    message: e.to_string(),
-                }
-            })?;
+            let registered =
+                get_schema_by_id(id, &self.settings)
+                    .await
+                    .map_err(|e| match e.retriable {
+                        true => RegistryError::Unavailable {
+                            message: e.to_string(),
+                        },
+                        false => RegistryError::UnknownId {
+                            id,
+                            message: e.to_string(),
+                        },
+                    })?;
             // A schema with Confluent schema references (Debezium registers its `Source` record
             // as one) gets them inlined, so the writer schema is self-contained.
             let text = if registered.references.is_empty() {
@@ -158,9 +171,14 @@ impl SchemaRegistry for HttpSchemaRegistry {
             let supplied = SuppliedSchema::new(None, SchemaType::Avro, cache_key.1.clone());
             let registered = post_schema(&self.settings, subject.to_owned(), supplied)
                 .await
-                .map_err(|e| RegistryError::Register {
-                    subject: subject.to_owned(),
-                    message: e.to_string(),
+                .map_err(|e| match e.retriable {
+                    true => RegistryError::Unavailable {
+                        message: e.to_string(),
+                    },
+                    false => RegistryError::Register {
+                        subject: subject.to_owned(),
+                        message: e.to_string(),
+                    },
                 })?;
             if let Ok(mut m) = self.by_subject.write() {
                 m.insert(cache_key, registered.id);
