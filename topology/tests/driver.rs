@@ -431,9 +431,8 @@ async fn registry_outage_is_retried_not_dead_lettered() {
         outage: AtomicUsize::new(0),
         lookups: AtomicUsize::new(0),
     });
-    let avro = Arc::new(
-        topology::serdes::AvroSerde::new(registry.clone()).with_schema(schema.clone()),
-    );
+    let avro =
+        Arc::new(topology::serdes::AvroSerde::new(registry.clone()).with_schema(schema.clone()));
     let b = TopologyBuilder::new();
     b.source("in", "cdc", Arc::new(StringSerde), avro.clone())
         .to("out", "copy", Arc::new(StringSerde), avro);

@@ -92,9 +92,14 @@ impl Drop for Children {
         }
         if std::thread::panicking() {
             for (name, path) in &self.logs {
+                // Whole logs outlive the test's temporary directory, for a closer look.
+                let kept = std::env::temp_dir().join(format!("operability-{name}.log"));
+                if std::fs::copy(path, &kept).is_ok() {
+                    eprintln!("{name}'s whole log: {}", kept.display());
+                }
                 let text = std::fs::read_to_string(path).unwrap_or_default();
                 let lines: Vec<&str> = text.lines().collect();
-                let tail = &lines[lines.len().saturating_sub(60)..];
+                let tail = &lines[lines.len().saturating_sub(400)..];
                 eprintln!(
                     "===== {name} (last {} lines) =====\n{}",
                     tail.len(),
@@ -151,7 +156,11 @@ fn spawn(dir: &Path, service: &str, config: &Path) -> (Child, PathBuf) {
         .arg(service)
         .arg("--config")
         .arg(config)
-        .env("RUST_LOG", "info,rdkafka=warn")
+        // OPERABILITY_RUST_LOG (e.g. info,topology=debug) to see more of the services on failure.
+        .env(
+            "RUST_LOG",
+            std::env::var("OPERABILITY_RUST_LOG").unwrap_or_else(|_| "info,rdkafka=warn".into()),
+        )
         .env("AWS_ACCESS_KEY_ID", server_env("AWS_ACCESS_KEY_ID"))
         .env("AWS_SECRET_ACCESS_KEY", server_env("AWS_SECRET_ACCESS_KEY"))
         .env_remove("MONGODB_DATABASE")
@@ -562,9 +571,15 @@ async fn prometheus_lag_equals_the_broker_and_dead_letters_are_counted() {
     assert_ne!(template, IMAGE_PIPELINE_TOPOLOGY, "application id replaced");
     std::fs::write(&topology, template).expect("topology file");
 
+    let mut kafka_properties = json!({"session.timeout.ms": "6000"});
+    // OPERABILITY_KAFKA_DEBUG (e.g. msg,topic) turns on librdkafka's debug contexts in the
+    // services (shown with OPERABILITY_RUST_LOG=...,librdkafka=debug).
+    if let Ok(contexts) = std::env::var("OPERABILITY_KAFKA_DEBUG") {
+        kafka_properties["debug"] = json!(contexts);
+    }
     let common = json!({
         "kafka": {"bootstrap": server_env("KAFKA_BOOTSTRAP"),
-                  "properties": {"session.timeout.ms": "6000"}},
+                  "properties": kafka_properties},
         "schema_registry_url": server_env("SCHEMA_REGISTRY_URL"),
         "mongodb": {"uri": server_env("MONGODB_URI"), "database": database},
         "s3": {
@@ -754,7 +769,22 @@ async fn prometheus_lag_equals_the_broker_and_dead_letters_are_counted() {
         if written >= expected_events {
             Ok(())
         } else {
-            Err(format!("{written} of {expected_events}"))
+            // What the image pipeline is doing, for the failure message.
+            let text = metrics_text(&http, pipeline_port).await?;
+            let doing: Vec<&str> = text
+                .lines()
+                .filter(|line| {
+                    line.starts_with("topology_in_flight")
+                        || line.starts_with("catalog_images_")
+                        || line.starts_with("topology_retries_total")
+                        || line.starts_with("topology_records_total")
+                        || line.starts_with("topology_dead_letter_total")
+                })
+                .collect();
+            Err(format!(
+                "{written} of {expected_events}; image pipeline: {}",
+                doing.join("; ")
+            ))
         }
     })
     .await;

@@ -66,6 +66,9 @@ pub trait SchemaRegistry: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<'a, Result<u32, RegistryError>>;
 }
 
+/// A subject and a schema's canonical form.
+type SubjectSchema = (String, String);
+
 /// A Confluent-compatible registry over HTTP, with an id → schema cache and a
 /// (subject, schema) → id cache.
 ///
@@ -80,6 +83,9 @@ pub struct HttpSchemaRegistry {
     settings: SrSettings,
     by_id: RwLock<HashMap<u32, Arc<Schema>>>,
     by_subject: RwLock<HashMap<(String, String), u32>>,
+    /// One registration at a time per (subject, schema): concurrent first uses of a sink wait
+    /// for it and then answer from the cache.
+    registering: std::sync::Mutex<HashMap<SubjectSchema, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for HttpSchemaRegistry {
@@ -99,7 +105,24 @@ impl HttpSchemaRegistry {
             url,
             by_id: RwLock::new(HashMap::new()),
             by_subject: RwLock::new(HashMap::new()),
+            registering: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    fn cached_id(&self, key: &(String, String)) -> Option<u32> {
+        self.by_subject
+            .read()
+            .ok()
+            .and_then(|m| m.get(key).copied())
+    }
+
+    fn registration_lock(&self, key: &(String, String)) -> Arc<tokio::sync::Mutex<()>> {
+        self.registering
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(key.clone())
+            .or_default()
+            .clone()
     }
 
     /// The registry's base URL.
@@ -160,26 +183,39 @@ impl SchemaRegistry for HttpSchemaRegistry {
         Box::pin(async move {
             let canonical = schema.canonical_form();
             let cache_key = (subject.to_owned(), canonical);
-            if let Some(id) = self
-                .by_subject
-                .read()
-                .ok()
-                .and_then(|m| m.get(&cache_key).copied())
-            {
+            if let Some(id) = self.cached_id(&cache_key) {
                 return Ok(id);
             }
-            let supplied = SuppliedSchema::new(None, SchemaType::Avro, cache_key.1.clone());
-            let registered = post_schema(&self.settings, subject.to_owned(), supplied)
-                .await
-                .map_err(|e| match e.retriable {
-                    true => RegistryError::Unavailable {
-                        message: e.to_string(),
-                    },
-                    false => RegistryError::Register {
-                        subject: subject.to_owned(),
-                        message: e.to_string(),
-                    },
-                })?;
+            let lock = self.registration_lock(&cache_key);
+            let _registering = lock.lock().await;
+            if let Some(id) = self.cached_id(&cache_key) {
+                return Ok(id);
+            }
+            // Registering an identical schema again answers its id; a second attempt covers a
+            // concurrent first registration by another process, which Apicurio's Confluent API
+            // answers with 409 "artifact already exists" (a real conflict fails twice).
+            let mut attempt = 0;
+            let registered = loop {
+                attempt += 1;
+                let supplied = SuppliedSchema::new(None, SchemaType::Avro, cache_key.1.clone());
+                match post_schema(&self.settings, subject.to_owned(), supplied).await {
+                    Ok(registered) => break registered,
+                    Err(e) if e.retriable => {
+                        return Err(RegistryError::Unavailable {
+                            message: e.to_string(),
+                        });
+                    }
+                    Err(_) if attempt < 2 => {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                    Err(e) => {
+                        return Err(RegistryError::Register {
+                            subject: subject.to_owned(),
+                            message: e.to_string(),
+                        });
+                    }
+                }
+            };
             if let Ok(mut m) = self.by_subject.write() {
                 m.insert(cache_key, registered.id);
             }
