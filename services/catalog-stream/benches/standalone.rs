@@ -14,7 +14,8 @@
 //!   left to collect every image, then VmHWM and VmRSS from `/proc/PID/status`. Target ≤ 128
 //!   MiB.
 //!
-//! Each part runs its own process on its own temporary data directory.
+//! Each part runs its own process on its own temporary data directory. `BENCH_PARTS` (default
+//! `e2e,ingest,rss`) runs only some parts, e.g. `BENCH_PARTS=ingest`.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -348,9 +349,22 @@ async fn main() {
     let e2e_seconds: u64 = env_or("E2E_SECONDS", 20);
     let rss_products: usize = env_or("RSS_PRODUCTS", 100_000);
 
-    eprintln!("== end to end: 200 products/s for {e2e_seconds} s, image server latency 10 ms");
-    let (p50, p99, samples, failures) = end_to_end(e2e_seconds).await;
+    // `BENCH_PARTS`: the parts to run, comma-separated (`rss` measures the ingest part's
+    // process, so it needs `ingest`).
+    let parts = std::env::var("BENCH_PARTS").unwrap_or_else(|_| "e2e,ingest,rss".to_owned());
+    let part = |name: &str| parts.split(',').any(|part| part.trim() == name);
 
+    let (p50, p99, samples, failures) = if part("e2e") {
+        eprintln!("== end to end: 200 products/s for {e2e_seconds} s, image server latency 10 ms");
+        end_to_end(e2e_seconds).await
+    } else {
+        (f64::NAN, f64::NAN, 0, 0)
+    };
+
+    if !part("ingest") {
+        println!("RESULT standalone_e2e p50_ms={p50:.2} p99_ms={p99:.2}");
+        return;
+    }
     eprintln!("== ingest: wrk against POST /api/v1/products, then {rss_products} products for RSS");
     let dir = tempfile::tempdir().expect("temp dir");
     let script = dir.path().join("products.lua");
@@ -359,6 +373,13 @@ async fn main() {
     let server = Server::start(&dir.path().join("data")).await;
     let client = reqwest::Client::new();
     let ingest = run_wrk(&server.base, &images, &script);
+    if !part("rss") {
+        println!(
+            "RESULT standalone_ingest rps={:.0} p99_ms={:.2} non_2xx={}",
+            ingest.rps, ingest.p99_ms, ingest.non_2xx
+        );
+        return;
+    }
     // Top up to `rss_products` (wrk's products count), then let every image be collected.
     let stored_by_wrk = count_products(&server, &client).await;
     if stored_by_wrk < rss_products {

@@ -400,6 +400,8 @@ impl OutboxRelay {
         };
         loop {
             let outbox = self.outbox.clone();
+            // Only what is on disk: a change the store could still lose in a crash must not
+            // reach the pipeline.
             let pending = blocking(move || Ok(outbox.pending(next, 256)?)).await?;
             if pending.is_empty() {
                 tokio::select! {
@@ -410,9 +412,6 @@ impl OutboxRelay {
                 }
                 continue;
             }
-            // Publish only what is on disk: a change the store could still lose in a crash
-            // must not reach the pipeline.
-            self.outbox.sync().await?;
             let mut records = Vec::with_capacity(pending.len());
             for (sequence, entry) in pending {
                 self.publish(sequence, &entry, &mut records).await?;
@@ -521,6 +520,45 @@ async fn blocking<T: Send + 'static>(
         .context("sled task")?
 }
 
+/// Nice value of the threads that run the relay and the topologies (0 is the default; 19 the
+/// lowest priority).
+const STREAMS_NICE: i32 = 10;
+
+/// Most blocking threads of the streams runtime (tokio's default is 512). The image pipeline
+/// has up to 256 records in flight, each with its file and sled calls on the blocking pool:
+/// under a burst the pool grew to 512 threads, each with its own allocator heap and stack
+/// (2.2 GiB RSS), for no throughput since they all queue on the same disk and sled's lock.
+const STREAMS_BLOCKING_THREADS: usize = 16;
+
+/// The runtime of the relay and the topologies: two workers (and their blocking pool) at a
+/// lower CPU priority than the API's runtime.
+///
+/// On one runtime, the image pipeline's tasks (fetches, image files, state, the embedded log)
+/// filled the async workers under a burst of POSTs and the requests queued behind them: 17k
+/// POSTs/s without the pipeline running, under 1k with it. With its own lower-priority
+/// threads, the pipeline runs on whatever CPU the API leaves and catches up when the burst
+/// ends; acknowledged products are on disk either way.
+fn streams_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(STREAMS_BLOCKING_THREADS)
+        .thread_name("streams-worker")
+        .on_thread_start(lower_thread_priority)
+        .enable_all()
+        .build()
+        .context("cannot start the streams runtime")
+}
+
+/// Lowers the calling thread's CPU priority to [`STREAMS_NICE`] (Linux: nice applies per thread).
+fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(error) =
+        rustix::process::setpriority_process(Some(rustix::thread::gettid()), STREAMS_NICE)
+    {
+        tracing::debug!(%error, "cannot lower the priority of a streams thread");
+    }
+}
+
 /// `catalog-stream` with no arguments.
 ///
 /// `fetch` as made by [`fetch_config`]; `api_token`, when given, guards the write endpoints.
@@ -549,10 +587,25 @@ pub async fn run(
             .await
             .context("HTTP server failed")
     };
+    // The relay and both topologies run on their own runtime, whose threads yield the CPU to
+    // the API's: see `streams_runtime`.
+    let (done, streams_done) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("streams".into())
+        .spawn({
+            let shutdown = shutdown.clone();
+            move || {
+                let result = streams_runtime()
+                    .and_then(|runtime| runtime.block_on(system.run_streams(shutdown.clone())));
+                shutdown.cancel();
+                let _ = done.send(result);
+            }
+        })
+        .context("cannot start the streams thread")?;
     let streams = async {
-        let result = system.run_streams(shutdown.clone()).await;
-        shutdown.cancel();
-        result
+        streams_done
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the streams thread stopped")))
     };
     let (http, streams) = tokio::join!(http, streams);
     streams.and(http)

@@ -158,10 +158,11 @@ async fn kill_9_mid_burst_loses_nothing_and_uploads_nothing_twice() {
         acked_in_first_run < total,
         "the burst ended before the kill; nothing was tested"
     );
-    // What the first run stored for good (temporary files of interrupted writes aside).
+    // What the first run stored for good (temporary files of interrupted writes aside: they
+    // live under `.incoming/`, which the restart clears).
     let stored_by_first_run = files_under(&data_dir.join("images"))
         .iter()
-        .filter(|file| !file.rsplit('/').next().unwrap_or("").starts_with('.'))
+        .filter(|file| !file.split('/').any(|part| part.starts_with('.')))
         .count();
 
     // Run 2: restart on the same directory and finish the burst, resending what was not

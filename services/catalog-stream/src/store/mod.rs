@@ -33,6 +33,10 @@ pub enum StoreError {
     /// sled failed.
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
+    /// sled failed on a write batch shared by several requests (group commit): each of them
+    /// gets the same error.
+    #[error("sled: {0}")]
+    SledShared(std::sync::Arc<sled::Error>),
     /// A stored document could not be read back.
     #[error("stored {what} is unreadable: {message}")]
     Corrupt {
