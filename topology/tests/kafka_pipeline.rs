@@ -2,15 +2,14 @@
 //! Addresses come from `KAFKA_BOOTSTRAP` / `SCHEMA_REGISTRY_URL` or `infrastructure/.env`;
 //! without them these tests fail rather than skip.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod common;
 
-use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{committed, create_topics, producer, read_all, setting, unique};
 use rdkafka::message::{Header, Headers as _, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use tokio_util::sync::CancellationToken;
 use topology::serdes::{
     AvroSerde, HttpSchemaRegistry, JsonSerde, SchemaRegistry, Serde, StringSerde,
@@ -21,103 +20,21 @@ use topology::{
     Value, processor_fn,
 };
 
-fn setting(key: &str) -> String {
-    if let Ok(v) = std::env::var(key) {
-        return v;
-    }
-    let env = concat!(env!("CARGO_MANIFEST_DIR"), "/../infrastructure/.env");
-    std::fs::read_to_string(env)
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .filter_map(|l| l.split_once('='))
-                .find(|(k, _)| k.trim() == key)
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| panic!("{key} is not set and not in {env}: run `infrastructure/up.sh`"))
-}
-
-fn unique(name: &str) -> String {
-    format!("{name}-{}", uuid::Uuid::new_v4().simple())
-}
-
-async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("admin client");
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
-        .collect();
-    let res = admin
-        .create_topics(
-            &new,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await
-        .expect("create topics (is the broker up? run `infrastructure/up.sh`)");
-    for r in res {
-        r.expect("topic created");
-    }
-}
-
-fn producer(bootstrap: &str) -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("producer")
-}
-
-/// Reads everything from `topic` (all partitions) until `want` records or the timeout.
+/// Reads everything from `topic` (all partitions) until `want` records or 30 s.
 fn read_topic(
     bootstrap: &str,
     topic: &str,
     want: usize,
     committed_only: bool,
 ) -> Vec<rdkafka::message::OwnedMessage> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", unique("reader"))
-        .set("auto.offset.reset", "earliest")
-        .set(
-            "isolation.level",
-            if committed_only {
-                "read_committed"
-            } else {
-                "read_uncommitted"
-            },
-        )
-        .create()
-        .expect("reader");
-    c.subscribe(&[topic]).expect("subscribe");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut out = Vec::new();
-    while out.len() < want && Instant::now() < deadline {
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
-            out.push(m.detach());
-        }
-    }
-    out
-}
-
-fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .create()
-        .expect("consumer");
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
-    }
-    let got = c
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .expect("committed");
-    got.elements()
-        .iter()
-        .map(|e| e.offset().to_raw().unwrap_or(-1))
-        .collect()
+    read_all(
+        bootstrap,
+        topic,
+        want,
+        committed_only,
+        Duration::ZERO,
+        Duration::from_secs(30),
+    )
 }
 
 async fn run_pipeline(exactly_once: bool) {

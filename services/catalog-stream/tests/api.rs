@@ -6,18 +6,14 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
-use catalog_stream::app::service_router;
-use catalog_stream::complete_products::{self, CompleteProducts, MAX_PAGE_SIZE};
+use axum::http::{Method, StatusCode};
+use catalog_stream::complete_products::MAX_PAGE_SIZE;
 use catalog_stream::product::{
     FIELDS, MAX_CONTENT_BYTES, MAX_ID_BYTES, MAX_IMAGE_URL_BYTES, MAX_TITLE_BYTES, Product,
     ProductKey,
 };
-use catalog_stream::product_collector::{self, ProductCollector};
 use catalog_stream::store::{
     CollectedImage, CompleteProduct, MongoProductStore, MongoViewStore, ProductStore,
     SledProductStore, SledViewStore, ViewChange, ViewStore,
@@ -25,8 +21,7 @@ use catalog_stream::store::{
 use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
 use serde_json::{Value, json};
-use support::{server_env, unique_name};
-use tower::ServiceExt;
+use support::{Reply, api_router, call, server_env, unique_name};
 
 /// One backend under test: the router over it, and direct handles to check what was written.
 struct Harness {
@@ -46,19 +41,6 @@ enum Backend {
     },
 }
 
-fn router(products: ProductStore, view: ViewStore) -> Router {
-    let registry = prometheus::Registry::new();
-    let collector = ProductCollector::new(products.clone(), &registry).expect("collector");
-    let api = product_collector::routes(collector).merge(complete_products::routes(
-        CompleteProducts::new(products, view),
-    ));
-    service_router(
-        api,
-        vec![registry],
-        Arc::new(|| Box::pin(async { vec![("store".to_owned(), true)] })),
-    )
-}
-
 async fn sled() -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = sled::open(dir.path().join("db")).expect("sled");
@@ -66,7 +48,7 @@ async fn sled() -> Harness {
     let products = ProductStore::Sled(store.clone());
     let view = ViewStore::Sled(SledViewStore::open(&db).expect("view"));
     Harness {
-        router: router(products.clone(), view.clone()),
+        router: api_router(products.clone(), view.clone(), true),
         products,
         view,
         backend: Backend::Sled { store, _dir: dir },
@@ -89,7 +71,7 @@ async fn mongo() -> Harness {
             .expect("view collections"),
     );
     Harness {
-        router: router(products.clone(), view.clone()),
+        router: api_router(products.clone(), view.clone(), true),
         products,
         view,
         backend: Backend::Mongo { database },
@@ -134,26 +116,11 @@ impl Harness {
         content_type: Option<&str>,
         body: Vec<u8>,
     ) -> (StatusCode, Value) {
-        let mut request = Request::builder().method(method).uri(uri);
-        if let Some(content_type) = content_type {
-            request = request.header(header::CONTENT_TYPE, content_type);
-        }
-        let response = self
-            .router
-            .clone()
-            .oneshot(request.body(Body::from(body)).expect("request"))
-            .await
-            .expect("infallible");
-        let status = response.status();
-        let content_type = response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .expect("body");
+        let Reply {
+            status,
+            content_type,
+            body: bytes,
+        } = call(&self.router, method, uri, content_type, body).await;
         let value = serde_json::from_slice(&bytes).unwrap_or_else(|error| {
             panic!(
                 "{uri}: {status} body is not JSON ({error}): {}",
@@ -487,20 +454,16 @@ async fn concurrent_upserts_of_one_identity_leave_one_product(h: Harness) {
         tokio::spawn(async move {
             let mut body = product("m1", "same");
             body["title"] = json!(format!("writer {writer}"));
-            let response = router
-                .oneshot(
-                    Request::post("/api/v1/products")
-                        .header(header::CONTENT_TYPE, "application/json")
-                        .body(Body::from(body.to_string()))
-                        .expect("request"),
-                )
-                .await
-                .expect("infallible");
-            let status = response.status();
-            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-                .await
-                .expect("body");
-            let value: Value = serde_json::from_slice(&bytes).expect("json");
+            let reply = call(
+                &router,
+                Method::POST,
+                "/api/v1/products",
+                Some("application/json"),
+                body.to_string().into_bytes(),
+            )
+            .await;
+            let value: Value = serde_json::from_slice(&reply.body).expect("json");
+            let status = reply.status;
             (status, value)
         })
     });

@@ -16,18 +16,16 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
-use catalog_stream::pipeline::IMAGE_PIPELINE_TOPOLOGY;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use serde_json::{Value, json};
-use support::{server_env, unique_name};
+use support::{
+    ServiceClient, Services, common_settings, create_topics, free_port, get_object, list_objects,
+    png_and_jpeg_server, run_topics, s3_client, server_env, unique_name, write_settings,
+    write_topology,
+};
 
 const PNG: &[u8] = include_bytes!("../../images/tests/fixtures/pixel.png");
 const JPEG: &[u8] = include_bytes!("../../images/tests/fixtures/pixel.jpg");
@@ -41,219 +39,6 @@ const START_CONNECT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../infrastructure/connect/start-connect.sh"
 );
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// Every child: the services (our own `Child`ren) and Connect (started by the script, known by
-/// PID). Stopped on drop, SIGTERM then SIGKILL; logs printed when the test panicked.
-struct Children {
-    running: Vec<(String, Child)>,
-    connect_pid: Option<u32>,
-    logs: Vec<(String, PathBuf)>,
-}
-
-impl Children {
-    fn print_logs(&self) {
-        for (name, path) in &self.logs {
-            eprintln!(
-                "===== {name} ({}) =====\n{}",
-                path.display(),
-                tail(path, 60)
-            );
-        }
-    }
-
-    /// Panics if a child has exited.
-    fn assert_alive(&mut self) {
-        for (name, child) in &mut self.running {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("{name} exited early: {status}");
-            }
-        }
-        if let Some(pid) = self.connect_pid
-            && !pid_alive(pid)
-        {
-            panic!("Kafka Connect (pid {pid}) exited early");
-        }
-    }
-}
-
-fn pid_alive(pid: u32) -> bool {
-    Command::new("kill")
-        .args(["-0", &pid.to_string()])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
-}
-
-fn signal(pid: u32, name: &str) {
-    let _ = Command::new("kill")
-        .args([name, &pid.to_string()])
-        .stderr(Stdio::null())
-        .status();
-}
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for (_, child) in &self.running {
-            signal(child.id(), "-TERM");
-        }
-        if let Some(pid) = self.connect_pid {
-            signal(pid, "-TERM");
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for (name, child) in &mut self.running {
-            loop {
-                match child.try_wait() {
-                    Ok(Some(_)) => break,
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                    _ => {
-                        eprintln!("{name} did not stop on SIGTERM; killing it");
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
-                }
-            }
-        }
-        if let Some(pid) = self.connect_pid {
-            while pid_alive(pid) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            if pid_alive(pid) {
-                eprintln!("Kafka Connect did not stop on SIGTERM; killing it");
-                signal(pid, "-KILL");
-            }
-        }
-        if std::thread::panicking() || std::env::var_os("E2E_PRINT_LOGS").is_some() {
-            self.print_logs();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("address")
-        .port()
-}
-
-async fn create_topics(topics: &[String]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", server_env("KAFKA_BOOTSTRAP"))
-        .create()
-        .expect("admin client");
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|topic| NewTopic::new(topic, 4, TopicReplication::Fixed(1)))
-        .collect();
-    let results = admin
-        .create_topics(
-            &new,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
-        .await
-        .expect("create_topics (is Kafka up? `infrastructure/up.sh all`)");
-    for result in results {
-        result.expect("topic created");
-    }
-}
-
-/// A local image host: `/a.png`, `/b.jpg`, and 404 for anything else.
-async fn image_server() -> SocketAddr {
-    use axum::http::{StatusCode, header};
-    use axum::routing::get;
-    let app = axum::Router::new()
-        .route(
-            "/a.png",
-            get(|| async { ([(header::CONTENT_TYPE, "image/png")], PNG) }),
-        )
-        .route(
-            "/b.jpg",
-            get(|| async { ([(header::CONTENT_TYPE, "image/jpeg")], JPEG) }),
-        )
-        .fallback(|| async { (StatusCode::NOT_FOUND, "no such image") });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    address
-}
-
-fn s3_client() -> aws_sdk_s3::Client {
-    let config = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new(server_env("AWS_REGION")))
-        .endpoint_url(server_env("S3_ENDPOINT"))
-        .credentials_provider(Credentials::new(
-            server_env("AWS_ACCESS_KEY_ID"),
-            server_env("AWS_SECRET_ACCESS_KEY"),
-            None,
-            None,
-            "e2e-debezium",
-        ))
-        .force_path_style(true)
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
-}
-
-async fn list_objects(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Vec<String> {
-    let listed = s3
-        .list_objects_v2()
-        .bucket(bucket)
-        .prefix(prefix)
-        .send()
-        .await
-        .expect("list objects");
-    listed
-        .contents()
-        .iter()
-        .filter_map(|object| object.key().map(str::to_owned))
-        .collect()
-}
-
-async fn get_object(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Vec<u8> {
-    s3.get_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .unwrap_or_else(|error| panic!("{key} is not in the bucket: {error:?}"))
-        .body
-        .collect()
-        .await
-        .expect("object body")
-        .to_vec()
-}
-
-/// Polls `check` every 200 ms until it returns `Ok`, or panics with `what` after `DEADLINE`.
-async fn eventually<T, F, Fut>(children: &mut Children, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let started = Instant::now();
-    loop {
-        match check().await {
-            Ok(value) => return value,
-            Err(last) if started.elapsed() > DEADLINE => {
-                panic!("{what}: not within {DEADLINE:?}; last: {last}")
-            }
-            Err(_) => {
-                children.assert_alive();
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
-}
 
 /// Java properties text from string pairs.
 fn properties(pairs: &BTreeMap<String, String>) -> String {
@@ -328,91 +113,6 @@ fn worker_properties(dir: &Path, port: u16) -> String {
     properties(&pairs)
 }
 
-fn write_settings(
-    dir: &Path,
-    service: &str,
-    port: u16,
-    common: &Value,
-    topology: &Path,
-) -> PathBuf {
-    let mut settings = common.clone();
-    settings["listen"] = json!(format!("127.0.0.1:{port}"));
-    settings["state_dir"] = json!(dir.join(format!("{service}-state")));
-    if service == "image-pipeline" {
-        settings["topology_file"] = json!(topology);
-    }
-    let path = dir.join(format!("{service}.yaml"));
-    // JSON is YAML.
-    std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&settings).expect("json"),
-    )
-    .expect("write settings");
-    path
-}
-
-fn spawn(dir: &Path, service: &str, config: &Path) -> (Child, PathBuf) {
-    let log = dir.join(format!("{service}.log"));
-    let file = std::fs::File::create(&log).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_catalog-stream"))
-        .arg(service)
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "info,rdkafka=warn")
-        .env("AWS_ACCESS_KEY_ID", server_env("AWS_ACCESS_KEY_ID"))
-        .env("AWS_SECRET_ACCESS_KEY", server_env("AWS_SECRET_ACCESS_KEY"))
-        // The file says it all: no override from the environment of whoever runs the test.
-        .env_remove("MONGODB_DATABASE")
-        .env_remove("S3_BUCKET")
-        .env_remove("S3_PUBLIC_BASE_URL")
-        .env_remove("CATALOG_STATE_DIR")
-        .env_remove("CATALOG_LISTEN")
-        .env_remove("CATALOG_CONFIG")
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().expect("log file"))
-        .stderr(file)
-        .spawn()
-        .unwrap_or_else(|error| panic!("cannot start {service}: {error}"));
-    (child, log)
-}
-
-struct Run {
-    http: reqwest::Client,
-    ports: BTreeMap<&'static str, u16>,
-}
-
-impl Run {
-    fn url(&self, service: &str, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.ports[service])
-    }
-
-    async fn get(&self, service: &str, path: &str) -> (u16, Value) {
-        match self.http.get(self.url(service, path)).send().await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let text = response.text().await.unwrap_or_default();
-                (
-                    status,
-                    serde_json::from_str(&text).unwrap_or(Value::String(text)),
-                )
-            }
-            Err(error) => (0, Value::String(error.to_string())),
-        }
-    }
-
-    async fn post_product(&self, body: &Value) -> (u16, Value) {
-        let response = self
-            .http
-            .post(self.url("product-collector", "/api/v1/products"))
-            .json(body)
-            .send()
-            .await
-            .expect("POST");
-        let status = response.status().as_u16();
-        (status, response.json().await.expect("json"))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn debezium_connector_feeds_the_distributed_services() {
     let started = Instant::now();
@@ -421,13 +121,8 @@ async fn debezium_connector_feeds_the_distributed_services() {
     let run_id = unique_name("dbz").replace('-', "_");
     let bucket = run_id.replace('_', "-");
     let database = run_id.clone();
-    let cdc_topic = format!("{run_id}.{database}.products");
-    let topics = json!({
-        "cdc": cdc_topic,
-        "upserts": format!("{run_id}.upserts"),
-        "deletes": format!("{run_id}.deletes"),
-        "image_events": format!("{run_id}.image-events"),
-    });
+    let topics = run_topics(&run_id, &database);
+    let cdc_topic = topics["cdc"].as_str().expect("cdc").to_owned();
     let mut topic_names: Vec<String> = topics
         .as_object()
         .expect("topics")
@@ -436,7 +131,7 @@ async fn debezium_connector_feeds_the_distributed_services() {
         .collect();
     let dead_letters: Vec<String> = topic_names.iter().map(|t| format!("{t}.dlq")).collect();
     topic_names.extend(dead_letters);
-    create_topics(&topic_names).await;
+    create_topics(&topic_names, 4).await;
 
     // Kafka Connect: the script fetches the jars when needed and returns once REST answers.
     let registry = server_env("SCHEMA_REGISTRY_URL");
@@ -457,51 +152,25 @@ async fn debezium_connector_feeds_the_distributed_services() {
     .expect("connector");
     let connect_log = dir.path().join("connect.log");
     let script_log = dir.path().join("start-connect.log");
-    let mut children = Children {
-        running: Vec::new(),
-        connect_pid: None,
-        logs: vec![
-            ("start-connect.sh".to_owned(), script_log.clone()),
-            ("kafka-connect".to_owned(), connect_log.clone()),
-        ],
-    };
+    let mut children =
+        Services::new(DEADLINE, Duration::from_millis(200)).printing(60, Some("E2E_PRINT_LOGS"));
+    children.add_log("start-connect.sh", script_log.clone());
+    children.add_log("kafka-connect", connect_log.clone());
 
     // The services. The image pipeline reads Avro from the CDC topic (the
     // shipped topology); its consumer group is unique per run.
-    let images = image_server().await;
-    let common = json!({
-        // The default session timeout: on a loaded 2-core machine a short one makes members
-        // drop out of their (per-run) groups.
-        "kafka": {"bootstrap": server_env("KAFKA_BOOTSTRAP")},
-        "schema_registry_url": registry,
-        "mongodb": {"uri": server_env("MONGODB_URI"), "database": database},
-        "s3": {
-            "bucket": bucket,
-            "region": server_env("AWS_REGION"),
-            "endpoint": server_env("S3_ENDPOINT"),
-            "access_key_id": server_env("AWS_ACCESS_KEY_ID"),
-            "secret_access_key": server_env("AWS_SECRET_ACCESS_KEY"),
-            "create_bucket": true,
-        },
-        "fetch": {"allowlist": ["127.0.0.1/32"], "total_timeout": "5s"},
-        "fetch_retry": {"max_attempts": 2, "initial_backoff": "50ms", "max_backoff": "200ms"},
-        "topics": topics,
-    });
-    let topology = dir.path().join("image-pipeline.topology.yaml");
-    let template = IMAGE_PIPELINE_TOPOLOGY.replace(
-        "application_id: catalog-stream-image-pipeline",
-        &format!("application_id: {run_id}-image-pipeline"),
-    );
-    assert_ne!(template, IMAGE_PIPELINE_TOPOLOGY, "application id replaced");
-    std::fs::write(&topology, template).expect("topology file");
+    let images = png_and_jpeg_server().await;
+    // The default session timeout: on a loaded 2-core machine a short one makes members
+    // drop out of their (per-run) groups.
+    let common = common_settings(&database, &bucket, &topics);
+    let topology = write_topology(dir.path(), &format!("{run_id}-image-pipeline"));
     let mut ports = BTreeMap::new();
     for service in SERVICES {
         let port = free_port();
         ports.insert(service, port);
-        let config = write_settings(dir.path(), service, port, &common, &topology);
-        let (child, log) = spawn(dir.path(), service, &config);
-        children.running.push((service.to_owned(), child));
-        children.logs.push((service.to_owned(), log));
+        let topology_file = (service == "image-pipeline").then_some(topology.as_path());
+        let config = write_settings(dir.path(), service, port, &common, topology_file);
+        children.spawn(dir.path(), service, &config);
     }
 
     // Connect starts while the services do; the PID is known once the script returns.
@@ -525,7 +194,9 @@ async fn debezium_connector_feeds_the_distributed_services() {
         .lines()
         .last()
         .and_then(|line| line.trim().parse().ok());
-    children.connect_pid = pid;
+    if let Some(pid) = pid {
+        children.add_pid("Kafka Connect", pid);
+    }
     if !output.status.success() || pid.is_none() {
         panic!(
             "Kafka Connect did not start ({}; stdout `{stdout}`): see the start-connect.sh and \
@@ -536,43 +207,34 @@ async fn debezium_connector_feeds_the_distributed_services() {
     }
     eprintln!("Kafka Connect REST up after {:?}", started.elapsed());
 
-    let run = Run {
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("http client"),
-        ports,
-    };
+    let run = ServiceClient::new(ports);
     let status_url = format!("http://127.0.0.1:{connect_port}/connectors/{connector}/status");
-    eventually(&mut children, "Debezium task RUNNING", || async {
-        let body = match run.http.get(&status_url).send().await {
-            Ok(response) => response.text().await.unwrap_or_default(),
-            Err(error) => return Err(error.to_string()),
-        };
-        let status: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-        let task = &status["tasks"][0]["state"];
-        match (&status["connector"]["state"], task) {
-            (Value::String(c), Value::String(t)) if c == "RUNNING" && t == "RUNNING" => Ok(()),
-            (_, Value::String(t)) if t == "FAILED" => {
-                panic!("the Debezium task failed: {body}")
-            }
-            _ => Err(body),
-        }
-    })
-    .await;
-    eprintln!("Debezium task RUNNING after {:?}", started.elapsed());
-    for service in SERVICES {
-        eventually(&mut children, &format!("{service} /readyz"), || async {
-            match run.get(service, "/readyz").await {
-                (200, _) => Ok(()),
-                (status, body) => Err(format!("{status} {body}")),
+    children
+        .eventually("Debezium task RUNNING", || async {
+            let body = match run.http.get(&status_url).send().await {
+                Ok(response) => response.text().await.unwrap_or_default(),
+                Err(error) => return Err(error.to_string()),
+            };
+            let status: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            let task = &status["tasks"][0]["state"];
+            match (&status["connector"]["state"], task) {
+                (Value::String(c), Value::String(t)) if c == "RUNNING" && t == "RUNNING" => Ok(()),
+                (_, Value::String(t)) if t == "FAILED" => {
+                    panic!("the Debezium task failed: {body}")
+                }
+                _ => Err(body),
             }
         })
         .await;
+    eprintln!("Debezium task RUNNING after {:?}", started.elapsed());
+    for service in SERVICES {
+        children
+            .wait_ready(&run.http, service, run.ports[service])
+            .await;
     }
     eprintln!("services ready after {:?}", started.elapsed());
 
-    let s3 = s3_client();
+    let s3 = s3_client("e2e-debezium");
     let mall = "mall-dbz";
     let image_url = |path: &str| format!("http://{images}{path}");
     let product = |path: &str| {
@@ -586,13 +248,14 @@ async fn debezium_connector_feeds_the_distributed_services() {
     let (status, body) = run.post_product(&product("/a.png")).await;
     assert_eq!(status, 201, "{body}");
     let posted = Instant::now();
-    let first = eventually(&mut children, "p1 complete", || async {
-        match run.get("complete-products", &one).await {
-            (200, body) => Ok(body["data"].clone()),
-            (status, body) => Err(format!("{status} {body}")),
-        }
-    })
-    .await;
+    let first = children
+        .eventually("p1 complete", || async {
+            match run.get("complete-products", &one).await {
+                (200, body) => Ok(body["data"].clone()),
+                (status, body) => Err(format!("{status} {body}")),
+            }
+        })
+        .await;
     eprintln!("p1 complete {:?} after the POST", posted.elapsed());
     assert_eq!(first["imageUrl"], image_url("/a.png"));
     assert_eq!(first["image"]["contentType"], "image/png");
@@ -636,15 +299,16 @@ async fn debezium_connector_feeds_the_distributed_services() {
     update["title"] = json!("Big mug");
     let (status, body) = run.post_product(&update).await;
     assert_eq!(status, 200, "{body}");
-    let second = eventually(&mut children, "p1 updated", || async {
-        match run.get("complete-products", &one).await {
-            (200, body) if body["data"]["image"]["contentType"] == "image/jpeg" => {
-                Ok(body["data"].clone())
+    let second = children
+        .eventually("p1 updated", || async {
+            match run.get("complete-products", &one).await {
+                (200, body) if body["data"]["image"]["contentType"] == "image/jpeg" => {
+                    Ok(body["data"].clone())
+                }
+                (status, body) => Err(format!("{status} {body}")),
             }
-            (status, body) => Err(format!("{status} {body}")),
-        }
-    })
-    .await;
+        })
+        .await;
     assert_eq!(second["title"], "Big mug");
     let second_key = second["image"]["uri"]
         .as_str()
@@ -653,15 +317,16 @@ async fn debezium_connector_feeds_the_distributed_services() {
         .to_owned();
     assert_ne!(second_key, first_key);
     assert_eq!(get_object(&s3, &bucket, &second_key).await, JPEG);
-    eventually(&mut children, "old image deleted", || async {
-        let objects = list_objects(&s3, &bucket, &product_prefix).await;
-        if objects == [second_key.clone()] {
-            Ok(())
-        } else {
-            Err(format!("{objects:?}"))
-        }
-    })
-    .await;
+    children
+        .eventually("old image deleted", || async {
+            let objects = list_objects(&s3, &bucket, &product_prefix).await;
+            if objects == [second_key.clone()] {
+                Ok(())
+            } else {
+                Err(format!("{objects:?}"))
+            }
+        })
+        .await;
 
     // 3. DELETE: 404 at once; Debezium's `d` event empties the bucket for it; status deleted.
     let response = run
@@ -673,28 +338,30 @@ async fn debezium_connector_feeds_the_distributed_services() {
     assert_eq!(response.status().as_u16(), 200);
     let (status, body) = run.get("complete-products", &one).await;
     assert_eq!(status, 404, "GET right after DELETE: {body}");
-    eventually(&mut children, "p1 images removed", || async {
-        let objects = list_objects(&s3, &bucket, &product_prefix).await;
-        if objects.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("{objects:?}"))
-        }
-    })
-    .await;
-    let state = eventually(&mut children, "p1 status deleted", || async {
-        match run
-            .get(
-                "complete-products",
-                &format!("/api/v1/products/p1/status?mallId={mall}"),
-            )
-            .await
-        {
-            (200, body) if body["data"]["state"] == "deleted" => Ok(body),
-            (status, body) => Err(format!("{status} {body}")),
-        }
-    })
-    .await;
+    children
+        .eventually("p1 images removed", || async {
+            let objects = list_objects(&s3, &bucket, &product_prefix).await;
+            if objects.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{objects:?}"))
+            }
+        })
+        .await;
+    let state = children
+        .eventually("p1 status deleted", || async {
+            match run
+                .get(
+                    "complete-products",
+                    &format!("/api/v1/products/p1/status?mallId={mall}"),
+                )
+                .await
+            {
+                (200, body) if body["data"]["state"] == "deleted" => Ok(body),
+                (status, body) => Err(format!("{status} {body}")),
+            }
+        })
+        .await;
     assert_eq!(state["data"]["state"], "deleted");
     let (status, _) = run.get("complete-products", &one).await;
     assert_eq!(status, 404, "still gone after the pipeline");

@@ -10,21 +10,17 @@
 //! keywords it does not know rather than ignoring them, so the document cannot silently use
 //! something the test does not check. `pattern` and `format` are annotations here.
 
-use std::sync::Arc;
+mod support;
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
-use catalog_stream::app::service_router;
-use catalog_stream::complete_products::{self, CompleteProducts};
+use axum::http::{Method, StatusCode};
 use catalog_stream::product::{Product, ProductKey};
-use catalog_stream::product_collector::{self, ProductCollector};
 use catalog_stream::store::{
     CollectedImage, CompleteProduct, ProductStore, SledProductStore, SledViewStore, ViewChange,
     ViewStore,
 };
 use serde_json::{Value, json};
-use tower::ServiceExt;
+use support::{Reply, api_router, call};
 
 const METHODS: [&str; 8] = [
     "get", "put", "post", "delete", "patch", "head", "options", "trace",
@@ -42,61 +38,12 @@ fn service(ready: bool) -> Service {
     let db = sled::open(dir.path().join("db")).expect("sled");
     let products = ProductStore::Sled(SledProductStore::open(&db).expect("products"));
     let view = ViewStore::Sled(SledViewStore::open(&db).expect("view"));
-    let registry = prometheus::Registry::new();
-    let collector = ProductCollector::new(products.clone(), &registry).expect("collector");
-    let api = product_collector::routes(collector).merge(complete_products::routes(
-        CompleteProducts::new(products.clone(), view.clone()),
-    ));
-    let router = service_router(
-        api,
-        vec![registry],
-        Arc::new(move || Box::pin(async move { vec![("store".to_owned(), ready)] })),
-    );
+    let router = api_router(products.clone(), view.clone(), ready);
     Service {
         router,
         products,
         view,
         _dir: dir,
-    }
-}
-
-struct Reply {
-    status: StatusCode,
-    content_type: String,
-    body: Vec<u8>,
-}
-
-async fn call(
-    router: &Router,
-    method: Method,
-    uri: impl Into<String>,
-    content_type: Option<&str>,
-    body: Vec<u8>,
-) -> Reply {
-    let mut request = Request::builder().method(method).uri(uri.into());
-    if let Some(content_type) = content_type {
-        request = request.header(header::CONTENT_TYPE, content_type);
-    }
-    let response = router
-        .clone()
-        .oneshot(request.body(Body::from(body)).expect("request"))
-        .await
-        .expect("infallible");
-    let status = response.status();
-    let content_type = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .expect("body")
-        .to_vec();
-    Reply {
-        status,
-        content_type,
-        body,
     }
 }
 

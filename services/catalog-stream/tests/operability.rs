@@ -19,23 +19,22 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use catalog_stream::pipeline::IMAGE_PIPELINE_TOPOLOGY;
-use connectors::debezium::{ChangeEvent, Op, SourceInfo};
 use connectors::mongo_source::ChangeEncoder;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
-use support::{server_env, unique_name};
+use support::{
+    Services, common_settings, create_topics, free_port, metric_sum, product_event, run_topics,
+    server_env, unique_name, write_settings, write_topology,
+};
 use topology::serdes::{HttpSchemaRegistry, SchemaRegistry};
 
 const PNG: &[u8] = include_bytes!("../../images/tests/fixtures/pixel.png");
@@ -47,68 +46,6 @@ const GATED: usize = 6;
 const PLAIN: usize = 20;
 /// Poison pills (garbage bytes) in the CDC topic.
 const POISON_PILLS: usize = 7;
-
-// --- children ------------------------------------------------------------------------------------
-
-/// The spawned services; stopped (SIGTERM, then SIGKILL) on drop, logs printed on failure.
-struct Children {
-    running: Vec<(String, Child)>,
-    logs: Vec<(String, PathBuf)>,
-}
-
-impl Children {
-    fn assert_alive(&mut self) {
-        for (name, child) in &mut self.running {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("{name} exited early: {status}");
-            }
-        }
-    }
-}
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for (_, child) in &self.running {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for (name, child) in &mut self.running {
-            loop {
-                match child.try_wait() {
-                    Ok(Some(_)) => break,
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                    _ => {
-                        eprintln!("{name} did not stop on SIGTERM; killing it");
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
-                }
-            }
-        }
-        if std::thread::panicking() {
-            for (name, path) in &self.logs {
-                // Whole logs outlive the test's temporary directory, for a closer look.
-                let kept = std::env::temp_dir().join(format!("operability-{name}.log"));
-                if std::fs::copy(path, &kept).is_ok() {
-                    eprintln!("{name}'s whole log: {}", kept.display());
-                }
-                let text = std::fs::read_to_string(path).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                let tail = &lines[lines.len().saturating_sub(400)..];
-                eprintln!(
-                    "===== {name} (last {} lines) =====\n{}",
-                    tail.len(),
-                    tail.join("\n")
-                );
-            }
-        }
-    }
-}
 
 /// The file_sd target file; removed on drop so Prometheus forgets the run's targets.
 struct ScrapeTargets(PathBuf);
@@ -138,64 +75,6 @@ impl ScrapeTargets {
 impl Drop for ScrapeTargets {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("address")
-        .port()
-}
-
-fn spawn(dir: &Path, service: &str, config: &Path) -> (Child, PathBuf) {
-    let log = dir.join(format!("{service}.log"));
-    let file = std::fs::File::create(&log).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_catalog-stream"))
-        .arg(service)
-        .arg("--config")
-        .arg(config)
-        // OPERABILITY_RUST_LOG (e.g. info,topology=debug) to see more of the services on failure.
-        .env(
-            "RUST_LOG",
-            std::env::var("OPERABILITY_RUST_LOG").unwrap_or_else(|_| "info,rdkafka=warn".into()),
-        )
-        .env("AWS_ACCESS_KEY_ID", server_env("AWS_ACCESS_KEY_ID"))
-        .env("AWS_SECRET_ACCESS_KEY", server_env("AWS_SECRET_ACCESS_KEY"))
-        .env_remove("MONGODB_DATABASE")
-        .env_remove("S3_BUCKET")
-        .env_remove("S3_PUBLIC_BASE_URL")
-        .env_remove("CATALOG_STATE_DIR")
-        .env_remove("CATALOG_LISTEN")
-        .env_remove("CATALOG_CONFIG")
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().expect("log file"))
-        .stderr(file)
-        .spawn()
-        .unwrap_or_else(|error| panic!("cannot start {service}: {error}"));
-    (child, log)
-}
-
-/// Polls `check` every 250 ms until it returns `Ok`, or panics with `what` and the last
-/// answer after `DEADLINE`.
-async fn eventually<T, F, Fut>(children: &mut Children, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let started = Instant::now();
-    loop {
-        match check().await {
-            Ok(value) => return value,
-            Err(last) if started.elapsed() > DEADLINE => {
-                panic!("{what}: not within {DEADLINE:?}; last: {last}")
-            }
-            Err(_) => {
-                children.assert_alive();
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        }
     }
 }
 
@@ -233,27 +112,6 @@ async fn image_server(gate: tokio::sync::watch::Receiver<bool>) -> SocketAddr {
 }
 
 // --- Kafka ----------------------------------------------------------------------------------------
-
-async fn create_topics(topics: &[String]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", server_env("KAFKA_BOOTSTRAP"))
-        .create()
-        .expect("admin client");
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|topic| NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1)))
-        .collect();
-    let results = admin
-        .create_topics(
-            &new,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
-        .await
-        .expect("create_topics (is Kafka up? `infrastructure/up.sh all`)");
-    for result in results {
-        result.expect("topic created");
-    }
-}
 
 /// The broker's own figure for `group`: for every partition of `topics`, the high watermark
 /// minus the group's committed offset (the low watermark when it has none), summed.
@@ -304,50 +162,6 @@ fn topic_records(topic: &str) -> i64 {
         .sum()
 }
 
-/// A Debezium MongoDB change event for a product, like the connector (or the standalone
-/// outbox relay) writes: `_id` = {mallId, productId}, `after` with the fields and the version.
-fn product_event(
-    prefix: &str,
-    database: &str,
-    mall: &str,
-    product_id: &str,
-    image_url: &str,
-    ord: i32,
-) -> ChangeEvent {
-    let id = json!({"mallId": mall, "productId": product_id});
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64;
-    let after = json!({"_id": id, "mallId": mall, "productId": product_id, "title": "Mug",
-                       "content": "A mug", "price": "12000", "imageUrl": image_url,
-                       "version": 1});
-    let mut event = ChangeEvent::tombstone(id);
-    event.op = Op::Create;
-    event.db = Some(database.to_owned());
-    event.collection = Some("products".to_owned());
-    event.after = Some(after);
-    event.source = Some(SourceInfo {
-        version: "2.7.0.Final".into(),
-        connector: "mongodb".into(),
-        name: prefix.to_owned(),
-        ts_ms: (now_ms / 1000) * 1000,
-        snapshot: Some("false".into()),
-        db: database.to_owned(),
-        rs: None,
-        sequence: None,
-        ts_us: None,
-        ts_ns: None,
-        collection: "products".into(),
-        ord,
-        lsid: None,
-        txn_number: None,
-        wall_time: Some(now_ms),
-    });
-    event.ts_ms = Some(now_ms);
-    event
-}
-
 // --- Prometheus and /metrics ----------------------------------------------------------------------
 
 /// The value of a PromQL query with one scalar-like answer (`None` for an empty vector).
@@ -387,19 +201,6 @@ async fn metrics_text(http: &reqwest::Client, port: u16) -> Result<String, Strin
         .text()
         .await
         .map_err(|error| error.to_string())
-}
-
-/// The sum of the samples of `name` whose labels contain every `label="value"` in `labels`.
-fn metric_sum(text: &str, name: &str, labels: &[String]) -> i64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter(|line| labels.iter().all(|label| line.contains(label.as_str())))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as i64
 }
 
 /// The metric family names in an exposition text (from its `# TYPE` lines).
@@ -541,13 +342,8 @@ async fn prometheus_lag_equals_the_broker_and_dead_letters_are_counted() {
     let run_id = unique_name("ops").replace('-', "_");
     let bucket = run_id.replace('_', "-");
     let database = run_id.clone();
-    let cdc = format!("{run_id}.{database}.products");
-    let topics = json!({
-        "cdc": cdc,
-        "upserts": format!("{run_id}.upserts"),
-        "deletes": format!("{run_id}.deletes"),
-        "image_events": format!("{run_id}.image-events"),
-    });
+    let topics = run_topics(&run_id, &database);
+    let cdc = topics["cdc"].as_str().expect("cdc").to_owned();
     let group_topics: Vec<String> = ["cdc", "upserts", "deletes"]
         .iter()
         .map(|name| topics[name].as_str().expect("topic").to_owned())
@@ -556,69 +352,32 @@ async fn prometheus_lag_equals_the_broker_and_dead_letters_are_counted() {
     all_topics.push(topics["image_events"].as_str().expect("topic").to_owned());
     let dead_letters: Vec<String> = group_topics.iter().map(|t| format!("{t}.dlq")).collect();
     all_topics.extend(dead_letters.clone());
-    create_topics(&all_topics).await;
+    create_topics(&all_topics, PARTITIONS).await;
 
     let (open_gate, gate) = tokio::sync::watch::channel(false);
     let images = image_server(gate).await;
 
     // The pipeline's consumer group is its application id: unique per run.
     let group = format!("{run_id}-image-pipeline");
-    let topology = dir.path().join("image-pipeline.topology.yaml");
-    let template = IMAGE_PIPELINE_TOPOLOGY.replace(
-        "application_id: catalog-stream-image-pipeline",
-        &format!("application_id: {group}"),
-    );
-    assert_ne!(template, IMAGE_PIPELINE_TOPOLOGY, "application id replaced");
-    std::fs::write(&topology, template).expect("topology file");
+    let topology = write_topology(dir.path(), &group);
 
-    let mut kafka_properties = json!({"session.timeout.ms": "6000"});
+    let mut common = common_settings(&database, &bucket, &topics);
+    common["kafka"]["properties"] = json!({"session.timeout.ms": "6000"});
     // OPERABILITY_KAFKA_DEBUG (e.g. msg,topic) turns on librdkafka's debug contexts in the
-    // services (shown with OPERABILITY_RUST_LOG=...,librdkafka=debug).
+    // services (shown with SERVICES_RUST_LOG=...,librdkafka=debug).
     if let Ok(contexts) = std::env::var("OPERABILITY_KAFKA_DEBUG") {
-        kafka_properties["debug"] = json!(contexts);
+        common["kafka"]["properties"]["debug"] = json!(contexts);
     }
-    let common = json!({
-        "kafka": {"bootstrap": server_env("KAFKA_BOOTSTRAP"),
-                  "properties": kafka_properties},
-        "schema_registry_url": server_env("SCHEMA_REGISTRY_URL"),
-        "mongodb": {"uri": server_env("MONGODB_URI"), "database": database},
-        "s3": {
-            "bucket": bucket,
-            "region": server_env("AWS_REGION"),
-            "endpoint": server_env("S3_ENDPOINT"),
-            "access_key_id": server_env("AWS_ACCESS_KEY_ID"),
-            "secret_access_key": server_env("AWS_SECRET_ACCESS_KEY"),
-            "create_bucket": true,
-        },
-        // Gated images hang for as long as the test holds them: no timeout meanwhile.
-        "fetch": {"allowlist": ["127.0.0.1/32"], "total_timeout": "300s"},
-        "fetch_retry": {"max_attempts": 2, "initial_backoff": "50ms", "max_backoff": "200ms"},
-        "topics": topics,
-    });
+    // Gated images hang for as long as the test holds them: no timeout meanwhile.
+    common["fetch"]["total_timeout"] = json!("300s");
     let mut ports = BTreeMap::new();
-    let mut children = Children {
-        running: Vec::new(),
-        logs: Vec::new(),
-    };
+    let mut children = Services::new(DEADLINE, Duration::from_millis(250));
     for service in ["image-pipeline", "complete-products"] {
         let port = free_port();
         ports.insert(service, port);
-        let mut settings = common.clone();
-        settings["listen"] = json!(format!("127.0.0.1:{port}"));
-        settings["state_dir"] = json!(dir.path().join(format!("{service}-state")));
-        if service == "image-pipeline" {
-            settings["topology_file"] = json!(topology);
-        }
-        let config = dir.path().join(format!("{service}.yaml"));
-        // JSON is YAML.
-        std::fs::write(
-            &config,
-            serde_json::to_string_pretty(&settings).expect("json"),
-        )
-        .expect("settings file");
-        let (child, log) = spawn(dir.path(), service, &config);
-        children.running.push((service.to_owned(), child));
-        children.logs.push((service.to_owned(), log));
+        let topology_file = (service == "image-pipeline").then_some(topology.as_path());
+        let config = write_settings(dir.path(), service, port, &common, topology_file);
+        children.spawn(dir.path(), service, &config);
     }
     let pipeline_port = ports["image-pipeline"];
     let targets = ScrapeTargets::write(
@@ -634,25 +393,12 @@ async fn prometheus_lag_equals_the_broker_and_dead_letters_are_counted() {
         .expect("http client");
 
     for (service, port) in &ports {
-        eventually(&mut children, &format!("{service} /readyz"), || async {
-            match http
-                .get(format!("http://127.0.0.1:{port}/readyz"))
-                .send()
-                .await
-            {
-                Ok(response) if response.status().is_success() => Ok(()),
-                Ok(response) => Err(response.status().to_string()),
-                Err(error) => Err(error.to_string()),
-            }
-        })
-        .await;
+        children.wait_ready(&http, service, *port).await;
     }
     // The pipeline owns its partitions once it reports their lag.
     let group_label = format!("group=\"{group}\"");
-    eventually(
-        &mut children,
-        "the pipeline's partitions assigned",
-        || async {
+    children
+        .eventually("the pipeline's partitions assigned", || async {
             let text = metrics_text(&http, pipeline_port).await?;
             let series = text
                 .lines()
@@ -665,24 +411,20 @@ async fn prometheus_lag_equals_the_broker_and_dead_letters_are_counted() {
             } else {
                 Err(format!("{series} lag series"))
             }
-        },
-    )
-    .await;
+        })
+        .await;
     // Prometheus scrapes both services.
     let up_query = format!("sum(up{{run=\"{run_id}\"}})");
-    eventually(
-        &mut children,
-        "Prometheus scrapes both services",
-        || async {
+    children
+        .eventually("Prometheus scrapes both services", || async {
             let up = prometheus_value(&http, &up_query).await?;
             if up == Some(2.0) {
                 Ok(())
             } else {
                 Err(format!("up = {up:?}"))
             }
-        },
-    )
-    .await;
+        })
+        .await;
 
     // Change events straight into the CDC topic, Avro through the registry, and poison pills.
     let prefix = run_id.clone();
@@ -740,23 +482,24 @@ async fn prometheus_lag_equals_the_broker_and_dead_letters_are_counted() {
     // committed offsets on the upserts topic stay below them. Prometheus, the service and the
     // broker must agree on the same non-zero lag.
     let lag_query = format!("sum(topology_consumer_lag{{{group_label}, run=\"{run_id}\"}})");
-    let held = eventually(&mut children, "non-zero lag agreed", || async {
-        let broker = broker_lag(&group, &group_topics)?;
-        let own = metric_sum(
-            &metrics_text(&http, pipeline_port).await?,
-            "topology_consumer_lag",
-            std::slice::from_ref(&group_label),
-        );
-        let prometheus = prometheus_value(&http, &lag_query).await?;
-        if broker >= GATED as i64 && Some(broker as f64) == prometheus && own == broker {
-            Ok(broker)
-        } else {
-            Err(format!(
-                "broker {broker}, service {own}, Prometheus {prometheus:?}"
-            ))
-        }
-    })
-    .await;
+    let held = children
+        .eventually("non-zero lag agreed", || async {
+            let broker = broker_lag(&group, &group_topics)?;
+            let own = metric_sum(
+                &metrics_text(&http, pipeline_port).await?,
+                "topology_consumer_lag",
+                &[&group_label],
+            ) as i64;
+            let prometheus = prometheus_value(&http, &lag_query).await?;
+            if broker >= GATED as i64 && Some(broker as f64) == prometheus && own == broker {
+                Ok(broker)
+            } else {
+                Err(format!(
+                    "broker {broker}, service {own}, Prometheus {prometheus:?}"
+                ))
+            }
+        })
+        .await;
     eprintln!("while {GATED} images hang: lag {held} (broker = service = Prometheus)");
 
     // 2. Release the images; wait for quiescence: every product's image event is out and the
@@ -764,62 +507,61 @@ async fn prometheus_lag_equals_the_broker_and_dead_letters_are_counted() {
     open_gate.send(true).expect("open the gate");
     let image_events = topics["image_events"].as_str().expect("topic").to_owned();
     let expected_events = (GATED + PLAIN + 1) as i64;
-    eventually(&mut children, "every image event written", || async {
-        let written = topic_records(&image_events);
-        if written >= expected_events {
-            Ok(())
-        } else {
-            // What the image pipeline is doing, for the failure message.
-            let text = metrics_text(&http, pipeline_port).await?;
-            let doing: Vec<&str> = text
-                .lines()
-                .filter(|line| {
-                    line.starts_with("topology_in_flight")
-                        || line.starts_with("catalog_images_")
-                        || line.starts_with("topology_retries_total")
-                        || line.starts_with("topology_records_total")
-                        || line.starts_with("topology_dead_letter_total")
-                })
-                .collect();
-            Err(format!(
-                "{written} of {expected_events}; image pipeline: {}",
-                doing.join("; ")
-            ))
-        }
-    })
-    .await;
-    eventually(&mut children, "zero lag agreed at quiescence", || async {
-        let broker = broker_lag(&group, &group_topics)?;
-        let own = metric_sum(
-            &metrics_text(&http, pipeline_port).await?,
-            "topology_consumer_lag",
-            std::slice::from_ref(&group_label),
-        );
-        let prometheus = prometheus_value(&http, &lag_query).await?;
-        if broker == 0 && prometheus == Some(0.0) && own == 0 {
-            Ok(())
-        } else {
-            Err(format!(
-                "broker {broker}, service {own}, Prometheus {prometheus:?}"
-            ))
-        }
-    })
-    .await;
+    children
+        .eventually("every image event written", || async {
+            let written = topic_records(&image_events);
+            if written >= expected_events {
+                Ok(())
+            } else {
+                // What the image pipeline did, for the failure message (dead-lettered outputs
+                // are how a registry refusal showed).
+                let text = metrics_text(&http, pipeline_port).await?;
+                let doing: Vec<&str> = text
+                    .lines()
+                    .filter(|line| {
+                        line.starts_with("topology_in_flight")
+                            || line.starts_with("catalog_images_")
+                            || line.starts_with("topology_records_total")
+                            || line.starts_with("topology_dead_letter_total")
+                    })
+                    .collect();
+                Err(format!(
+                    "{written} of {expected_events}; image pipeline: {}",
+                    doing.join("; ")
+                ))
+            }
+        })
+        .await;
+    children
+        .eventually("zero lag agreed at quiescence", || async {
+            let broker = broker_lag(&group, &group_topics)?;
+            let own = metric_sum(
+                &metrics_text(&http, pipeline_port).await?,
+                "topology_consumer_lag",
+                &[&group_label],
+            ) as i64;
+            let prometheus = prometheus_value(&http, &lag_query).await?;
+            if broker == 0 && prometheus == Some(0.0) && own == 0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "broker {broker}, service {own}, Prometheus {prometheus:?}"
+                ))
+            }
+        })
+        .await;
     eprintln!("at quiescence: lag 0 (broker = service = Prometheus)");
 
     // 3. The dead-letter counter, as Prometheus recorded it, is the number of pills sent.
     let dead_letter_query = format!("sum(topology_dead_letter_total{{run=\"{run_id}\"}})");
-    eventually(
-        &mut children,
-        "dead letters counted in Prometheus",
-        || async {
+    children
+        .eventually("dead letters counted in Prometheus", || async {
             match prometheus_value(&http, &dead_letter_query).await? {
                 Some(n) if n == POISON_PILLS as f64 => Ok(()),
                 other => Err(format!("{other:?}")),
             }
-        },
-    )
-    .await;
+        })
+        .await;
     assert_eq!(
         topic_records(&dead_letters[0]),
         POISON_PILLS as i64,
@@ -839,14 +581,15 @@ async fn prometheus_lag_equals_the_broker_and_dead_letters_are_counted() {
         "http://127.0.0.1:{}/api/v1/complete-products/plain-0?mallId={mall}",
         ports["complete-products"]
     );
-    eventually(&mut children, "plain-0 complete", || async {
-        match http.get(&one).send().await {
-            Ok(response) if response.status().is_success() => Ok(()),
-            Ok(response) => Err(response.status().to_string()),
-            Err(error) => Err(error.to_string()),
-        }
-    })
-    .await;
+    children
+        .eventually("plain-0 complete", || async {
+            match http.get(&one).send().await {
+                Ok(response) if response.status().is_success() => Ok(()),
+                Ok(response) => Err(response.status().to_string()),
+                Err(error) => Err(error.to_string()),
+            }
+        })
+        .await;
 
     // 4. Every metric name the rules and autoscalers use is exported (and scraped), and the
     // exposition passes promtool.
@@ -868,13 +611,14 @@ async fn prometheus_lag_equals_the_broker_and_dead_letters_are_counted() {
     );
     for name in &used {
         let query = format!("count({{__name__=\"{name}\", run=\"{run_id}\"}})");
-        eventually(&mut children, &format!("Prometheus has {name}"), || async {
-            match prometheus_value(&http, &query).await? {
-                Some(n) if n > 0.0 => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        })
-        .await;
+        children
+            .eventually(&format!("Prometheus has {name}"), || async {
+                match prometheus_value(&http, &query).await? {
+                    Some(n) if n > 0.0 => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            })
+            .await;
     }
     eprintln!("the chart's metrics, all exported and scraped: {used:?}");
 

@@ -13,11 +13,11 @@
 //! resets, exactly as when the server process is gone), then it listens again on the same port.
 
 mod own_servers;
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
 use catalog_stream::app;
 use catalog_stream::pipeline::{self, ImageMetrics, ImageWork, PipelineState};
 use catalog_stream::product::{ProductKey, validate_product};
@@ -30,86 +30,14 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use topology::serdes::SchemaRegistry;
 use topology::transport::{EmbeddedLog, EmbeddedTransport, Transport};
-use tower::ServiceExt;
 
-use own_servers::{Kind, OwnServer, fixture, free_port, product};
+use own_servers::{Kind, OwnServer, Relay};
+use support::{ImageServer, collected, metric_sum, product, router_get};
 
 const MALL: &str = "outage-mall";
 const BEFORE: usize = 100;
 const DURING: usize = 150;
 const OUTAGE: Duration = Duration::from_secs(10);
-
-/// A TCP relay from a fixed port to `target`, which can be stopped (listener closed, every
-/// connection reset) and started again on the same port.
-struct Relay {
-    port: u16,
-    target: u16,
-    tasks: Option<JoinSet<()>>,
-}
-
-impl Relay {
-    async fn start(target: u16) -> Self {
-        let mut relay = Self {
-            port: free_port(),
-            target,
-            tasks: None,
-        };
-        relay.resume().await;
-        relay
-    }
-
-    async fn resume(&mut self) {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
-            .await
-            .expect("bind the relay again on its port");
-        let target = self.target;
-        let mut tasks = JoinSet::new();
-        tasks.spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    continue;
-                };
-                connections.spawn(async move {
-                    if let Ok(mut outbound) =
-                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
-                    {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                while connections.try_join_next().is_some() {}
-            }
-        });
-        self.tasks = Some(tasks);
-    }
-
-    /// Closes the listener and drops every connection (the accept task owns them all).
-    async fn stop(&mut self) {
-        if let Some(mut tasks) = self.tasks.take() {
-            tasks.shutdown().await;
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-async fn image_server() -> String {
-    let png = fixture("pixel.png");
-    let app = axum::Router::new().fallback(move || {
-        let png = png.clone();
-        async move { ([(axum::http::header::CONTENT_TYPE, "image/png")], png) }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    format!("http://{address}")
-}
 
 fn s3_config(endpoint: String, bucket: &str) -> images::S3Config {
     images::S3Config {
@@ -123,55 +51,10 @@ fn s3_config(endpoint: String, bucket: &str) -> images::S3Config {
     }
 }
 
-fn metric_sum(text: &str, name: &str, label: &str) -> f64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#') && line.contains(label))
-        .filter_map(|line| {
-            let rest = line.strip_prefix(name)?;
-            let value = if rest.starts_with('{') {
-                rest.split_once('}')?.1
-            } else if rest.starts_with(' ') {
-                rest
-            } else {
-                return None;
-            };
-            value.trim().parse::<f64>().ok()
-        })
-        .sum()
-}
-
-async fn get(router: &axum::Router, path: &str) -> (u16, String) {
-    let response = router
-        .clone()
-        .oneshot(
-            axum::http::Request::get(path)
-                .body(Body::empty())
-                .expect("request"),
-        )
-        .await
-        .expect("response");
-    let status = response.status().as_u16();
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .expect("body");
-    (status, String::from_utf8_lossy(&bytes).into_owned())
-}
-
-async fn collected(view: &ViewStore, count: usize) -> usize {
-    let mut done = 0;
-    for index in 0..count {
-        let key = ProductKey::new(MALL, format!("p{index:04}"));
-        if view.get(&key).await.expect("view").is_some() {
-            done += 1;
-        }
-    }
-    done
-}
-
 async fn wait_collected(view: &ViewStore, count: usize, limit: Duration) {
     let deadline = Instant::now() + limit;
     loop {
-        let done = collected(view, count).await;
+        let done = collected(view, MALL, count).await;
         if done == count {
             return;
         }
@@ -186,7 +69,7 @@ async fn wait_collected(view: &ViewStore, count: usize, limit: Duration) {
 async fn wait_status(router: &axum::Router, status: u16, limit: Duration) -> Duration {
     let started = Instant::now();
     loop {
-        let (answer, body) = get(router, "/readyz").await;
+        let (answer, body) = router_get(router, "/readyz").await;
         if answer == status {
             return started.elapsed();
         }
@@ -203,7 +86,8 @@ async fn s3_outage_pauses_and_resumes_without_loss_or_duplicates() {
     let dir = tempfile::tempdir().expect("temp dir");
     let moto = OwnServer::start(Kind::Moto, dir.path());
     let mut relay = Relay::start(moto.port).await;
-    let images_base = image_server().await;
+    let images = ImageServer::pixel_png().await;
+    let images_base = images.base.clone();
     let bucket = format!("outage-{}", uuid::Uuid::new_v4().simple());
 
     // The blocks of the image pipeline, S3 behind the relay.
@@ -321,7 +205,7 @@ async fn s3_outage_pauses_and_resumes_without_loss_or_duplicates() {
     };
 
     // Before: everything flows.
-    assert_eq!(get(&ops, "/readyz").await.0, 200);
+    assert_eq!(router_get(&ops, "/readyz").await.0, 200);
     for index in 0..BEFORE {
         upsert(index).await;
     }
@@ -335,12 +219,12 @@ async fn s3_outage_pauses_and_resumes_without_loss_or_duplicates() {
         upsert(index).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let during_early = collected(&view, BEFORE + DURING).await;
+    let during_early = collected(&view, MALL, BEFORE + DURING).await;
     let remaining = OUTAGE.saturating_sub(outage_started.elapsed());
     tokio::time::sleep(remaining).await;
-    let during_late = collected(&view, BEFORE + DURING).await;
-    let (_, text) = get(&ops, "/metrics").await;
-    let retries_during = metric_sum(&text, "topology_retries_total", "image-collector");
+    let during_late = collected(&view, MALL, BEFORE + DURING).await;
+    let (_, text) = router_get(&ops, "/metrics").await;
+    let retries_during = metric_sum(&text, "topology_retries_total", &["image-collector"]);
     assert_eq!(
         during_early, during_late,
         "work went on while S3 was down ({during_early} → {during_late})"
@@ -353,7 +237,7 @@ async fn s3_outage_pauses_and_resumes_without_loss_or_duplicates() {
         retries_during > 0.0,
         "no retries while S3 was down:\n{text}"
     );
-    assert_eq!(get(&ops, "/readyz").await.0, 503);
+    assert_eq!(router_get(&ops, "/readyz").await.0, 503);
 
     // Back: ready again, work resumes, everything ends collected.
     relay.resume().await;
@@ -366,9 +250,9 @@ async fn s3_outage_pauses_and_resumes_without_loss_or_duplicates() {
     // Settle, then count.
     let deadline = Instant::now() + Duration::from_secs(30);
     let text = loop {
-        let (_, text) = get(&ops, "/metrics").await;
-        let in_flight = metric_sum(&text, "topology_in_flight", "");
-        let lag = metric_sum(&text, "topology_consumer_lag", "");
+        let (_, text) = router_get(&ops, "/metrics").await;
+        let in_flight = metric_sum(&text, "topology_in_flight", &[]);
+        let lag = metric_sum(&text, "topology_consumer_lag", &[]);
         // Absent gauges would sum to 0 too: lag must have been measured.
         let measured = text.contains("topology_consumer_lag{");
         if measured && in_flight == 0.0 && lag == 0.0 {
@@ -381,11 +265,11 @@ async fn s3_outage_pauses_and_resumes_without_loss_or_duplicates() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let total = BEFORE + DURING;
-    let uploads = metric_sum(&text, "catalog_image_uploads_total", "");
-    let collected_events = metric_sum(&text, "catalog_images_collected_total", "");
-    let failed = metric_sum(&text, "catalog_images_failed_total", "");
-    let dead = metric_sum(&text, "topology_dead_letter_total", "");
-    let retries = metric_sum(&text, "topology_retries_total", "image-collector");
+    let uploads = metric_sum(&text, "catalog_image_uploads_total", &[]);
+    let collected_events = metric_sum(&text, "catalog_images_collected_total", &[]);
+    let failed = metric_sum(&text, "catalog_images_failed_total", &[]);
+    let dead = metric_sum(&text, "topology_dead_letter_total", &[]);
+    let retries = metric_sum(&text, "topology_retries_total", &["image-collector"]);
     assert_eq!(failed, 0.0, "failed images:\n{text}");
     assert_eq!(dead, 0.0, "dead-lettered records:\n{text}");
     assert_eq!(uploads as usize, total, "uploads");

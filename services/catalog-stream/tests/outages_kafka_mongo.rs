@@ -8,93 +8,34 @@
 //! server keeps its data (SecantusDB runs in memory); then it listens again on the same port.
 
 mod own_servers;
+mod support;
 
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
 use catalog_stream::app;
 use catalog_stream::pipeline::{self, ImageMetrics, ImageWork, PipelineState};
-use catalog_stream::product::ProductKey;
 use catalog_stream::settings::Topics;
 use catalog_stream::standalone::{InProcessRegistry, fetch_config};
 use catalog_stream::store::{SledViewStore, ViewStore};
-use connectors::debezium::{ChangeEvent, Op, SourceInfo};
 use connectors::mongo_source::ChangeEncoder;
 use images::ObjectStore;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde_json::json;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use topology::serdes::SchemaRegistry;
 use topology::transport::{KafkaTransport, Transport};
-use tower::ServiceExt;
 
-use own_servers::{Kind, OwnServer, Process, cache_dir, fixture, free_port, product, wait_ok};
+use own_servers::{Kind, OwnServer, Process, Relay, cache_dir, start_product_collector};
+use support::{ImageServer, collected, free_port, metric_sum, product, product_event, router_get};
 
 /// How long each outage lasts.
 const OUTAGE: Duration = Duration::from_secs(10);
-
-/// A TCP relay from a fixed port to `target`, which can be stopped (listener closed, every
-/// connection reset) and started again on the same port.
-struct Relay {
-    port: u16,
-    target: u16,
-    tasks: Option<JoinSet<()>>,
-}
-
-impl Relay {
-    async fn start(target: u16) -> Self {
-        Self::start_on(free_port(), target).await
-    }
-
-    async fn start_on(port: u16, target: u16) -> Self {
-        let mut relay = Self {
-            port,
-            target,
-            tasks: None,
-        };
-        relay.resume().await;
-        relay
-    }
-
-    async fn resume(&mut self) {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
-            .await
-            .expect("bind the relay again on its port");
-        let target = self.target;
-        let mut tasks = JoinSet::new();
-        tasks.spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    continue;
-                };
-                connections.spawn(async move {
-                    if let Ok(mut outbound) =
-                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
-                    {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                while connections.try_join_next().is_some() {}
-            }
-        });
-        self.tasks = Some(tasks);
-    }
-
-    /// Closes the listener and drops every connection (the accept task owns them all).
-    async fn stop(&mut self) {
-        if let Some(mut tasks) = self.tasks.take() {
-            tasks.shutdown().await;
-        }
-    }
-}
 
 /// `GET /readyz` until it answers `status`; how long that took.
 async fn wait_ready_status(
@@ -134,27 +75,14 @@ async fn mongodb_outage_answers_503_then_recovers_without_loss() {
     // default is what is tested.
     let uri = format!("mongodb://127.0.0.1:{}/?directConnection=true", relay.port);
 
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let config = dir.path().join("settings.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: 127.0.0.1:{port}\nmongodb: {{database: outage}}\n\
-             s3: {{bucket: outage-bucket}}\n"
-        ),
+    let (mut process, base) = start_product_collector(
+        dir.path(),
+        "mongodb: {database: outage}\ns3: {bucket: outage-bucket}\n",
+        &uri,
+        "info",
     )
-    .expect("settings file");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_catalog-stream"));
-    command
-        .arg("product-collector")
-        .arg("--config")
-        .arg(&config)
-        .env("MONGODB_URI", &uri)
-        .env("RUST_LOG", "info");
-    let mut process = Process::spawn("product-collector", command, &dir.path().join("pc.log"));
+    .await;
     let client = reqwest::Client::new();
-    wait_ok(&client, &format!("{base}/readyz"), Duration::from_secs(30)).await;
 
     let mut accepted = Vec::new();
     let mut next = 0usize;
@@ -343,119 +271,6 @@ fn start_broker(dir: &Path, port: u16, advertised: u16) -> Process {
     broker
 }
 
-/// An image server answering every path with a PNG after `delay`.
-async fn slow_image_server(delay: Duration) -> String {
-    let png = fixture("pixel.png");
-    let app = axum::Router::new().fallback(move || {
-        let png = png.clone();
-        async move {
-            tokio::time::sleep(delay).await;
-            ([(axum::http::header::CONTENT_TYPE, "image/png")], png)
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    format!("http://{address}")
-}
-
-fn product_event(mall: &str, product_id: &str, image_url: &str, ord: i32) -> ChangeEvent {
-    let id = json!({"mallId": mall, "productId": product_id});
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64;
-    let after = json!({"_id": id, "mallId": mall, "productId": product_id, "title": "Mug",
-                       "content": "A mug", "price": "12000", "imageUrl": image_url,
-                       "version": 1});
-    let mut event = ChangeEvent::tombstone(id);
-    event.op = Op::Create;
-    event.db = Some("catalog".to_owned());
-    event.collection = Some("products".to_owned());
-    event.after = Some(after);
-    event.source = Some(SourceInfo {
-        version: "2.7.0.Final".into(),
-        connector: "mongodb".into(),
-        name: "catalog".to_owned(),
-        ts_ms: (now_ms / 1000) * 1000,
-        snapshot: Some("false".into()),
-        db: "catalog".to_owned(),
-        rs: None,
-        sequence: None,
-        ts_us: None,
-        ts_ns: None,
-        collection: "products".into(),
-        ord,
-        lsid: None,
-        txn_number: None,
-        wall_time: Some(now_ms),
-    });
-    event.ts_ms = Some(now_ms);
-    event
-}
-
-fn metric_sum(text: &str, name: &str, label: &str) -> f64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#') && line.contains(label))
-        .filter_map(|line| {
-            let rest = line.strip_prefix(name)?;
-            let value = if rest.starts_with('{') {
-                rest.split_once('}')?.1
-            } else if rest.starts_with(' ') {
-                rest
-            } else {
-                return None;
-            };
-            value.trim().parse::<f64>().ok()
-        })
-        .sum()
-}
-
-async fn metrics_text(router: &axum::Router) -> String {
-    let response = router
-        .clone()
-        .oneshot(
-            axum::http::Request::get("/metrics")
-                .body(Body::empty())
-                .expect("request"),
-        )
-        .await
-        .expect("response");
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .expect("body");
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
-async fn ready_status(router: &axum::Router) -> u16 {
-    router
-        .clone()
-        .oneshot(
-            axum::http::Request::get("/readyz")
-                .body(Body::empty())
-                .expect("request"),
-        )
-        .await
-        .expect("response")
-        .status()
-        .as_u16()
-}
-
-async fn collected(view: &ViewStore, mall: &str, count: usize) -> usize {
-    let mut done = 0;
-    for index in 0..count {
-        let key = ProductKey::new(mall, format!("p{index:04}"));
-        if view.get(&key).await.expect("view").is_some() {
-            done += 1;
-        }
-    }
-    done
-}
-
 // This test once recovered only one record per ~1.2 s after the outage (367 of 600 collected
 // 180 s later in CI): the runtime awaited its lag queries inline after every commit, and the
 // broker answers those only after the long-poll fetch ahead of them on the same connection.
@@ -499,7 +314,8 @@ async fn broker_outage_pauses_and_resumes_without_loss_or_duplicates() {
     }
 
     // CDC events for every product, produced before the pipeline starts.
-    let images_base = slow_image_server(Duration::from_millis(100)).await;
+    let images = ImageServer::slow_pixel_png(Duration::from_millis(100)).await;
+    let images_base = images.base.clone();
     let schemas: Arc<dyn SchemaRegistry> = Arc::new(InProcessRegistry::new(Arc::new(
         schema_registry::Registry::in_memory(),
     )));
@@ -512,6 +328,8 @@ async fn broker_outage_pauses_and_resumes_without_loss_or_duplicates() {
     for index in 0..TOTAL {
         let id = format!("p{index:04}");
         let event = product_event(
+            "catalog",
+            "catalog",
             MALL,
             &id,
             &format!("{images_base}/images/{id}.png"),
@@ -615,13 +433,21 @@ async fn broker_outage_pauses_and_resumes_without_loss_or_duplicates() {
         vec![metrics.clone(), sink_metrics.clone()],
         app::object_store_readiness(objects.clone(), Some(probe)),
     );
-    assert_eq!(ready_status(&ops).await, 200, "/readyz before the outage");
+    assert_eq!(
+        router_get(&ops, "/readyz").await.0,
+        200,
+        "/readyz before the outage"
+    );
 
     // Mid-stream: some products are collected, most are not.
     let started = Instant::now();
     let deadline = started + Duration::from_secs(90);
     let at_cut = loop {
-        let uploads = metric_sum(&metrics_text(&ops).await, "catalog_image_uploads_total", "");
+        let uploads = metric_sum(
+            &router_get(&ops, "/metrics").await.1,
+            "catalog_image_uploads_total",
+            &[],
+        );
         if uploads as usize >= TOTAL / 10 {
             break uploads as usize;
         }
@@ -630,7 +456,7 @@ async fn broker_outage_pauses_and_resumes_without_loss_or_duplicates() {
             let tail: Vec<&str> = output.lines().rev().take(40).collect();
             panic!(
                 "{uploads} uploads before the cut\n{}\nbroker:\n{}",
-                metrics_text(&ops).await,
+                router_get(&ops, "/metrics").await.1,
                 tail.join("\n")
             );
         }
@@ -646,7 +472,7 @@ async fn broker_outage_pauses_and_resumes_without_loss_or_duplicates() {
     relay.stop().await;
     // /readyz says the broker is gone (its probe waits up to 2 s for an answer).
     let not_ready_after = loop {
-        if ready_status(&ops).await == 503 {
+        if router_get(&ops, "/readyz").await.0 == 503 {
             break outage_started.elapsed();
         }
         assert!(
@@ -674,7 +500,7 @@ async fn broker_outage_pauses_and_resumes_without_loss_or_duplicates() {
     let outage = outage_started.elapsed();
     let resumed = Instant::now();
     let ready_again_after = loop {
-        if ready_status(&ops).await == 200 {
+        if router_get(&ops, "/readyz").await.0 == 200 {
             break resumed.elapsed();
         }
         assert!(
@@ -693,7 +519,7 @@ async fn broker_outage_pauses_and_resumes_without_loss_or_duplicates() {
             panic!("a topology stopped after the outage: {result:?}");
         }
         if Instant::now() >= deadline {
-            let text = metrics_text(&ops).await;
+            let text = router_get(&ops, "/metrics").await.1;
             let progress: Vec<&str> = text
                 .lines()
                 .filter(|line| {
@@ -717,9 +543,9 @@ async fn broker_outage_pauses_and_resumes_without_loss_or_duplicates() {
     // Settle: lag back to 0, nothing in flight.
     let deadline = Instant::now() + Duration::from_secs(60);
     let text = loop {
-        let text = metrics_text(&ops).await;
-        let in_flight = metric_sum(&text, "topology_in_flight", "");
-        let lag = metric_sum(&text, "topology_consumer_lag", "");
+        let text = router_get(&ops, "/metrics").await.1;
+        let in_flight = metric_sum(&text, "topology_in_flight", &[]);
+        let lag = metric_sum(&text, "topology_consumer_lag", &[]);
         // Absent gauges would sum to 0 too: lag must have been measured.
         let measured = text.contains("topology_consumer_lag{");
         if measured && in_flight == 0.0 && lag == 0.0 {
@@ -731,10 +557,10 @@ async fn broker_outage_pauses_and_resumes_without_loss_or_duplicates() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let uploads = metric_sum(&text, "catalog_image_uploads_total", "");
-    let collected_events = metric_sum(&text, "catalog_images_collected_total", "");
-    let failed = metric_sum(&text, "catalog_images_failed_total", "");
-    let dead = metric_sum(&text, "topology_dead_letter_total", "");
+    let uploads = metric_sum(&text, "catalog_image_uploads_total", &[]);
+    let collected_events = metric_sum(&text, "catalog_images_collected_total", &[]);
+    let failed = metric_sum(&text, "catalog_images_failed_total", &[]);
+    let dead = metric_sum(&text, "topology_dead_letter_total", &[]);
     assert_eq!(failed, 0.0, "failed images:\n{text}");
     assert_eq!(dead, 0.0, "dead-lettered records:\n{text}");
     assert_eq!(uploads as usize, TOTAL, "uploads:\n{text}");

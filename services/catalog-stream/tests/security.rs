@@ -9,31 +9,16 @@
 //!   output is searched for both secrets.
 
 mod own_servers;
+mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
-use own_servers::{Kind, OwnServer, Process, fixture, free_port, product, wait_ok};
+use own_servers::{Kind, OwnServer, start_product_collector, start_standalone, wait_ok};
+use support::{ImageServer, free_port, product};
 
 const TOKEN: &str = "tok-3f9a1c55e0b24d7c-secret";
 const MONGO_PASSWORD: &str = "pw-81be02d4c1f6-secret";
 const S3_SECRET: &str = "s3-5d0c7a99-secret";
-
-async fn image_server() -> String {
-    let png = fixture("pixel.png");
-    let app = axum::Router::new().fallback(move || {
-        let png = png.clone();
-        async move { ([(axum::http::header::CONTENT_TYPE, "image/png")], png) }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    format!("http://{address}")
-}
 
 async fn assert_unauthorized(response: reqwest::Response, what: &str) {
     assert_eq!(response.status(), 401, "{what}");
@@ -60,18 +45,15 @@ async fn assert_unauthorized(response: reqwest::Response, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_write_endpoints_need_the_token_and_it_is_never_logged() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let images = image_server().await;
+    let images = ImageServer::pixel_png().await.base;
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_catalog-stream"));
-    command
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env("CATALOG_API_TOKEN", TOKEN)
-        .env("RUST_LOG", "debug");
-    let mut process = Process::spawn("catalog-stream", command, &dir.path().join("out.log"));
+    let mut process = start_standalone(
+        &dir.path().join("data"),
+        port,
+        &dir.path().join("out.log"),
+        &[("CATALOG_API_TOKEN", TOKEN), ("RUST_LOG", "debug")],
+    );
     let client = reqwest::Client::new();
     wait_ok(&client, &format!("{base}/healthz"), Duration::from_secs(30)).await;
 
@@ -213,27 +195,17 @@ async fn product_collector_never_logs_its_secrets() {
         mongo.port
     );
 
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let config = dir.path().join("settings.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: 127.0.0.1:{port}\napi_token: {TOKEN}\nmongodb: {{database: sec}}\n\
+    let (mut process, base) = start_product_collector(
+        dir.path(),
+        &format!(
+            "api_token: {TOKEN}\nmongodb: {{database: sec}}\n\
              s3: {{bucket: sec-bucket, access_key_id: AKIATEST, secret_access_key: {S3_SECRET}}}\n"
         ),
+        &uri,
+        "debug",
     )
-    .expect("settings file");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_catalog-stream"));
-    command
-        .arg("product-collector")
-        .arg("--config")
-        .arg(&config)
-        .env("MONGODB_URI", &uri)
-        .env("RUST_LOG", "debug");
-    let mut process = Process::spawn("product-collector", command, &dir.path().join("pc.log"));
+    .await;
     let client = reqwest::Client::new();
-    wait_ok(&client, &format!("{base}/readyz"), Duration::from_secs(30)).await;
 
     let body = product("sec-mall", "p1", "t", "http://images.example/p1.png");
     let post = || client.post(format!("{base}/api/v1/products")).json(&body);

@@ -6,15 +6,15 @@
 //! counters show no image uploaded twice.
 
 mod own_servers;
+mod support;
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use own_servers::{Process, fixture, free_port, product, wait_ok};
+use own_servers::{start_standalone, wait_ok};
+use support::{ImageServer, files_under, free_port, metric_sum, product};
 
 const CLIENTS: usize = 4;
 const MALL: &str = "sigterm-mall";
@@ -29,29 +29,6 @@ const IMAGE_LATENCY: Duration = Duration::from_millis(40);
 struct Seen {
     acked: BTreeMap<String, String>,
     uncertain: BTreeMap<String, String>,
-}
-
-async fn image_server() -> (String, Arc<AtomicUsize>) {
-    let png = fixture("pixel.png");
-    let requests = Arc::new(AtomicUsize::new(0));
-    let counter = requests.clone();
-    let app = axum::Router::new().fallback(move || {
-        let png = png.clone();
-        let counter = counter.clone();
-        async move {
-            tokio::time::sleep(IMAGE_LATENCY).await;
-            counter.fetch_add(1, Ordering::SeqCst);
-            ([(axum::http::header::CONTENT_TYPE, "image/png")], png)
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (format!("http://{address}"), requests)
 }
 
 /// Posts until the server stops answering: creates `c{client}-{n}`, and after every third
@@ -116,66 +93,18 @@ async fn client(
     seen
 }
 
-fn files_under(dir: &Path) -> Vec<String> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else if let Ok(relative) = path.strip_prefix(root) {
-                out.push(relative.to_string_lossy().into_owned());
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out);
-    out.sort();
-    out
-}
-
-/// The sum of every sample of the metric `name`.
-fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let rest = line.strip_prefix(name)?;
-            let value = if rest.starts_with('{') {
-                rest.split_once('}')?.1
-            } else if rest.starts_with(' ') {
-                rest
-            } else {
-                return None;
-            };
-            value.trim().parse::<f64>().ok()
-        })
-        .sum()
-}
-
-fn start(data_dir: &Path, port: u16, log: &Path) -> Process {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_catalog-stream"));
-    command
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("RUST_LOG", "info");
-    Process::spawn("catalog-stream", command, log)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_under_load_loses_nothing_and_duplicates_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data_dir = dir.path().join("data");
     let log = dir.path().join("catalog-stream.log");
-    let (images, image_requests) = image_server().await;
+    let image_server = ImageServer::slow_pixel_png(IMAGE_LATENCY).await;
+    let (images, image_requests) = (image_server.base.clone(), image_server.requests.clone());
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
 
-    let mut process = start(&data_dir, port, &log);
+    let mut process = start_standalone(&data_dir, port, &log, &[("RUST_LOG", "info")]);
     wait_ok(&http, &format!("{base}/healthz"), Duration::from_secs(30)).await;
 
     let acked = Arc::new(AtomicUsize::new(0));
@@ -205,7 +134,7 @@ async fn sigterm_under_load_loses_nothing_and_duplicates_nothing() {
     if let Ok(response) = http.get(format!("{base}/metrics")).send().await
         && let Ok(text) = response.text().await
     {
-        last_uploads = metric_sum(&text, "catalog_image_uploads_total");
+        last_uploads = metric_sum(&text, "catalog_image_uploads_total", &[]);
     }
     let acked_at_term = acked.load(Ordering::SeqCst);
     let term = tokio::task::spawn_blocking(move || {
@@ -240,7 +169,7 @@ async fn sigterm_under_load_loses_nothing_and_duplicates_nothing() {
     );
 
     // Restart on the same data directory; every acknowledged product ends collected.
-    let mut process = start(&data_dir, port, &log);
+    let mut process = start_standalone(&data_dir, port, &log, &[("RUST_LOG", "info")]);
     wait_ok(&http, &format!("{base}/healthz"), Duration::from_secs(30)).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut pending: Vec<String> = acked_titles.keys().cloned().collect();
@@ -291,15 +220,15 @@ async fn sigterm_under_load_loses_nothing_and_duplicates_nothing() {
             .text()
             .await
             .expect("metrics");
-        let lag = metric_sum(&text, "topology_consumer_lag");
-        let in_flight = metric_sum(&text, "topology_in_flight");
+        let lag = metric_sum(&text, "topology_consumer_lag", &[]);
+        let in_flight = metric_sum(&text, "topology_in_flight", &[]);
         if lag == 0.0 && in_flight == 0.0 {
             break text;
         }
         assert!(Instant::now() < settle, "lag {lag}, in flight {in_flight}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let uploads_after_restart = metric_sum(&text, "catalog_image_uploads_total");
+    let uploads_after_restart = metric_sum(&text, "catalog_image_uploads_total", &[]);
     let files = files_under(&images_dir);
     let mut per_product: BTreeMap<String, usize> = BTreeMap::new();
     for file in &files {

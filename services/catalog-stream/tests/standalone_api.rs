@@ -4,11 +4,13 @@
 //! (404, file gone); SIGTERM exits 0 within 10 s; a restart on the same directory keeps the data.
 
 mod standalone_support;
+mod support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use standalone_support::{ImageServer, Standalone, files_under, fixture, product};
+use standalone_support::Standalone;
+use support::{ImageServer, files_under, fixture, product};
 
 const MALL: &str = "readme-mall";
 

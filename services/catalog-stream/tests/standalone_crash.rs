@@ -5,13 +5,15 @@
 //! bytes, and every consumer lag settles at 0.
 
 mod standalone_support;
+mod support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use standalone_support::{ImageServer, Standalone, files_under, metric_sum, metrics, product};
+use standalone_support::{Standalone, metrics};
+use support::{ImageServer, files_under, metric_sum, product};
 
 const CLIENTS: usize = 4;
 /// Creates per client; every fourth create is followed by an update of an earlier product of
@@ -281,8 +283,8 @@ async fn kill_9_mid_burst_loses_nothing_and_uploads_nothing_twice() {
     let settled_deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let text = metrics(&client, &server).await;
-        let lags = standalone_support::samples(&text, "topology_consumer_lag");
-        let uploads = metric_sum(&text, "catalog_image_uploads_total");
+        let lags = support::samples(&text, "topology_consumer_lag");
+        let uploads = metric_sum(&text, "catalog_image_uploads_total", &[]);
         let settled = !lags.is_empty() && lags.iter().all(|(_, lag)| *lag == 0.0);
         if settled {
             assert_eq!(
@@ -292,7 +294,7 @@ async fn kill_9_mid_burst_loses_nothing_and_uploads_nothing_twice() {
                  after the restart != {distinct} products: an image was uploaded twice"
             );
             assert!(
-                metric_sum(&text, "catalog_image_uploads_skipped_total") > 0.0,
+                metric_sum(&text, "catalog_image_uploads_skipped_total", &[]) > 0.0,
                 "the same-image updates after the restart skipped no upload"
             );
             break;

@@ -66,10 +66,27 @@ async fn register(app: &Router, subject: &str, schema: &str) -> (StatusCode, Val
     .await
 }
 
+/// `PUT /config/{subject}` with `level`, answered 200: the setup step of many tests.
+async fn set_compatibility(app: &Router, subject: &str, level: &str) {
+    let (status, body) = call(
+        app,
+        "PUT",
+        &format!("/config/{subject}"),
+        Some(json!({ "compatibility": level })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{subject} to {level}: {body}");
+}
+
 fn assert_error(result: (StatusCode, Value), status: u16, code: u64) {
-    assert_eq!(result.0.as_u16(), status, "{}", result.1);
-    assert_eq!(result.1["error_code"], json!(code), "{}", result.1);
-    assert!(result.1["message"].is_string(), "{}", result.1);
+    assert_case_error("", result, status, code);
+}
+
+/// [`assert_error`] naming the table case in every message.
+fn assert_case_error(case: &str, result: (StatusCode, Value), status: u16, code: u64) {
+    assert_eq!(result.0.as_u16(), status, "{case}: {}", result.1);
+    assert_eq!(result.1["error_code"], json!(code), "{case}: {}", result.1);
+    assert!(result.1["message"].is_string(), "{case}: {}", result.1);
 }
 
 #[tokio::test]
@@ -630,13 +647,7 @@ async fn incompatible_registration_is_refused_with_409() {
         register(&app, "elsewhere-value", V3).await.0,
         StatusCode::OK
     );
-    call(
-        &app,
-        "PUT",
-        "/config/products-value",
-        Some(json!({"compatibility": "NONE"})),
-    )
-    .await;
+    set_compatibility(&app, "products-value", "NONE").await;
     assert_eq!(
         register(&app, "products-value", OTHER).await.0,
         StatusCode::OK
@@ -648,40 +659,16 @@ async fn transitive_levels_check_every_live_version() {
     let app = router();
     register(&app, "a-value", V1).await;
     register(&app, "a-value", V2).await;
-    call(
-        &app,
-        "PUT",
-        "/config/a-value",
-        Some(json!({"compatibility": "BACKWARD_TRANSITIVE"})),
-    )
-    .await;
+    set_compatibility(&app, "a-value", "BACKWARD_TRANSITIVE").await;
     assert_error(register(&app, "a-value", V3).await, 409, 409);
-    call(
-        &app,
-        "PUT",
-        "/config/a-value",
-        Some(json!({"compatibility": "BACKWARD"})),
-    )
-    .await;
+    set_compatibility(&app, "a-value", "BACKWARD").await;
     assert_eq!(register(&app, "a-value", V3).await.1, json!({"id": 3}));
 
     // FORWARD: dropping a field without default breaks old readers.
     register(&app, "f-value", V3).await;
-    call(
-        &app,
-        "PUT",
-        "/config/f-value",
-        Some(json!({"compatibility": "FORWARD"})),
-    )
-    .await;
+    set_compatibility(&app, "f-value", "FORWARD").await;
     assert_error(register(&app, "f-value", V1).await, 409, 409);
-    call(
-        &app,
-        "PUT",
-        "/config/f-value",
-        Some(json!({"compatibility": "FULL"})),
-    )
-    .await;
+    set_compatibility(&app, "f-value", "FULL").await;
     assert_error(register(&app, "f-value", V1).await, 409, 409);
     assert_eq!(
         register(&app, "f-value", V2).await.0,
@@ -792,27 +779,26 @@ async fn compatibility_endpoint() {
 #[tokio::test]
 async fn bad_schemas_and_bodies() {
     let app = router();
-    assert_error(
-        register(&app, "x", "{\"type\": \"record\"").await,
-        422,
-        42201,
-    );
-    assert_error(
-        register(
-            &app,
-            "x",
-            r#"{"type":"record","name":"R","fields":[{"name":"a","type":"nosuchtype"}]}"#,
-        )
-        .await,
-        422,
-        42201,
-    );
-    assert_error(register(&app, "x", "").await, 422, 42201);
-    assert_error(
-        call(&app, "POST", "/subjects/x/versions", Some(json!({}))).await,
-        422,
-        42201,
-    );
+    let invalid = [
+        (
+            "unterminated schema JSON",
+            json!({"schema": "{\"type\": \"record\""}),
+        ),
+        (
+            "unknown field type",
+            json!({"schema": r#"{"type":"record","name":"R","fields":[{"name":"a","type":"nosuchtype"}]}"#}),
+        ),
+        ("empty schema", json!({"schema": ""})),
+        ("no schema field", json!({})),
+        (
+            "references",
+            json!({"schema": V1, "references": [{"name": "a", "subject": "b", "version": 1}]}),
+        ),
+    ];
+    for (case, body) in invalid {
+        let result = call(&app, "POST", "/subjects/x/versions", Some(body)).await;
+        assert_case_error(case, result, 422, 42201);
+    }
     let protobuf = call(
         &app,
         "POST",
@@ -828,19 +814,6 @@ async fn bad_schemas_and_bodies() {
     assert!(
         message.contains("PROTOBUF") && message.contains("AVRO"),
         "{message}"
-    );
-    assert_error(
-        call(
-            &app,
-            "POST",
-            "/subjects/x/versions",
-            Some(
-                json!({"schema": V1, "references": [{"name": "a", "subject": "b", "version": 1}]}),
-            ),
-        )
-        .await,
-        422,
-        42201,
     );
     let request = Request::builder()
         .method("POST")

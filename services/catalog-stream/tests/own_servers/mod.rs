@@ -1,13 +1,19 @@
 //! Helpers for tests that start their OWN server processes (never the shared ones of
 //! `infrastructure/up.sh`, which other test runs use at the same time): a SecantusDB or a
 //! moto S3 server on a free port, stopped and started again on the same port for outage tests,
-//! and the `catalog-stream` binary itself with its output captured to a file.
+//! the `catalog-stream` binary itself with its output captured to a file, and a TCP relay
+//! that cuts a server off and puts it back. Generic helpers (ports, fixtures, products) are in
+//! `support`, which every test binary that includes this module includes too.
 
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+
+use crate::support::free_port;
 
 /// `$CATALOG_STREAM_CACHE`, else `~/.cache/catalog-stream` (where `up.sh` installs the venv).
 pub fn cache_dir() -> PathBuf {
@@ -27,14 +33,6 @@ pub fn venv_program(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 fn port_open(port: u16) -> bool {
@@ -242,20 +240,106 @@ pub async fn wait_ok(client: &reqwest::Client, url: &str, limit: Duration) {
     }
 }
 
-/// `services/images/tests/fixtures/{name}`.
-pub fn fixture(name: &str) -> Vec<u8> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../images/tests/fixtures/");
-    std::fs::read(format!("{path}{name}")).expect("fixture")
+/// A TCP relay from a fixed port to `target`, which can be stopped (listener closed, every
+/// connection reset) and started again on the same port: an outage as clients see it, while the
+/// server behind keeps its data.
+pub struct Relay {
+    /// The port clients use.
+    pub port: u16,
+    target: u16,
+    tasks: Option<JoinSet<()>>,
 }
 
-/// A product body.
-pub fn product(mall: &str, id: &str, title: &str, image_url: &str) -> serde_json::Value {
-    serde_json::json!({
-        "mallId": mall,
-        "productId": id,
-        "title": title,
-        "content": format!("content of {id}"),
-        "price": "9.90",
-        "imageUrl": image_url,
-    })
+impl Relay {
+    /// Relays a free port to `target`.
+    pub async fn start(target: u16) -> Self {
+        let mut relay = Self {
+            port: free_port(),
+            target,
+            tasks: None,
+        };
+        relay.resume().await;
+        relay
+    }
+
+    /// Listens (again) on its port.
+    pub async fn resume(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("bind the relay again on its port");
+        let target = self.target;
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move {
+            let mut connections = JoinSet::new();
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                connections.spawn(async move {
+                    if let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                while connections.try_join_next().is_some() {}
+            }
+        });
+        self.tasks = Some(tasks);
+    }
+
+    /// Closes the listener and drops every connection (the accept task owns them all).
+    pub async fn stop(&mut self) {
+        if let Some(mut tasks) = self.tasks.take() {
+            tasks.shutdown().await;
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// The standalone binary on `port` and `data_dir`, with `env` set; output appended to `log`.
+pub fn start_standalone(data_dir: &Path, port: u16, log: &Path, env: &[(&str, &str)]) -> Process {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_catalog-stream"));
+    command
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .envs(env.iter().copied());
+    Process::spawn("catalog-stream", command, log)
+}
+
+/// The `product-collector` service on a free port, with the settings file `dir/settings.yaml`
+/// (its `listen:` line, then `settings`), `MONGODB_URI` and `RUST_LOG`, output in `dir/pc.log`;
+/// returns once `/readyz` answers 2xx (30 s at most), with its base URL.
+pub async fn start_product_collector(
+    dir: &Path,
+    settings: &str,
+    mongodb_uri: &str,
+    rust_log: &str,
+) -> (Process, String) {
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let config = dir.join("settings.yaml");
+    std::fs::write(&config, format!("listen: 127.0.0.1:{port}\n{settings}"))
+        .expect("settings file");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_catalog-stream"));
+    command
+        .arg("product-collector")
+        .arg("--config")
+        .arg(&config)
+        .env("MONGODB_URI", mongodb_uri)
+        .env("RUST_LOG", rust_log);
+    let process = Process::spawn("product-collector", command, &dir.join("pc.log"));
+    wait_ok(
+        &reqwest::Client::new(),
+        &format!("{base}/readyz"),
+        Duration::from_secs(30),
+    )
+    .await;
+    (process, base)
 }

@@ -1,33 +1,15 @@
 //! Helpers for the tests that run the standalone binary as a child process: spawn it on a data
-//! directory and a free port, kill it (SIGKILL) or stop it (SIGTERM), an in-test image server,
-//! and readers for `/metrics` and the image directory.
+//! directory and a free port, kill it (SIGKILL) or stop it (SIGTERM), and read its `/metrics`.
+//! Generic helpers (ports, fixtures, the image server, metric parsing) are in `support`, which
+//! every test binary that includes this module includes too.
 
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
-
-/// `services/images/tests/fixtures/{name}`.
-pub fn fixture(name: &str) -> Vec<u8> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../images/tests/fixtures/");
-    std::fs::read(format!("{path}{name}")).expect("fixture")
-}
-
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
-}
+use crate::support::free_port;
 
 /// The standalone binary, running.
 pub struct Standalone {
@@ -151,111 +133,6 @@ impl Drop for Standalone {
     }
 }
 
-/// An image server on 127.0.0.1 serving fixed bytes: `paths` by exact path, `fallback` for any
-/// other path, counting requests, after an optional fixed delay.
-#[derive(Clone)]
-pub struct ImageServer {
-    /// `http://127.0.0.1:PORT`.
-    pub base: String,
-    /// Requests answered.
-    pub requests: Arc<AtomicUsize>,
-}
-
-#[derive(Clone)]
-struct Served {
-    paths: Arc<Vec<(String, Vec<u8>, &'static str)>>,
-    fallback: Arc<(Vec<u8>, &'static str)>,
-    delay: Duration,
-    requests: Arc<AtomicUsize>,
-}
-
-async fn serve(State(served): State<Served>, uri: Uri) -> Response {
-    if !served.delay.is_zero() {
-        tokio::time::sleep(served.delay).await;
-    }
-    served.requests.fetch_add(1, Ordering::SeqCst);
-    let (bytes, content_type) = served
-        .paths
-        .iter()
-        .find(|(path, _, _)| path == uri.path())
-        .map(|(_, bytes, content_type)| (bytes.clone(), *content_type))
-        .unwrap_or_else(|| (served.fallback.0.clone(), served.fallback.1));
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, content_type)],
-        bytes,
-    )
-        .into_response()
-}
-
-impl ImageServer {
-    /// Serves `services/images/tests/fixtures/pixel.png` for every path.
-    pub async fn pixel_png() -> Self {
-        Self::start(
-            Vec::new(),
-            (fixture("pixel.png"), "image/png"),
-            Duration::ZERO,
-        )
-        .await
-    }
-
-    /// Starts the server.
-    pub async fn start(
-        paths: Vec<(String, Vec<u8>, &'static str)>,
-        fallback: (Vec<u8>, &'static str),
-        delay: Duration,
-    ) -> Self {
-        let requests = Arc::new(AtomicUsize::new(0));
-        let served = Served {
-            paths: Arc::new(paths),
-            fallback: Arc::new(fallback),
-            delay,
-            requests: requests.clone(),
-        };
-        let app = Router::new().fallback(serve).with_state(served);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the image server");
-        let address = listener.local_addr().expect("image server address");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Self {
-            base: format!("http://{address}"),
-            requests,
-        }
-    }
-
-    /// `{base}{path}`.
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-}
-
-/// Every sample of `name` in a Prometheus text exposition, with its label text.
-pub fn samples(text: &str, name: &str) -> Vec<(String, f64)> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let rest = line.strip_prefix(name)?;
-            let (labels, value) = if let Some(rest) = rest.strip_prefix('{') {
-                let (labels, value) = rest.split_once('}')?;
-                (labels.to_owned(), value)
-            } else if rest.starts_with(' ') {
-                (String::new(), rest)
-            } else {
-                return None;
-            };
-            Some((labels, value.trim().parse().ok()?))
-        })
-        .collect()
-}
-
-/// The sum of every sample of `name` (0 when absent).
-pub fn metric_sum(text: &str, name: &str) -> f64 {
-    samples(text, name).iter().map(|(_, value)| value).sum()
-}
-
 /// `GET /metrics`.
 pub async fn metrics(client: &reqwest::Client, server: &Standalone) -> String {
     client
@@ -266,37 +143,4 @@ pub async fn metrics(client: &reqwest::Client, server: &Standalone) -> String {
         .text()
         .await
         .expect("metrics body")
-}
-
-/// Every file under `dir`, recursively, relative to it (empty when `dir` does not exist).
-pub fn files_under(dir: &Path) -> Vec<String> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else if let Ok(relative) = path.strip_prefix(root) {
-                out.push(relative.to_string_lossy().into_owned());
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out);
-    out.sort();
-    out
-}
-
-/// A product body.
-pub fn product(mall: &str, id: &str, title: &str, image_url: &str) -> serde_json::Value {
-    serde_json::json!({
-        "mallId": mall,
-        "productId": id,
-        "title": title,
-        "content": format!("content of {id}"),
-        "price": "9.90",
-        "imageUrl": image_url,
-    })
 }
