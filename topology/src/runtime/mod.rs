@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-pub use offsets::{Ack, AckInner, OffsetTracker, PartitionOffsets, ProcessingGuard};
+pub use offsets::{Ack, AckInner, OffsetTracker, PartitionOffsets, ProcessingGuard, Rewind};
 
 use crate::graph::Topology;
 use crate::transport::{ConnectSpec, TopicPartition, Transport, TransportError};

@@ -31,7 +31,7 @@ use super::{
     ConnectSpec, Connection, DeliveryFuture, RecordSink, SourceConsumer, TopicPartition, Transport,
     TransportError,
 };
-use crate::runtime::OffsetTracker;
+use crate::runtime::{OffsetTracker, Rewind};
 use crate::{Header, Headers, RawRecord};
 
 /// Kafka through rdkafka.
@@ -255,6 +255,12 @@ impl StreamsContext {
             rewound = rewinds.len(),
             "rebalance: transaction aborted, kept partitions rewound"
         );
+        self.rewind(consumer, rewinds);
+    }
+
+    /// Seeks each partition back to where its uncommitted records start; a failure is kept
+    /// for the next commit, like every transaction error of a rebalance.
+    fn rewind<C: Consumer<StreamsContext>>(&self, consumer: &C, rewinds: Vec<Rewind>) {
         for r in rewinds {
             if let Err(e) = consumer.seek(
                 &r.tp.topic,
@@ -447,20 +453,7 @@ impl KafkaConsumer {
             rewound = rewinds.len(),
             "transaction commit failed and was aborted; uncommitted records will be read again"
         );
-        for r in rewinds {
-            if let Err(e) = self.consumer.seek(
-                &r.tp.topic,
-                r.tp.partition,
-                Offset::Offset(r.offset),
-                Duration::ZERO,
-            ) {
-                tracing::error!(tp = %r.tp, offset = r.offset, error = %e, "rewind failed");
-                *context
-                    .txn_error
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
-            }
-        }
+        context.rewind(&*self.consumer, rewinds);
     }
 }
 
