@@ -234,10 +234,15 @@ def run_distributed(args, work):
     mongo = pymongo.MongoClient(env["MONGODB_URI"])[database]
     deadline = time.time() + args.settle
     collected = 0
+    last_progress = 0.0
     while time.time() < deadline:
         collected = mongo["complete_products"].count_documents({})
         if collected >= len(acked):
             break
+        if time.time() - last_progress >= 15:
+            last_progress = time.time()
+            print(f"[distributed] settling: {collected} of {len(acked)} in the view after "
+                  f"{time.time() - started:.0f} s", flush=True)
         time.sleep(1)
     elapsed = time.time() - started
     referenced = {doc["image"]["key"] for doc in mongo["complete_products"].find({}, {"image.key": 1})}

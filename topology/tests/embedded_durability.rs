@@ -120,3 +120,59 @@ async fn embedded_log_survives_a_restart() {
         assert_eq!(n, 1, "{k} counted once");
     }
 }
+
+/// A topic with a retention policy drops what every named group has committed past (never the
+/// partition's last record, which carries its end offset), keeps the rest, and appends go on
+/// at the right offset after a reopen; a topic without a policy keeps everything.
+#[test]
+fn consumed_records_are_dropped_only_when_every_group_committed_past_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let partition = |topic: &str| topology::transport::TopicPartition::new(topic, 0);
+    {
+        let log = EmbeddedLog::open(dir.path()).expect("open");
+        log.create_topic("events", 1).expect("topic");
+        log.create_topic("kept", 1).expect("topic");
+        log.retain_until_committed_by("events", "first");
+        log.retain_until_committed_by("events", "second");
+        append(&log, "events", 0, 10);
+        append(&log, "kept", 0, 10);
+
+        log.commit("first", &[(partition("events"), 6)])
+            .expect("commit");
+        assert_eq!(
+            log.start_offset("events", 0).expect("start"),
+            0,
+            "second never committed"
+        );
+
+        log.commit("second", &[(partition("events"), 4)])
+            .expect("commit");
+        assert_eq!(log.start_offset("events", 0).expect("start"), 4);
+        let first = log.read("events", 0, 0, 100).expect("read");
+        assert_eq!(first.first().map(|r| r.offset), Some(4));
+        assert_eq!(first.len(), 6);
+
+        log.commit(
+            "first",
+            &[(partition("events"), 10), (partition("kept"), 10)],
+        )
+        .expect("commit");
+        log.commit(
+            "second",
+            &[(partition("events"), 10), (partition("kept"), 10)],
+        )
+        .expect("commit");
+        assert_eq!(log.start_offset("events", 0).expect("start"), 9);
+        assert_eq!(log.end_offset("events", 0).expect("end"), 10);
+        assert_eq!(log.read_all("kept").expect("kept").len(), 10);
+        log.flush_blocking().expect("flush");
+    }
+    let log = EmbeddedLog::open(dir.path()).expect("reopen");
+    assert_eq!(log.start_offset("events", 0).expect("start"), 9);
+    append(&log, "events", 10, 11);
+    let tail = log.read("events", 0, 0, 100).expect("read");
+    assert_eq!(
+        tail.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        vec![9, 10]
+    );
+}

@@ -278,6 +278,13 @@ impl Standalone {
             &self.topics,
             &processors,
         )?;
+        // Nothing else reads the log, so a record both topologies' groups are done with can go:
+        // without this the log (and sled's memory for it) grows with every product ever posted.
+        for (topology, group) in [(&image_pipeline, &pipeline_id), (&sink, &sink_id)] {
+            for topic in topology.source_topics() {
+                self.log.retain_until_committed_by(&topic, group);
+            }
+        }
         let transport: Arc<dyn Transport> = Arc::new(EmbeddedTransport::new(self.log.clone()));
         let relay = OutboxRelay::new(
             self.products.outbox().clone(),

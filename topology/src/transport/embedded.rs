@@ -5,8 +5,13 @@
 //! is what the standalone mode and the test driver run on. A group has one member here: the
 //! consumer is assigned every partition of its topics and starts at the committed offsets
 //! (earliest when none).
+//!
+//! A topic keeps every record unless it is given a retention policy
+//! ([`EmbeddedLog::retain_until_committed_by`]): then a record is dropped once every named
+//! consumer group has committed past it, which bounds the disk and the memory of a log that runs
+//! for months (changelog topics have no policy: they are read from the start on restore).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -92,6 +97,8 @@ pub struct EmbeddedLog {
     default_partitions: u32,
     durable: bool,
     flushes: Arc<FlushState>,
+    /// Topic → the groups that must all have committed past a record before it is dropped.
+    retention: std::sync::RwLock<HashMap<String, BTreeSet<String>>>,
 }
 
 /// Single-flight flushing: many concurrent `flush_async` calls exhaust sled 0.34's small IO
@@ -170,6 +177,7 @@ impl EmbeddedLog {
             default_partitions: 1,
             durable,
             flushes: Arc::new(FlushState::default()),
+            retention: std::sync::RwLock::new(HashMap::new()),
         })
     }
 
@@ -325,7 +333,8 @@ impl EmbeddedLog {
         Ok(v.map(|b| be_i64(&b)))
     }
 
-    /// Stores a group's committed offsets atomically.
+    /// Stores a group's committed offsets atomically, then drops the records that every group
+    /// of the topic's retention policy has now consumed.
     pub fn commit(&self, group: &str, offsets: &[(TopicPartition, i64)]) -> Result<(), LogError> {
         let mut batch = sled::Batch::default();
         for (tp, o) in offsets {
@@ -335,6 +344,70 @@ impl EmbeddedLog {
             .apply_batch(batch)
             .map_err(sled_err("offsets"))?;
         self.flushes.wrote();
+        for (tp, _) in offsets {
+            self.drop_consumed(&tp.topic, tp.partition)?;
+        }
+        Ok(())
+    }
+
+    /// Lets the log drop `topic`'s records once `group` (and every other group given for the
+    /// topic) has committed past them. The policy lives in memory: give it at every open, before
+    /// the groups commit. A group that has never committed holds every record back.
+    pub fn retain_until_committed_by(&self, topic: &str, group: &str) {
+        self.retention
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(topic.to_owned())
+            .or_default()
+            .insert(group.to_owned());
+    }
+
+    /// The offset of a partition's first stored record (its end offset when it holds none).
+    pub fn start_offset(&self, topic: &str, partition: i32) -> Result<i64, LogError> {
+        let tree = self.tree(topic, partition)?;
+        match tree
+            .first()
+            .map_err(sled_err(format!("{topic}-{partition}")))?
+        {
+            Some((k, _)) => Ok(be_i64(&k)),
+            None => self.end_offset(topic, partition),
+        }
+    }
+
+    fn drop_consumed(&self, topic: &str, partition: i32) -> Result<(), LogError> {
+        let groups = match self
+            .retention
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(topic)
+        {
+            Some(groups) => groups.clone(),
+            None => return Ok(()),
+        };
+        let mut consumed = i64::MAX;
+        for group in &groups {
+            match self.committed(group, topic, partition)? {
+                Some(offset) => consumed = consumed.min(offset),
+                None => return Ok(()),
+            }
+        }
+        let tree = self.tree(topic, partition)?;
+        let place = || format!("{topic}-{partition}");
+        // The last record stays: the next append's offset is read from it.
+        let Some((last, _)) = tree.last().map_err(sled_err(place()))? else {
+            return Ok(());
+        };
+        let upto = consumed.min(be_i64(&last));
+        let mut batch = sled::Batch::default();
+        let mut dropped = 0_usize;
+        for key in tree.range(..upto.max(0).to_be_bytes()).keys() {
+            batch.remove(key.map_err(sled_err(place()))?);
+            dropped += 1;
+        }
+        if dropped > 0 {
+            tree.apply_batch(batch).map_err(sled_err(place()))?;
+            self.flushes.wrote();
+        }
         Ok(())
     }
 
