@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The side-by-side benchmarks of SPEC §8 (issue 7).
 #
-#   infrastructure/bench.sh [engine|state|async|all]   (default: all = engine + state; async runs
-#   infrastructure/bench-async.sh; e2e/ingest are not here yet)
+#   infrastructure/bench.sh [engine|state|async|e2e|ingest|all]   (default: all = engine + state;
+#   async runs infrastructure/bench-async.sh; e2e and ingest run the standalone part of
+#   infrastructure/bench-standalone.sh, then infrastructure/bench_distributed.py against the four
+#   distributed services)
 #
 # engine: builds the catalog-bench binaries (release), the Kafka Streams contender
 # (infrastructure/bench/kafka-streams, jars from Maven Central, compiled with javac) and the Quix
@@ -117,6 +119,16 @@ engine() {
     python3 "$BENCH_DIR/summarise.py" "$OUT"
 }
 
+# e2e | ingest, for the distributed services (the standalone ones come from bench-standalone.sh).
+distributed() {
+    [[ -n "${BENCH_ENV:-}" ]] || "$INFRA_DIR/up.sh" kafka mongo registry >/dev/null
+    log "building catalog-stream (release)"
+    (cd "$REPO_DIR" && cargo build -q --release -p catalog-stream --bin catalog-stream)
+    "$CACHE_DIR/venv/bin/python" "$INFRA_DIR/bench_distributed.py" "$1" \
+        --binary "$BIN/catalog-stream" --env "${BENCH_ENV:-$INFRA_DIR/.env}" \
+        --moto "$CACHE_DIR/venv/bin/moto_server" --image "$INFRA_DIR/sample-images/mug.png"
+}
+
 state() {
     log "cargo bench -p state"
     (cd "$REPO_DIR" && cargo bench -p state)
@@ -129,6 +141,8 @@ case "${1:-all}" in
     async)
         shift
         exec "$INFRA_DIR/bench-async.sh" "$@" ;;
-    e2e | ingest) log "$1: not part of this script yet (issue 7, other sections)"; exit 2 ;;
-    *) log "usage: $0 [engine|state|async|all]"; exit 2 ;;
+    e2e | ingest)
+        BENCH_PARTS="$1" "$INFRA_DIR/bench-standalone.sh"
+        distributed "$1" ;;
+    *) log "usage: $0 [engine|state|async|e2e|ingest|all]"; exit 2 ;;
 esac

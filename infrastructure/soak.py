@@ -57,14 +57,16 @@ def wait_http(url, timeout=60):
 
 
 class ImageServer:
-    """Serves the same PNG for every path, on loopback."""
+    """Serves the same PNG for every path, on loopback, after `latency` seconds."""
 
-    def __init__(self, image):
+    def __init__(self, image, latency=0.0):
         with open(image, "rb") as f:
             body = f.read()
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
+                if latency:
+                    time.sleep(latency)
                 self.send_response(200)
                 self.send_header("Content-Type", "image/png")
                 self.send_header("Content-Length", str(len(body)))
@@ -187,51 +189,75 @@ def settings_yaml(path, listen, env, database, bucket, moto_url, topics, state_d
         json.dump(settings, f)  # JSON is YAML
 
 
+class Distributed:
+    """The four distributed services on the shared Kafka, MongoDB and registry (unique topics
+    and database), with a moto S3 server of their own, whose request log counts the uploads."""
+
+    SERVICES = ["cdc-source", "product-collector", "image-pipeline", "complete-products"]
+
+    def __init__(self, args, work):
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        env = read_env(args.env)
+        self.env = env
+        run_id = uuid.uuid4().hex[:8]
+        self.run_id = run_id
+        self.database, self.bucket = f"soak_{run_id}", f"soak-{run_id}"
+        database = self.database
+        topics = {"cdc": f"soak{run_id}.{database}.products", "upserts": f"soak-{run_id}-upserts",
+                  "deletes": f"soak-{run_id}-deletes", "image_events": f"soak-{run_id}-image-events"}
+        admin = AdminClient({"bootstrap.servers": env["KAFKA_BOOTSTRAP"]})
+        for future in admin.create_topics([NewTopic(t, 4, 1) for t in topics.values()]).values():
+            future.result()
+
+        moto_port = free_port()
+        self.moto_log = os.path.join(work, "moto.log")
+        self.moto = Process("moto", [args.moto, "-H", "127.0.0.1", "-p", str(moto_port)], self.moto_log)
+        self.moto.start()
+        self.moto_url = f"http://127.0.0.1:{moto_port}"
+        wait_http(f"{self.moto_url}/moto-api/")
+
+        self.processes = {}
+        self.ports = {}
+        for service in self.SERVICES:
+            self.ports[service] = free_port()
+            config = os.path.join(work, f"{service}.yaml")
+            settings_yaml(config, f"127.0.0.1:{self.ports[service]}", env, database, self.bucket,
+                          self.moto_url, topics, os.path.join(work, f"state-{service}"),
+                          f"soak-{run_id}-{service}")
+            child_env = dict(os.environ, RUST_LOG=os.environ.get("SOAK_RUST_LOG", "warn"))
+            self.processes[service] = Process(service, [args.binary, service, "--config", config],
+                                              os.path.join(work, f"{service}.log"), child_env)
+            self.processes[service].start()
+        for service, port in self.ports.items():
+            wait_http(f"http://127.0.0.1:{port}/healthz")
+
+    def url(self, service):
+        return f"http://127.0.0.1:{self.ports[service]}"
+
+    def stop(self):
+        for process in self.processes.values():
+            process.stop()
+        self.moto.stop()
+
+
 def run_distributed(args, work):
     import boto3
     import pymongo
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    env = read_env(args.env)
-    run_id = uuid.uuid4().hex[:8]
-    database, bucket = f"soak_{run_id}", f"soak-{run_id}"
-    topics = {"cdc": f"soak{run_id}.{database}.products", "upserts": f"soak-{run_id}-upserts",
-              "deletes": f"soak-{run_id}-deletes", "image_events": f"soak-{run_id}-image-events"}
-    admin = AdminClient({"bootstrap.servers": env["KAFKA_BOOTSTRAP"]})
-    for future in admin.create_topics([NewTopic(t, 4, 1) for t in topics.values()]).values():
-        future.result()
-
-    moto_port = free_port()
-    moto_log = os.path.join(work, "moto.log")
-    moto = Process("moto", [args.moto, "-H", "127.0.0.1", "-p", str(moto_port)], moto_log)
-    moto.start()
-    moto_url = f"http://127.0.0.1:{moto_port}"
-    wait_http(f"{moto_url}/moto-api/")
 
     image_server = ImageServer(args.image)
-    processes = {}
-    ports = {}
-    for service in ["cdc-source", "product-collector", "image-pipeline", "complete-products"]:
-        ports[service] = free_port()
-        config = os.path.join(work, f"{service}.yaml")
-        settings_yaml(config, f"127.0.0.1:{ports[service]}", env, database, bucket, moto_url,
-                      topics, os.path.join(work, f"state-{service}"), f"soak-{run_id}-{service}")
-        child_env = dict(os.environ, RUST_LOG=os.environ.get("SOAK_RUST_LOG", "warn"))
-        processes[service] = Process(service, [args.binary, service, "--config", config],
-                                     os.path.join(work, f"{service}.log"), child_env)
-        processes[service].start()
-    for service, port in ports.items():
-        wait_http(f"http://127.0.0.1:{port}/healthz")
+    services = Distributed(args, work)
+    bucket = services.bucket
 
-    collector = f"http://127.0.0.1:{ports['product-collector']}"
     killer = threading.Thread(target=kill_loop,
-                              args=(processes["image-pipeline"], args.kills, args.window))
+                              args=(services.processes["image-pipeline"], args.kills, args.window))
     started = time.time()
     killer.start()
-    acked = post_products(collector, args.products, image_server, run_id)
+    acked = post_products(services.url("product-collector"), args.products, image_server,
+                          services.run_id)
     killer.join()
 
-    mongo = pymongo.MongoClient(env["MONGODB_URI"])[database]
+    mongo = pymongo.MongoClient(services.env["MONGODB_URI"])[services.database]
     deadline = time.time() + args.settle
     collected = 0
     last_progress = 0.0
@@ -249,7 +275,7 @@ def run_distributed(args, work):
     collected_ids = {(d["mallId"], d["productId"]) for d in mongo["complete_products"].find({}, {"mallId": 1, "productId": 1})}
     collected = len(acked & collected_ids)
 
-    s3 = boto3.client("s3", endpoint_url=moto_url, aws_access_key_id="testing",
+    s3 = boto3.client("s3", endpoint_url=services.moto_url, aws_access_key_id="testing",
                       aws_secret_access_key="testing", region_name="us-east-1")
     stored = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
@@ -257,13 +283,11 @@ def run_distributed(args, work):
     orphans = len(set(stored) - referenced)
 
     put = re.compile(r'"(?:\x1b\[[0-9;]*m)*PUT /' + re.escape(bucket) + r'/([^ ?]+)[^"]*" 200')
-    with open(moto_log, errors="replace") as f:
+    with open(services.moto_log, errors="replace") as f:
         uploads = Counter(m.group(1) for m in map(put.search, f) if m)
     duplicates = sum(n - 1 for n in uploads.values() if n > 1)
 
-    for process in processes.values():
-        process.stop()
-    moto.stop()
+    services.stop()
     return report("distributed", len(acked), collected, duplicates, orphans,
                   f" kills={args.kills} uploads={sum(uploads.values())} seconds={elapsed:.1f}")
 
