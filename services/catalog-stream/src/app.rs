@@ -71,14 +71,23 @@ pub async fn serve_http(
         .context("HTTP server failed")
 }
 
-/// The full router of a service: its API routes, the ops routes, the fallback, body limit.
+/// The full router of a service: its API routes (`documented` says which part of the API they
+/// are, for `/openapi.json`), the ops routes, the fallback, body limit.
 pub fn service_router(
     api: Router,
+    documented: crate::openapi::Api,
     registries: Vec<prometheus::Registry>,
     readiness: ReadinessCheck,
 ) -> Router {
+    let document = Arc::new(crate::openapi::document_for(documented));
     api.merge(ops_routes(registries, readiness))
-        .route("/openapi.json", axum::routing::get(crate::openapi::serve))
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let document = document.clone();
+                async move { crate::openapi::response(&document) }
+            }),
+        )
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(fallback)
         .layer(axum::extract::DefaultBodyLimit::max(
@@ -116,6 +125,16 @@ async fn mongo_database(settings: &Settings) -> anyhow::Result<mongodb::Database
     options
         .server_selection_timeout
         .get_or_insert(SERVER_SELECTION_TIMEOUT);
+    // A 201 from the API, a view write before its offset commit and a stored resume token
+    // must survive a crash of the server: with the default `j: false` an acknowledged write
+    // may still be only in the server's memory (the outage test saw a SIGKILLed SecantusDB
+    // come back without the last products it had acknowledged). A URI that sets `journal`
+    // keeps its own choice.
+    options
+        .write_concern
+        .get_or_insert_with(Default::default)
+        .journal
+        .get_or_insert(true);
     let client =
         mongodb::Client::with_options(options).context("invalid MongoDB connection string")?;
     Ok(client.database(&settings.mongodb.database))
@@ -208,7 +227,12 @@ pub async fn product_collector(settings: Settings) -> anyhow::Result<()> {
         let store = store.clone();
         async move { vec![("mongodb".to_owned(), answers(store.ping()).await)] }
     });
-    let router = service_router(product_collector::routes(collector), vec![registry], ready);
+    let router = service_router(
+        product_collector::routes(collector),
+        crate::openapi::Api::ProductCollector,
+        vec![registry],
+        ready,
+    );
     serve_http(settings.listen, router, shutdown).await
 }
 
@@ -243,7 +267,12 @@ pub async fn complete_products(settings: Settings) -> anyhow::Result<()> {
             .with_api_token(settings.api_token())
             .with_image_links(image_links(&settings).await?),
     );
-    let router = service_router(api, vec![registry.clone()], ready);
+    let router = service_router(
+        api,
+        crate::openapi::Api::CompleteProducts,
+        vec![registry.clone()],
+        ready,
+    );
     let application_id = settings.kafka.group_id.clone().unwrap_or(application_id);
     let stream = run_topology(
         topology,
@@ -380,6 +409,7 @@ pub async fn image_pipeline(settings: Settings) -> anyhow::Result<()> {
     let kafka = kafka_probe(&settings, &settings.topics.cdc)?;
     let router = service_router(
         Router::new(),
+        crate::openapi::Api::OpsOnly,
         vec![registry.clone()],
         object_store_readiness(objects, Some(kafka)),
     );
@@ -502,7 +532,12 @@ pub async fn cdc_source(settings: Settings) -> anyhow::Result<()> {
             vec![("mongodb".to_owned(), mongodb), ("kafka".to_owned(), kafka)]
         }
     });
-    let router = service_router(Router::new(), vec![registry], ready);
+    let router = service_router(
+        Router::new(),
+        crate::openapi::Api::OpsOnly,
+        vec![registry],
+        ready,
+    );
     let http = serve_http(settings.listen, router, shutdown.clone());
     let stream = async {
         let result = source

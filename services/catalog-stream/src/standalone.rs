@@ -246,6 +246,7 @@ impl Standalone {
         });
         Ok(service_router(
             api,
+            crate::openapi::Api::All,
             vec![self.metrics.clone(), self.sink_metrics.clone()],
             ready,
         ))

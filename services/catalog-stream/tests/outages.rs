@@ -6,11 +6,10 @@
 //! Built from the services' blocks, in process: the sled product store with its outbox relay,
 //! the image-pipeline and complete-products topologies on the embedded log through the
 //! in-process Schema Registry, and an [`images::S3ObjectStore`] on this test's OWN moto server
-//! (never the shared one). moto keeps its objects in memory, so killing it would lose the
-//! stored images, which no real S3 does; the outage is therefore cut in front of it: the S3
-//! endpoint the pipeline uses is a TCP relay owned by the test, and stopping it closes the
-//! listening socket and resets every open connection (the pipeline sees connection refused and
-//! resets, exactly as when the server process is gone), then it listens again on the same port.
+//! (never the shared one). The outage is the real thing: the moto process is killed (SIGKILL)
+//! and started again on the same port. moto keeps its objects in memory, and a real S3 does not
+//! lose stored objects when it is unreachable, so this moto persists: every request is recorded
+//! to disk and replayed into the new process before it listens (`own_servers/moto_persistent.py`).
 
 mod own_servers;
 mod support;
@@ -31,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use topology::serdes::SchemaRegistry;
 use topology::transport::{EmbeddedLog, EmbeddedTransport, Transport};
 
-use own_servers::{Kind, OwnServer, Relay};
+use own_servers::{Kind, OwnServer};
 use support::{ImageServer, collected, metric_sum, product, router_get};
 
 const MALL: &str = "outage-mall";
@@ -84,13 +83,12 @@ async fn wait_status(router: &axum::Router, status: u16, limit: Duration) -> Dur
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_outage_pauses_and_resumes_without_loss_or_duplicates() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let moto = OwnServer::start(Kind::Moto, dir.path());
-    let mut relay = Relay::start(moto.port).await;
+    let mut moto = OwnServer::start(Kind::Moto, dir.path());
     let images = ImageServer::pixel_png().await;
     let images_base = images.base.clone();
     let bucket = format!("outage-{}", uuid::Uuid::new_v4().simple());
 
-    // The blocks of the image pipeline, S3 behind the relay.
+    // The blocks of the image pipeline.
     let db = sled::open(dir.path().join("store")).expect("sled");
     let products = SledProductStore::open(&db).expect("products");
     let view = ViewStore::Sled(SledViewStore::open(&db).expect("view"));
@@ -108,7 +106,7 @@ async fn s3_outage_pauses_and_resumes_without_loss_or_duplicates() {
         schema_registry::Registry::in_memory(),
     )));
     let objects: Arc<dyn ObjectStore> = Arc::new(
-        images::S3ObjectStore::new(s3_config(relay.url(), &bucket))
+        images::S3ObjectStore::new(s3_config(moto.url(), &bucket))
             .await
             .expect("S3 store"),
     );
@@ -189,6 +187,7 @@ async fn s3_outage_pauses_and_resumes_without_loss_or_duplicates() {
     // embedded here: no Kafka check).
     let ops = app::service_router(
         axum::Router::new(),
+        catalog_stream::openapi::Api::OpsOnly,
         vec![metrics.clone()],
         app::object_store_readiness(objects.clone(), None),
     );
@@ -213,7 +212,7 @@ async fn s3_outage_pauses_and_resumes_without_loss_or_duplicates() {
 
     // The outage: new products keep coming while S3 is gone.
     let outage_started = Instant::now();
-    relay.stop().await;
+    tokio::task::block_in_place(|| moto.stop());
     let not_ready_after = wait_status(&ops, 503, Duration::from_secs(5)).await;
     for index in BEFORE..BEFORE + DURING {
         upsert(index).await;
@@ -240,8 +239,9 @@ async fn s3_outage_pauses_and_resumes_without_loss_or_duplicates() {
     assert_eq!(router_get(&ops, "/readyz").await.0, 503);
 
     // Back: ready again, work resumes, everything ends collected.
-    relay.resume().await;
+    tokio::task::block_in_place(|| moto.restart());
     let outage = outage_started.elapsed();
+    let moto_restart = moto.last_start;
     let ready_after = wait_status(&ops, 200, Duration::from_secs(10)).await;
     let resumed = Instant::now();
     wait_collected(&view, BEFORE + DURING, Duration::from_secs(90)).await;
@@ -275,11 +275,8 @@ async fn s3_outage_pauses_and_resumes_without_loss_or_duplicates() {
     assert_eq!(uploads as usize, total, "uploads");
     assert_eq!(collected_events as usize, total, "collected events");
 
-    // Exactly one object per product, listed at the server itself.
-    let direct = images::S3ObjectStore::new(s3_config(moto.url(), &bucket))
-        .await
-        .expect("direct S3 store");
-    let stored = direct.list("products/").await.expect("list");
+    // Exactly one object per product, listed at the (restarted) server.
+    let stored = objects.list("products/").await.expect("list");
     assert_eq!(stored.len(), total, "objects in the bucket: {stored:?}");
     for index in 0..total {
         let prefix = format!("products/{MALL}/p{index:04}/");
@@ -303,7 +300,7 @@ async fn s3_outage_pauses_and_resumes_without_loss_or_duplicates() {
     }
     println!(
         "s3 outage: products={total} (during outage {DURING}) outage={outage:?} \
-         readyz_503_after={not_ready_after:?} readyz_200_after={ready_after:?} \
+         moto_restart={moto_restart:?} readyz_503_after={not_ready_after:?} readyz_200_after={ready_after:?} \
          collected_during_outage={} retries={retries} caught_up_in={caught_up:?} \
          collected={collected_events} uploads={uploads} objects={} lost=0 duplicate_uploads=0",
         during_late - BEFORE,

@@ -2,16 +2,16 @@
 //! back on the same address.
 //!
 //! Both run on this test's OWN servers (never the shared ones of `infrastructure/up.sh`): a
-//! SecantusDB and a single-node KRaft Kafka broker, each behind a TCP relay owned by the test.
-//! Stopping the relay closes the listening socket and resets every open connection (clients
-//! see connection refused and resets, exactly as when the server process is gone) while the
-//! server keeps its data (SecantusDB runs in memory); then it listens again on the same port.
+//! SecantusDB and a single-node KRaft Kafka broker, each with its data in the test's temporary
+//! directory. The outage is the real thing: the server process is killed (SIGKILL) and, ~10 s
+//! later, started again on the same port over the same data (SecantusDB's WiredTiger files on
+//! disk, the broker's log dir), as a crashed and restarted server comes back. The broker's
+//! restart includes the JVM's start and its log recovery after an unclean shutdown, so clients
+//! see it gone for longer than the 10 s it is stopped (about 20 s here).
 
 mod own_servers;
 mod support;
 
-use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,8 +31,8 @@ use tokio_util::sync::CancellationToken;
 use topology::serdes::SchemaRegistry;
 use topology::transport::{KafkaTransport, Transport};
 
-use own_servers::{Kind, OwnServer, Process, Relay, cache_dir, start_product_collector};
-use support::{ImageServer, collected, free_port, metric_sum, product, product_event, router_get};
+use own_servers::{Kind, OwnServer, start_product_collector};
+use support::{ImageServer, collected, metric_sum, product, product_event, router_get};
 
 /// How long each outage lasts.
 const OUTAGE: Duration = Duration::from_secs(10);
@@ -68,12 +68,9 @@ async fn wait_ready_status(
 async fn mongodb_outage_answers_503_then_recovers_without_loss() {
     const MALL: &str = "mongo-outage-mall";
     let dir = tempfile::tempdir().expect("temp dir");
-    let mongo = OwnServer::start(Kind::Secantus, dir.path());
-    let mut relay = Relay::start(mongo.port).await;
-    // SecantusDB answers as a replica set member named by its own port: a direct connection
-    // keeps the driver on the relay. No serverSelectionTimeoutMS: the service's own short
-    // default is what is tested.
-    let uri = format!("mongodb://127.0.0.1:{}/?directConnection=true", relay.port);
+    let mut mongo = OwnServer::start(Kind::Secantus, dir.path());
+    // No serverSelectionTimeoutMS: the service's own short default is what is tested.
+    let uri = format!("mongodb://127.0.0.1:{}/?directConnection=true", mongo.port);
 
     let (mut process, base) = start_product_collector(
         dir.path(),
@@ -120,7 +117,7 @@ async fn mongodb_outage_answers_503_then_recovers_without_loss() {
 
     // The outage.
     let outage_started = Instant::now();
-    relay.stop().await;
+    tokio::task::block_in_place(|| mongo.stop());
     let not_ready_after = wait_ready_status(&client, &base, 503, Duration::from_secs(5)).await;
     let mut refused = 0usize;
     let mut slowest_503 = Duration::ZERO;
@@ -153,8 +150,9 @@ async fn mongodb_outage_answers_503_then_recovers_without_loss() {
     process.assert_running();
 
     // Back: ready again, POSTs succeed.
-    relay.resume().await;
+    tokio::task::block_in_place(|| mongo.restart());
     let outage = outage_started.elapsed();
+    let mongo_restart = mongo.last_start;
     let ready_after = wait_ready_status(&client, &base, 200, Duration::from_secs(15)).await;
     let mut first_after = None;
     for _ in 0..50 {
@@ -166,7 +164,7 @@ async fn mongodb_outage_answers_503_then_recovers_without_loss() {
     }
     process.assert_running();
 
-    // Nothing accepted is lost: read at the server itself, past the relay.
+    // Nothing accepted is lost, before or after the restart.
     let direct = mongodb::Client::with_uri_str(mongo.url())
         .await
         .expect("client");
@@ -188,7 +186,7 @@ async fn mongodb_outage_answers_503_then_recovers_without_loss() {
     let (status, _) = process.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit: {status}");
     println!(
-        "mongodb outage: outage={outage:?} readyz_503_after={not_ready_after:?} \
+        "mongodb outage: outage={outage:?} mongo_restart={mongo_restart:?} readyz_503_after={not_ready_after:?} \
          refused_503={refused} slowest_503={slowest_503:?} readyz_200_after={ready_after:?} \
          first_post_after={first_after:?} accepted={} stored={stored} lost=0",
         accepted.len()
@@ -196,80 +194,6 @@ async fn mongodb_outage_answers_503_then_recovers_without_loss() {
 }
 
 // --- The broker ------------------------------------------------------------------------------
-
-/// A single-node KRaft broker of our own, from the jars `up.sh` fetched, advertising `advertised`
-/// (the relay's port) as its client listener while it listens on `port`.
-fn start_broker(dir: &Path, port: u16, advertised: u16) -> Process {
-    let lib = cache_dir().join("kafka-4.1.1/lib");
-    assert!(
-        lib.exists(),
-        "{} is missing: run `infrastructure/up.sh kafka` once to fetch the jars",
-        lib.display()
-    );
-    let controller = free_port();
-    let infra = concat!(env!("CARGO_MANIFEST_DIR"), "/../../infrastructure/kafka/");
-    let template =
-        std::fs::read_to_string(format!("{infra}server.properties.in")).expect("template");
-    let properties = template
-        .replace(
-            "advertised.listeners=PLAINTEXT://127.0.0.1:@PORT@",
-            &format!("advertised.listeners=PLAINTEXT://127.0.0.1:{advertised}"),
-        )
-        .replace("@PORT@", &port.to_string())
-        .replace("@DATA_DIR@", &dir.join("data").display().to_string())
-        .replace("@CONTROLLER_PORT@", &controller.to_string());
-    assert!(
-        !properties.contains('@')
-            && properties.contains(&format!(
-                "advertised.listeners=PLAINTEXT://127.0.0.1:{advertised},"
-            )),
-        "unfilled template or the relay not advertised:\n{properties}"
-    );
-    let config = dir.join("server.properties");
-    std::fs::write(&config, properties).expect("server.properties");
-    let log4j = std::fs::read_to_string(format!("{infra}log4j2.properties"))
-        .expect("log4j2")
-        .replace("@LOG_DIR@", &dir.display().to_string());
-    let log4j_path = dir.join("log4j2.properties");
-    std::fs::write(&log4j_path, log4j).expect("log4j2.properties");
-    let java = |main: &str| {
-        let mut command = Command::new("java");
-        command
-            .args(["-Xms256m", "-Xmx512m", "-XX:+UseG1GC"])
-            .arg(format!(
-                "-Dlog4j2.configurationFile={}",
-                log4j_path.display()
-            ))
-            .arg("-cp")
-            .arg(format!("{}/*", lib.display()))
-            .arg(main);
-        command
-    };
-    let format = java("kafka.tools.StorageTool")
-        .args([
-            "format",
-            "--standalone",
-            "--cluster-id=MkU3OEVBNTcwNTJENDM2Qk",
-        ])
-        .arg(format!("--config={}", config.display()))
-        .output()
-        .expect("StorageTool");
-    assert!(format.status.success(), "format: {format:?}");
-    let mut command = java("kafka.Kafka");
-    command.arg(&config);
-    let mut broker = Process::spawn("kafka", command, &dir.join("kafka.log"));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !broker.output().contains("Kafka Server started") {
-        broker.assert_running();
-        assert!(
-            Instant::now() < deadline,
-            "the broker did not start in 120 s:\n{}",
-            broker.output()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    broker
-}
 
 // This test once recovered only one record per ~1.2 s after the outage (367 of 600 collected
 // 180 s later in CI): the runtime awaited its lag queries inline after every commit, and the
@@ -285,11 +209,8 @@ async fn broker_outage_pauses_and_resumes_without_loss_or_duplicates() {
     const MALL: &str = "broker-outage-mall";
     const TOTAL: usize = 600;
     let dir = tempfile::tempdir().expect("temp dir");
-    // The relay first: the broker advertises the relay's port, so every client goes through it.
-    let broker_port = free_port();
-    let mut relay = Relay::start(broker_port).await;
-    let broker = start_broker(dir.path(), broker_port, relay.port);
-    let bootstrap = format!("127.0.0.1:{}", relay.port);
+    let mut broker = OwnServer::start(Kind::Kafka, dir.path());
+    let bootstrap = broker.url();
 
     let topics = Topics::default();
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -430,6 +351,7 @@ async fn broker_outage_pauses_and_resumes_without_loss_or_duplicates() {
         .expect("kafka probe");
     let ops = app::service_router(
         axum::Router::new(),
+        catalog_stream::openapi::Api::OpsOnly,
         vec![metrics.clone(), sink_metrics.clone()],
         app::object_store_readiness(objects.clone(), Some(probe)),
     );
@@ -469,7 +391,7 @@ async fn broker_outage_pauses_and_resumes_without_loss_or_duplicates() {
 
     // The outage.
     let outage_started = Instant::now();
-    relay.stop().await;
+    tokio::task::block_in_place(|| broker.stop());
     // /readyz says the broker is gone (its probe waits up to 2 s for an answer).
     let not_ready_after = loop {
         if router_get(&ops, "/readyz").await.0 == 503 {
@@ -496,8 +418,9 @@ async fn broker_outage_pauses_and_resumes_without_loss_or_duplicates() {
     );
 
     // Back: work resumes, everything ends collected.
-    relay.resume().await;
+    tokio::task::block_in_place(|| broker.restart());
     let outage = outage_started.elapsed();
+    let broker_restart = broker.last_start;
     let resumed = Instant::now();
     let ready_again_after = loop {
         if router_get(&ops, "/readyz").await.0 == 200 {
@@ -581,6 +504,7 @@ async fn broker_outage_pauses_and_resumes_without_loss_or_duplicates() {
     drop(broker);
     println!(
         "broker outage: products={TOTAL} uploaded_at_cut={at_cut} outage={outage:?} \
+         broker_restart={broker_restart:?} \
          readyz_503_after={not_ready_after:?} readyz_200_after={ready_again_after:?} \
          collected_at_outage_end={during_late} caught_up_in={caught_up:?} collected={collected_events} \
          uploads={uploads} objects={} lag=0 lost=0 duplicate_uploads=0",

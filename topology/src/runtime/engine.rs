@@ -633,7 +633,7 @@ impl Engine {
 
 /// How long a serde call is retried while the schema registry is unavailable before the
 /// record's partition stops committing (and the runtime stops, to be restarted).
-const REGISTRY_OUTAGE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+pub(crate) const REGISTRY_OUTAGE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Runs a serde call again, with backoff (100 ms doubling to 5 s), while it fails because the
 /// schema registry is unavailable: a registry outage pauses the record instead of sending it
@@ -678,5 +678,5 @@ fn stop_on_registry_outage(ack: &Ack, error: &SerdeError) {
         offset = ack.origin.offset,
         "schema registry unavailable for {REGISTRY_OUTAGE_LIMIT:?}; stopping without committing past this record"
     );
-    ack.fail();
+    ack.fail_registry_unavailable();
 }

@@ -99,6 +99,18 @@ pub enum RuntimeError {
     /// Outputs could not be written for these partitions; offsets were not committed past them.
     #[error("outputs failed for good in {0:?}; stopped without committing past them")]
     OutputFailed(Vec<TopicPartition>),
+    /// The schema registry stayed unavailable longer than `limit` while records of these
+    /// partitions needed it; offsets were not committed past them (a restart reads them again).
+    #[error(
+        "the schema registry was unavailable for more than {limit:?} while records of {partitions:?} \
+         needed it; stopped without committing past them"
+    )]
+    RegistryUnavailable {
+        /// The partitions whose records waited for the registry.
+        partitions: Vec<TopicPartition>,
+        /// How long a record waits for the registry.
+        limit: Duration,
+    },
     /// The state directory could not be flushed before a commit; offsets were not committed.
     #[error("flushing the state directory before committing offsets: {0}")]
     State(#[source] state::StateError),
@@ -109,6 +121,24 @@ pub enum RuntimeError {
         #[source]
         source: state::SinkError,
     },
+}
+
+/// Why the runtime must stop, when a record failed for good: the registry outage when one
+/// caused it (the outputs of those records were never attempted), else the failed outputs.
+fn failure(tracker: &OffsetTracker) -> Option<RuntimeError> {
+    let failed = tracker.failed_partitions();
+    if failed.is_empty() {
+        return None;
+    }
+    let registry = tracker.registry_unavailable_partitions();
+    Some(if registry.is_empty() {
+        RuntimeError::OutputFailed(failed)
+    } else {
+        RuntimeError::RegistryUnavailable {
+            partitions: registry,
+            limit: engine::REGISTRY_OUTAGE_LIMIT,
+        }
+    })
 }
 
 /// What a finished run did.
@@ -279,9 +309,8 @@ impl Runtime {
                     }
                 }
                 if draining.is_none() && last_commit.elapsed() >= cfg.commit_interval {
-                    let failed = tracker.failed_partitions();
-                    if !failed.is_empty() {
-                        return Err(RuntimeError::OutputFailed(failed));
+                    if let Some(error) = failure(tracker) {
+                        return Err(error);
                     }
                     if cfg.exactly_once && tracker.total_in_flight() > 0 {
                         // Outputs and offsets commit together: in-flight work finishes first.
@@ -304,9 +333,8 @@ impl Runtime {
                 }
                 if let Some((since, tps)) = &draining {
                     if tracker.total_in_flight() == 0 {
-                        let failed = tracker.failed_partitions();
-                        if !failed.is_empty() {
-                            return Err(RuntimeError::OutputFailed(failed));
+                        if let Some(error) = failure(tracker) {
+                            return Err(error);
                         }
                         commit(
                             &mut *consumer,
@@ -594,4 +622,53 @@ async fn update_lag(
     LagQueries::start(consumer, tracker, assigned)
         .apply(tracker, metrics, group)
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(topic: &str, offset: i64) -> crate::RawRecord {
+        crate::RawRecord {
+            topic: topic.to_owned(),
+            partition: 0,
+            offset,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_registry_outage_is_named_as_such_not_as_failed_outputs() {
+        let tracker = Arc::new(OffsetTracker::default());
+        let (outputs, registry) = (
+            TopicPartition::new("outputs", 0),
+            TopicPartition::new("registry", 0),
+        );
+        tracker.assign(&[outputs.clone(), registry.clone()]);
+        assert!(failure(&tracker).is_none());
+
+        let ack = tracker.begin(record("outputs", 5)).expect("assigned");
+        ack.fail();
+        drop(ack);
+        let error = failure(&tracker).expect("a failure");
+        assert!(
+            matches!(&error, RuntimeError::OutputFailed(tps) if tps == std::slice::from_ref(&outputs))
+        );
+
+        let ack = tracker.begin(record("registry", 7)).expect("assigned");
+        ack.fail_registry_unavailable();
+        // The outputs it then could not write do not hide the cause.
+        ack.fail();
+        drop(ack);
+        let error = failure(&tracker).expect("a failure");
+        let message = error.to_string();
+        assert!(
+            matches!(&error, RuntimeError::RegistryUnavailable { partitions, .. } if partitions == std::slice::from_ref(&registry)),
+            "{error:?}"
+        );
+        assert!(
+            message.contains("schema registry") && !message.contains("outputs failed"),
+            "{message}"
+        );
+    }
 }

@@ -8,7 +8,7 @@
 //! last clone is dropped (after every output it caused was acknowledged).
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicU8, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use tokio_util::sync::CancellationToken;
@@ -87,6 +87,8 @@ struct Assigned {
     /// The first offset begun since assignment (or since the last reset).
     start: Option<i64>,
     cancel: CancellationToken,
+    /// A record of it failed because the schema registry stayed unavailable (not its outputs).
+    registry_unavailable: bool,
 }
 
 /// Offsets of every assigned partition, shared by the runtime and the transport.
@@ -139,6 +141,7 @@ impl OffsetTracker {
                 committed: None,
                 start: None,
                 cancel: CancellationToken::new(),
+                registry_unavailable: false,
             });
         }
     }
@@ -194,6 +197,7 @@ impl OffsetTracker {
                 committed: a.committed,
                 start: position,
                 cancel: CancellationToken::new(),
+                registry_unavailable: false,
             };
         }
         out
@@ -234,18 +238,19 @@ impl OffsetTracker {
             cancel: a.cancel.clone(),
             tp,
             origin,
-            failed: AtomicBool::new(false),
+            failure: AtomicU8::new(NOT_FAILED),
         }))
     }
 
-    fn finish(&self, tp: &TopicPartition, offset: i64, epoch: u64, failed: bool) {
+    fn finish(&self, tp: &TopicPartition, offset: i64, epoch: u64, failure: u8) {
         let mut g = self.lock();
         if let Some(a) = g.partitions.get_mut(tp)
             && a.epoch == epoch
         {
-            if failed {
+            if failure != NOT_FAILED {
                 a.offsets.fail(offset);
             }
+            a.registry_unavailable |= failure == REGISTRY_UNAVAILABLE;
             a.offsets.complete(offset);
         }
     }
@@ -340,7 +345,22 @@ impl OffsetTracker {
             .map(|(tp, _)| tp.clone())
             .collect()
     }
+
+    /// Of [`failed_partitions`](Self::failed_partitions), those where a record failed because
+    /// the schema registry stayed unavailable.
+    pub fn registry_unavailable_partitions(&self) -> Vec<TopicPartition> {
+        self.lock()
+            .partitions
+            .iter()
+            .filter(|(_, a)| a.registry_unavailable && a.offsets.has_failed())
+            .map(|(tp, _)| tp.clone())
+            .collect()
+    }
 }
+
+const NOT_FAILED: u8 = 0;
+const OUTPUT_FAILED: u8 = 1;
+const REGISTRY_UNAVAILABLE: u8 = 2;
 
 /// Completion handle of one source record; see [`OffsetTracker::begin`].
 pub type Ack = Arc<AckInner>;
@@ -351,7 +371,8 @@ pub struct AckInner {
     tracker: Arc<OffsetTracker>,
     tp: TopicPartition,
     epoch: u64,
-    failed: AtomicBool,
+    /// [`NOT_FAILED`], [`OUTPUT_FAILED`] or [`REGISTRY_UNAVAILABLE`].
+    failure: AtomicU8,
     /// Cancelled when the partition is revoked or reset. It is the partition's token (shared
     /// by all its records' acks), so cancelling it cancels all of the partition's work.
     pub cancel: CancellationToken,
@@ -369,7 +390,20 @@ impl AckInner {
 
     /// Marks the record as failed for good: its offset will not be committed.
     pub fn fail(&self) {
-        self.failed.store(true, AtomicOrdering::SeqCst);
+        // A registry outage already recorded stays the reason: it is why outputs failed.
+        let _ = self.failure.compare_exchange(
+            NOT_FAILED,
+            OUTPUT_FAILED,
+            AtomicOrdering::SeqCst,
+            AtomicOrdering::SeqCst,
+        );
+    }
+
+    /// Marks the record as failed for good because the schema registry stayed unavailable:
+    /// its offset will not be committed, and the runtime's error names the registry.
+    pub fn fail_registry_unavailable(&self) {
+        self.failure
+            .store(REGISTRY_UNAVAILABLE, AtomicOrdering::SeqCst);
     }
 
     /// Counts this record as still being processed (see [`OffsetTracker::processing`]) until
@@ -399,7 +433,7 @@ impl Drop for AckInner {
             &self.tp,
             self.origin.offset,
             self.epoch,
-            self.failed.load(AtomicOrdering::SeqCst),
+            self.failure.load(AtomicOrdering::SeqCst),
         );
     }
 }

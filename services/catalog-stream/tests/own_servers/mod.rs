@@ -1,8 +1,8 @@
 //! Helpers for tests that start their OWN server processes (never the shared ones of
 //! `infrastructure/up.sh`, which other test runs use at the same time): a SecantusDB or a
-//! moto S3 server on a free port, stopped and started again on the same port for outage tests,
-//! the `catalog-stream` binary itself with its output captured to a file, and a TCP relay
-//! that cuts a server off and puts it back. Generic helpers (ports, fixtures, products) are in
+//! moto S3 server or a Kafka broker on a free port, each with its data on disk, killed and
+//! started again on the same port for outage tests, and the `catalog-stream` binary itself with
+//! its output captured to a file. Generic helpers (ports, fixtures, products) are in
 //! `support`, which every test binary that includes this module includes too.
 
 #![allow(dead_code)]
@@ -10,8 +10,6 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-
-use tokio::task::JoinSet;
 
 use crate::support::free_port;
 
@@ -136,43 +134,69 @@ impl Drop for Process {
 /// Which server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// SecantusDB (MongoDB wire protocol), in memory.
+    /// SecantusDB (MongoDB wire protocol), its WiredTiger files under the server's directory.
     Secantus,
-    /// moto's S3 server.
+    /// moto's S3 server, its state replayed from a request recording under the server's
+    /// directory (see `moto_persistent.py`).
     Moto,
+    /// A single-node KRaft Kafka broker, its log under the server's directory.
+    Kafka,
 }
 
-/// One of our own servers on a fixed port, which can be stopped and started again there.
+/// One of our own servers on a fixed port, with its data on disk under its own directory: it
+/// can be killed and started again there, and comes back with what it had acknowledged, as the
+/// production servers do.
 pub struct OwnServer {
     kind: Kind,
     /// Its port.
     pub port: u16,
     dir: PathBuf,
     process: Option<Process>,
+    /// How long the last (re)start took until the server answered.
+    pub last_start: Duration,
+    starts: usize,
 }
 
 impl OwnServer {
-    /// Starts `kind` on a free port; logs go under `dir`.
+    /// Starts `kind` on a free port; data and logs go under `dir`.
     pub fn start(kind: Kind, dir: &Path) -> Self {
+        let dir = dir.join(format!("{kind:?}").to_lowercase());
+        std::fs::create_dir_all(&dir).expect("server directory");
+        let port = free_port();
+        if kind == Kind::Kafka {
+            kafka_configure(&dir, port);
+        }
         let mut server = Self {
             kind,
-            port: free_port(),
-            dir: dir.to_owned(),
+            port,
+            dir,
             process: None,
+            last_start: Duration::ZERO,
+            starts: 0,
         };
         server.restart();
         server
     }
 
-    /// `mongodb://127.0.0.1:PORT` or `http://127.0.0.1:PORT`.
+    /// `mongodb://127.0.0.1:PORT`, `http://127.0.0.1:PORT` or `127.0.0.1:PORT` (Kafka).
     pub fn url(&self) -> String {
         match self.kind {
             Kind::Secantus => format!("mongodb://127.0.0.1:{}", self.port),
             Kind::Moto => format!("http://127.0.0.1:{}", self.port),
+            Kind::Kafka => format!("127.0.0.1:{}", self.port),
         }
     }
 
-    /// Stops it (SIGKILL: an outage, not a goodbye); the port is free again.
+    /// Everything the current process wrote so far.
+    pub fn output(&self) -> String {
+        self.process
+            .as_ref()
+            .map(Process::output)
+            .unwrap_or_default()
+    }
+
+    /// Stops it with SIGKILL (an outage, not a goodbye: nothing is flushed on the way out);
+    /// the port is free again.
     pub fn stop(&mut self) {
         if let Some(mut process) = self.process.take() {
             process.kill();
@@ -184,43 +208,129 @@ impl OwnServer {
         }
     }
 
-    /// Starts it (again) on its port and waits until the port accepts connections.
+    /// Starts it (again) on its port, over its data, and waits until it answers.
     pub fn restart(&mut self) {
         assert!(self.process.is_none(), "already running");
+        let started = Instant::now();
         let port = self.port.to_string();
         let (name, command) = match self.kind {
             Kind::Secantus => {
                 let mut command = Command::new(venv_program("secantusd-py"));
-                command.args([
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    &port,
-                    "--storage-path",
-                    ":memory:",
-                ]);
+                // On disk, not `:memory:` as CI's shared server: `:memory:` is a temporary
+                // directory removed on exit, so a restart would come back empty. Without
+                // `--sync-on-commit` (as mongod) only `j: true` writes are on disk when
+                // acknowledged; the services ask for it, so the SIGKILL of `stop` loses
+                // nothing they were told was written. Change-stream resume tokens survive the
+                // restart too (tried by hand with pymongo: `resume_after` a token taken before
+                // the kill returns the next change).
+                command
+                    .args(["--host", "127.0.0.1", "--port", &port, "--storage-path"])
+                    .arg(self.dir.join("data"));
                 ("secantusd-py", command)
             }
             Kind::Moto => {
-                let mut command = Command::new(venv_program("moto_server"));
-                command.args(["-H", "127.0.0.1", "-p", &port]);
+                let mut command = Command::new(venv_program("python"));
+                command
+                    .arg(concat!(
+                        env!("CARGO_MANIFEST_DIR"),
+                        "/tests/own_servers/moto_persistent.py"
+                    ))
+                    .args(["127.0.0.1", &port])
+                    .arg(self.dir.join("recording.jsonl"));
                 ("moto_server", command)
             }
+            Kind::Kafka => ("kafka", kafka_command(&self.dir, "kafka.Kafka")),
         };
-        let log = self.dir.join(format!("{name}-{port}.log"));
+        // One log per start, so waiting for "started" reads this start's lines only.
+        self.starts += 1;
+        let log = self.dir.join(format!("{name}-{port}-{}.log", self.starts));
         let mut process = Process::spawn(name, command, &log);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !port_open(self.port) {
+        let limit = match self.kind {
+            Kind::Kafka => Duration::from_secs(120),
+            _ => Duration::from_secs(60),
+        };
+        let deadline = Instant::now() + limit;
+        loop {
+            let up = match self.kind {
+                Kind::Kafka => process.output().contains("Kafka Server started"),
+                _ => port_open(self.port),
+            };
+            if up {
+                break;
+            }
             process.assert_running();
             assert!(
                 Instant::now() < deadline,
-                "{name} not listening in 60 s:\n{}",
+                "{name} not up in {limit:?}:\n{}",
                 process.output()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+        self.last_start = started.elapsed();
         self.process = Some(process);
     }
+}
+
+/// The jars `up.sh` fetched.
+fn kafka_lib() -> PathBuf {
+    let lib = cache_dir().join("kafka-4.1.1/lib");
+    assert!(
+        lib.exists(),
+        "{} is missing: run `infrastructure/up.sh kafka` once to fetch the jars",
+        lib.display()
+    );
+    lib
+}
+
+/// A JVM running `main` from the Kafka jars with the broker's logging settings in `dir`.
+fn kafka_command(dir: &Path, main: &str) -> Command {
+    let mut command = Command::new("java");
+    command
+        .args(["-Xms256m", "-Xmx512m", "-XX:+UseG1GC"])
+        .arg(format!(
+            "-Dlog4j2.configurationFile={}",
+            dir.join("log4j2.properties").display()
+        ))
+        .arg("-cp")
+        .arg(format!("{}/*", kafka_lib().display()))
+        .arg(main);
+    if main == "kafka.Kafka" {
+        command.arg(dir.join("server.properties"));
+    }
+    command
+}
+
+/// Writes `server.properties` (from `infrastructure/kafka/`, client listener on `port`, log in
+/// `dir/data`) and formats the storage once; restarts reuse both.
+fn kafka_configure(dir: &Path, port: u16) {
+    let controller = free_port();
+    let infra = concat!(env!("CARGO_MANIFEST_DIR"), "/../../infrastructure/kafka/");
+    let template =
+        std::fs::read_to_string(format!("{infra}server.properties.in")).expect("template");
+    let properties = template
+        .replace("@PORT@", &port.to_string())
+        .replace("@DATA_DIR@", &dir.join("data").display().to_string())
+        .replace("@CONTROLLER_PORT@", &controller.to_string());
+    assert!(
+        !properties.contains('@'),
+        "unfilled template:\n{properties}"
+    );
+    let config = dir.join("server.properties");
+    std::fs::write(&config, properties).expect("server.properties");
+    let log4j = std::fs::read_to_string(format!("{infra}log4j2.properties"))
+        .expect("log4j2")
+        .replace("@LOG_DIR@", &dir.display().to_string());
+    std::fs::write(dir.join("log4j2.properties"), log4j).expect("log4j2.properties");
+    let format = kafka_command(dir, "kafka.tools.StorageTool")
+        .args([
+            "format",
+            "--standalone",
+            "--cluster-id=MkU3OEVBNTcwNTJENDM2Qk",
+        ])
+        .arg(format!("--config={}", config.display()))
+        .output()
+        .expect("StorageTool");
+    assert!(format.status.success(), "format: {format:?}");
 }
 
 /// Polls `GET url` until it answers 2xx (panics after `limit`).
@@ -237,67 +347,6 @@ pub async fn wait_ok(client: &reqwest::Client, url: &str, limit: Duration) {
             "{url} did not answer 2xx in {limit:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A TCP relay from a fixed port to `target`, which can be stopped (listener closed, every
-/// connection reset) and started again on the same port: an outage as clients see it, while the
-/// server behind keeps its data.
-pub struct Relay {
-    /// The port clients use.
-    pub port: u16,
-    target: u16,
-    tasks: Option<JoinSet<()>>,
-}
-
-impl Relay {
-    /// Relays a free port to `target`.
-    pub async fn start(target: u16) -> Self {
-        let mut relay = Self {
-            port: free_port(),
-            target,
-            tasks: None,
-        };
-        relay.resume().await;
-        relay
-    }
-
-    /// Listens (again) on its port.
-    pub async fn resume(&mut self) {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
-            .await
-            .expect("bind the relay again on its port");
-        let target = self.target;
-        let mut tasks = JoinSet::new();
-        tasks.spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    continue;
-                };
-                connections.spawn(async move {
-                    if let Ok(mut outbound) =
-                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
-                    {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                while connections.try_join_next().is_some() {}
-            }
-        });
-        self.tasks = Some(tasks);
-    }
-
-    /// Closes the listener and drops every connection (the accept task owns them all).
-    pub async fn stop(&mut self) {
-        if let Some(mut tasks) = self.tasks.take() {
-            tasks.shutdown().await;
-        }
-    }
-
-    /// `http://127.0.0.1:PORT`.
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
     }
 }
 

@@ -260,6 +260,7 @@ pub fn api_router(
     ));
     catalog_stream::app::service_router(
         api,
+        catalog_stream::openapi::Api::All,
         vec![registry],
         Arc::new(move || Box::pin(async move { vec![("store".to_owned(), ready)] })),
     )
