@@ -62,19 +62,22 @@ impl Outcome {
     }
 }
 
-#[derive(Clone)]
-struct NodeMeta {
-    name: Arc<str>,
+/// What a write's delivery callback records, shared by every write of a node: one reference
+/// count per record (touched by the producer's thread too) instead of one per part.
+type NodeMeta = Arc<NodeMetaInner>;
+
+struct NodeMetaInner {
+    name: String,
     latency: prometheus::Histogram,
+    metrics: Arc<Metrics>,
 }
 
-impl NodeMeta {
-    fn new(metrics: &Metrics, name: String) -> Self {
-        NodeMeta {
-            latency: metrics.node_latency.with_label_values(&[&name]),
-            name: Arc::from(name),
-        }
-    }
+fn node_meta(metrics: &Arc<Metrics>, name: String) -> NodeMeta {
+    Arc::new(NodeMetaInner {
+        latency: metrics.node_latency.with_label_values(&[&name]),
+        name,
+        metrics: metrics.clone(),
+    })
 }
 
 /// One queued write whose sink returned a future: completed by the delivery driver.
@@ -91,19 +94,13 @@ impl Pending {
 
 /// Records the outcome of one write; `ack` (one clone of it) is released when this returns,
 /// i.e. once the write is acknowledged.
-fn delivered(
-    outcome: Result<(), TransportError>,
-    ack: Ack,
-    node: &NodeMeta,
-    started: Instant,
-    metrics: &Metrics,
-) {
+fn delivered(outcome: Result<(), TransportError>, ack: Ack, node: &NodeMeta, started: Instant) {
     match outcome {
         Ok(()) => node.latency.observe(started.elapsed().as_secs_f64()),
         Err(e) => {
-            let node = &*node.name;
-            tracing::error!(node, error = %e, "write failed for good");
-            metrics.record(node, "failed");
+            let name = &*node.name;
+            tracing::error!(node = name, error = %e, "write failed for good");
+            node.metrics.record(name, "failed");
             ack.fail();
         }
     }
@@ -177,8 +174,7 @@ impl Engine {
             .nodes()
             .iter()
             .map(|n| {
-                matches!(n.kind, NodeKind::Sink { .. })
-                    .then(|| NodeMeta::new(&metrics, n.name.clone()))
+                matches!(n.kind, NodeKind::Sink { .. }).then(|| node_meta(&metrics, n.name.clone()))
             })
             .collect();
         let counters = topology
@@ -524,7 +520,7 @@ impl Engine {
                     };
                     let meta = self.node_meta[node]
                         .clone()
-                        .unwrap_or_else(|| NodeMeta::new(&self.metrics, n.name.clone()));
+                        .unwrap_or_else(|| node_meta(&self.metrics, n.name.clone()));
                     self.send(meta, raw, ack.clone()).await;
                 }
             }
@@ -571,9 +567,8 @@ impl Engine {
     fn queue(&self, node: NodeMeta, raw: RawRecord, ack: &Ack) -> Option<(RawRecord, OnDelivery)> {
         let started = Instant::now();
         let held = ack.clone();
-        let metrics = self.metrics.clone();
         let done: OnDelivery = Box::new(move |outcome| {
-            delivered(outcome, held, &node, started, &metrics);
+            delivered(outcome, held, &node, started);
         });
         match self.try_send(&raw, ack, done) {
             Err((TransportError::QueueFull, done)) => Some((raw, done)),
@@ -644,7 +639,7 @@ impl Engine {
             .dead_letter_total
             .with_label_values(&[&topic])
             .inc();
-        let meta = NodeMeta::new(&self.metrics, format!("dlq:{topic}"));
+        let meta = node_meta(&self.metrics, format!("dlq:{topic}"));
         self.send(meta, raw, ack.clone()).await;
     }
 

@@ -250,16 +250,10 @@ impl Runtime {
                 } else {
                     cfg.poll_timeout.min(PAUSED_POLL_TIMEOUT)
                 };
-                if shutdown.is_cancelled() {
-                    break;
-                }
-                let polled = match consumer.poll_ready()? {
-                    Some(raw) => Some(raw),
-                    None => tokio::select! {
-                        biased;
-                        _ = shutdown.cancelled() => break,
-                        r = consumer.poll(timeout) => r?,
-                    },
+                let polled = tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    r = consumer.poll(timeout) => r?,
                 };
                 if tracker.resets() != resets {
                     // A rebalance threw uncommitted work away and rewound the kept

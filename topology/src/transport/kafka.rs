@@ -513,13 +513,6 @@ impl SourceConsumer for KafkaConsumer {
         })
     }
 
-    fn poll_ready(&mut self) -> Result<Option<RawRecord>, TransportError> {
-        match futures::FutureExt::now_or_never(self.consumer.recv()) {
-            Some(got) => raw_record(got),
-            None => Ok(None),
-        }
-    }
-
     fn commit(
         &mut self,
         offsets: Vec<(TopicPartition, i64)>,

@@ -108,13 +108,6 @@ pub trait SourceConsumer: Send + Sync {
         &mut self,
         timeout: Duration,
     ) -> BoxFuture<'_, Result<Option<RawRecord>, TransportError>>;
-    /// A record already fetched, without waiting (`Ok(None)`: none ready, or a consumer
-    /// without this fast path; call [`poll`](Self::poll)). The runtime tries it first for
-    /// every record: at full speed the records are there, and a boxed future and a timer per
-    /// record were a measurable share of its cost.
-    fn poll_ready(&mut self) -> Result<Option<RawRecord>, TransportError> {
-        Ok(None)
-    }
     /// Commits the given next-offsets (in exactly-once mode, commits the open transaction with
     /// them and begins the next).
     fn commit(
