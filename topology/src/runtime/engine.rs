@@ -18,7 +18,7 @@ use super::offsets::Ack;
 use crate::graph::{NodeKind, Topology};
 use crate::processor::{AsyncOptions, Ordering, ProcessError, Processor};
 use crate::serdes::SerdeError;
-use crate::transport::{DeliveryFuture, RecordSink, TransportError};
+use crate::transport::{DeliveryFuture, OnDelivery, Queued, RecordSink, TransportError};
 use crate::{Headers, Metrics, RawRecord, Record};
 
 type ChainKey = (String, i32, Option<Vec<u8>>);
@@ -62,45 +62,47 @@ impl Outcome {
     }
 }
 
-#[derive(Clone)]
-struct NodeMeta {
-    name: Arc<str>,
+/// What a write's delivery callback records, shared by every write of a node: one reference
+/// count per record (touched by the producer's thread too) instead of one per part.
+type NodeMeta = Arc<NodeMetaInner>;
+
+struct NodeMetaInner {
+    name: String,
     latency: prometheus::Histogram,
+    metrics: Arc<Metrics>,
 }
 
-impl NodeMeta {
-    fn new(metrics: &Metrics, name: String) -> Self {
-        NodeMeta {
-            latency: metrics.node_latency.with_label_values(&[&name]),
-            name: Arc::from(name),
-        }
-    }
+fn node_meta(metrics: &Arc<Metrics>, name: String) -> NodeMeta {
+    Arc::new(NodeMetaInner {
+        latency: metrics.node_latency.with_label_values(&[&name]),
+        name,
+        metrics: metrics.clone(),
+    })
 }
 
-/// One queued write: the ack it holds and what to record when it completes.
+/// One queued write whose sink returned a future: completed by the delivery driver.
 struct Pending {
     delivery: DeliveryFuture,
-    ack: Ack,
-    node: NodeMeta,
-    started: Instant,
-    metrics: Arc<Metrics>,
+    done: OnDelivery,
 }
 
 impl Pending {
     async fn complete(self) {
-        match self.delivery.await {
-            Ok(()) => self
-                .node
-                .latency
-                .observe(self.started.elapsed().as_secs_f64()),
-            Err(e) => {
-                let node = &*self.node.name;
-                tracing::error!(node, error = %e, "write failed for good");
-                self.metrics.record(node, "failed");
-                self.ack.fail();
-            }
+        (self.done)(self.delivery.await);
+    }
+}
+
+/// Records the outcome of one write; `ack` (one clone of it) is released when this returns,
+/// i.e. once the write is acknowledged.
+fn delivered(outcome: Result<(), TransportError>, ack: Ack, node: &NodeMeta, started: Instant) {
+    match outcome {
+        Ok(()) => node.latency.observe(started.elapsed().as_secs_f64()),
+        Err(e) => {
+            let name = &*node.name;
+            tracing::error!(node = name, error = %e, "write failed for good");
+            node.metrics.record(name, "failed");
+            ack.fail();
         }
-        // The ack (one clone of it) is released here, once the write is acknowledged.
     }
 }
 
@@ -172,8 +174,7 @@ impl Engine {
             .nodes()
             .iter()
             .map(|n| {
-                matches!(n.kind, NodeKind::Sink { .. })
-                    .then(|| NodeMeta::new(&metrics, n.name.clone()))
+                matches!(n.kind, NodeKind::Sink { .. }).then(|| node_meta(&metrics, n.name.clone()))
             })
             .collect();
         let counters = topology
@@ -228,9 +229,7 @@ impl Engine {
         self.count(src, Outcome::In);
         let key = match &raw.key {
             None => None,
-            Some(k) => match registry_retry(&ack, || key_serde.deserialize(&raw.topic, true, k))
-                .await
-            {
+            Some(k) => match decode(&ack, &**key_serde, &raw.topic, true, k).await {
                 Ok(v) => Some(v),
                 Err(e) if e.is_transient() => return stop_on_registry_outage(&ack, &e),
                 Err(e) => {
@@ -243,21 +242,19 @@ impl Engine {
         };
         let value = match &raw.value {
             None => None,
-            Some(v) => {
-                match registry_retry(&ack, || value_serde.deserialize(&raw.topic, false, v)).await {
-                    Ok(v) => Some(v),
-                    Err(e) if e.is_transient() => return stop_on_registry_outage(&ack, &e),
-                    Err(e) => {
-                        self.metrics.record(&node.name, "failed");
-                        let msg = format!(
-                            "value of {}-{}@{}: {e}",
-                            raw.topic, raw.partition, raw.offset
-                        );
-                        self.dead_letter(&ack, e.class(), &msg, 1).await;
-                        return;
-                    }
+            Some(v) => match decode(&ack, &**value_serde, &raw.topic, false, v).await {
+                Ok(v) => Some(v),
+                Err(e) if e.is_transient() => return stop_on_registry_outage(&ack, &e),
+                Err(e) => {
+                    self.metrics.record(&node.name, "failed");
+                    let msg = format!(
+                        "value of {}-{}@{}: {e}",
+                        raw.topic, raw.partition, raw.offset
+                    );
+                    self.dead_letter(&ack, e.class(), &msg, 1).await;
+                    return;
                 }
-            }
+            },
         };
         let record = Record {
             key,
@@ -268,7 +265,140 @@ impl Engine {
             partition: raw.partition,
             offset: raw.offset,
         };
-        self.emit(src, record, &ack).await;
+        // The stateless part of the graph runs inline, without a future per node; what must
+        // wait (a sink whose schema id is not cached yet or whose producer queue is full)
+        // runs after it, in order.
+        let mut later = Vec::new();
+        self.emit_now(src, record, &ack, &mut later);
+        for deferred in later {
+            match deferred {
+                Deferred::Run(node, record) => self.run(node, record, &ack).await,
+                Deferred::Retry(raw, done) => {
+                    let queued = self.send_when_queue_frees(&raw, &ack, done).await;
+                    self.queued(queued);
+                }
+            }
+        }
+    }
+
+    /// [`emit`](Self::emit) without awaiting: stateless nodes run here, async stages are
+    /// dispatched (as `run` does), sinks write if they can without waiting; anything else is
+    /// pushed to `later`, and once something is, every later sink write too (outputs of one
+    /// record stay in order).
+    fn emit_now(
+        self: &Arc<Self>,
+        node: usize,
+        record: Record,
+        ack: &Ack,
+        later: &mut Vec<Deferred>,
+    ) {
+        self.count(node, Outcome::Out);
+        let children = &self.topology.nodes()[node].children;
+        if let Some((last, rest)) = children.split_last() {
+            for &c in rest {
+                self.run_now(c, record.clone(), ack, later);
+            }
+            self.run_now(*last, record, ack, later);
+        }
+    }
+
+    /// [`run`](Self::run) without awaiting; see [`emit_now`](Self::emit_now).
+    fn run_now(
+        self: &Arc<Self>,
+        node: usize,
+        record: Record,
+        ack: &Ack,
+        later: &mut Vec<Deferred>,
+    ) {
+        let n = &self.topology.nodes()[node];
+        if let NodeKind::Sink { .. } = &n.kind {
+            if later.is_empty() {
+                self.sink_now(node, record, ack, later);
+            } else {
+                later.push(Deferred::Run(node, record));
+            }
+            return;
+        }
+        self.count(node, Outcome::In);
+        match &n.kind {
+            NodeKind::Source { .. } | NodeKind::Sink { .. } => {}
+            NodeKind::Filter(pred) => {
+                if pred(&record) {
+                    self.emit_now(node, record, ack, later);
+                } else {
+                    self.count(node, Outcome::Dropped);
+                }
+            }
+            NodeKind::Map(f) => {
+                let out = f(record);
+                self.emit_now(node, out, ack, later);
+            }
+            NodeKind::FlatMap(f) => {
+                let outs = f(record);
+                if outs.is_empty() {
+                    self.count(node, Outcome::Dropped);
+                }
+                for out in outs {
+                    self.emit_now(node, out, ack, later);
+                }
+            }
+            NodeKind::Branch(preds) => match preds.iter().position(|p| p(&record)) {
+                Some(i) => {
+                    self.count(node, Outcome::Out);
+                    if let Some(&child) = n.children.get(i) {
+                        self.run_now(child, record, ack, later);
+                    }
+                }
+                None => self.count(node, Outcome::Dropped),
+            },
+            NodeKind::BranchChild => self.emit_now(node, record, ack, later),
+            NodeKind::Async { .. } => self.dispatch(node, record, ack.clone()),
+        }
+    }
+
+    /// Encodes and queues `record` at sink `node` if that needs no waiting. Otherwise it goes
+    /// to `later`: to be queued again when the producer's queue is full, or to go the awaited
+    /// way (`run`) when a serde needs the registry or fails (`run` dead-letters the record).
+    fn sink_now(&self, node: usize, record: Record, ack: &Ack, later: &mut Vec<Deferred>) {
+        let NodeKind::Sink {
+            topic,
+            key_serde,
+            value_serde,
+        } = &self.topology.nodes()[node].kind
+        else {
+            return;
+        };
+        let key = match &record.key {
+            None => None,
+            Some(k) => match key_serde.serialize_now(topic, true, k) {
+                Some(Ok(b)) => Some(bytes::Bytes::from(b)),
+                _ => return later.push(Deferred::Run(node, record)),
+            },
+        };
+        let value = match &record.value {
+            None => None,
+            Some(v) => match value_serde.serialize_now(topic, false, v) {
+                Some(Ok(b)) => Some(bytes::Bytes::from(b)),
+                _ => return later.push(Deferred::Run(node, record)),
+            },
+        };
+        let Some(meta) = self.node_meta[node].clone() else {
+            return later.push(Deferred::Run(node, record));
+        };
+        // `run` counts the records it runs; this one is handled here.
+        self.count(node, Outcome::In);
+        let raw = RawRecord {
+            topic: topic.clone(),
+            partition: -1,
+            offset: -1,
+            key,
+            value,
+            headers: record.headers,
+            timestamp: record.timestamp,
+        };
+        if let Some((raw, done)) = self.queue(meta, raw, ack) {
+            later.push(Deferred::Retry(raw, done));
+        }
     }
 
     /// Sends `record` to every child of `node`.
@@ -390,24 +520,27 @@ impl Engine {
                     };
                     let meta = self.node_meta[node]
                         .clone()
-                        .unwrap_or_else(|| NodeMeta::new(&self.metrics, n.name.clone()));
+                        .unwrap_or_else(|| node_meta(&self.metrics, n.name.clone()));
                     self.send(meta, raw, ack.clone()).await;
                 }
             }
         })
     }
 
-    /// Hands `raw` to the producer under the send gate; `None` when the record's work was
-    /// cancelled (the output is dropped).
+    /// Hands `raw` to the producer under the send gate; `Ok(None)` when the record's work
+    /// was cancelled (the output is dropped).
     fn try_send(
         &self,
         raw: &RawRecord,
         ack: &Ack,
-    ) -> Option<Result<DeliveryFuture, TransportError>> {
+        done: OnDelivery,
+    ) -> Result<Option<Queued>, (TransportError, OnDelivery)> {
         // Under the send gate: work cancelled by a revocation never reaches the producer
         // (in exactly-once mode it would land in the next transaction).
-        let _gate = ack.live_send_gate()?;
-        Some(self.sink.send(raw))
+        let Some(_gate) = ack.live_send_gate() else {
+            return Ok(None);
+        };
+        self.sink.send_then(raw, done).map(Some)
     }
 
     /// Retries a send while the producer's queue is full. Boxed (and out of line) so the
@@ -416,51 +549,58 @@ impl Engine {
         &'a self,
         raw: &'a RawRecord,
         ack: &'a Ack,
-    ) -> BoxFuture<'a, Option<Result<DeliveryFuture, TransportError>>> {
+        mut done: OnDelivery,
+    ) -> BoxFuture<'a, Result<Option<Queued>, (TransportError, OnDelivery)>> {
         Box::pin(async move {
             loop {
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                match self.try_send(raw, ack)? {
-                    Err(TransportError::QueueFull) => {}
-                    other => return Some(other),
+                match self.try_send(raw, ack, done) {
+                    Err((TransportError::QueueFull, d)) => done = d,
+                    other => return other,
                 }
             }
         })
     }
 
-    /// Queues `raw` and keeps `ack` until the write is acknowledged.
-    async fn send(&self, node: NodeMeta, raw: RawRecord, ack: Ack) {
+    /// Queues `raw`; a clone of `ack` is held until the write is acknowledged. Returns the
+    /// record and its callback when the producer's queue is full (to retry).
+    fn queue(&self, node: NodeMeta, raw: RawRecord, ack: &Ack) -> Option<(RawRecord, OnDelivery)> {
         let started = Instant::now();
-        let delivery = match self.try_send(&raw, &ack) {
-            None => return,
-            Some(Err(TransportError::QueueFull)) => {
-                match self.send_when_queue_frees(&raw, &ack).await {
-                    None => return,
-                    Some(r) => r,
-                }
+        let held = ack.clone();
+        let done: OnDelivery = Box::new(move |outcome| {
+            delivered(outcome, held, &node, started);
+        });
+        match self.try_send(&raw, ack, done) {
+            Err((TransportError::QueueFull, done)) => Some((raw, done)),
+            other => {
+                self.queued(other);
+                None
             }
-            Some(r) => r,
-        };
-        match delivery {
-            Ok(delivery) => {
-                let pending = Pending {
-                    delivery,
-                    ack,
-                    node,
-                    started,
-                    metrics: self.metrics.clone(),
-                };
+        }
+    }
+
+    /// Follows a write up after the sink took it (or refused it for good).
+    fn queued(&self, result: Result<Option<Queued>, (TransportError, OnDelivery)>) {
+        match result {
+            // Cancelled: dropping the callback releases its ack clone.
+            Ok(None) | Ok(Some(Queued::Notifies)) => {}
+            Ok(Some(Queued::Await(delivery, done))) => {
                 // The driver lives as long as the engine; should it be gone, complete here.
-                if let Err(mpsc::error::SendError(p)) = self.deliveries.send(pending) {
+                if let Err(mpsc::error::SendError(p)) =
+                    self.deliveries.send(Pending { delivery, done })
+                {
                     tokio::spawn(p.complete());
                 }
             }
-            Err(e) => {
-                let node = &*node.name;
-                tracing::error!(node, error = %e, "write failed for good");
-                self.metrics.record(node, "failed");
-                ack.fail();
-            }
+            Err((e, done)) => done(Err(e)),
+        }
+    }
+
+    /// Queues `raw`, waiting while the producer's queue is full.
+    async fn send(&self, node: NodeMeta, raw: RawRecord, ack: Ack) {
+        if let Some((raw, done)) = self.queue(node, raw, &ack) {
+            let queued = self.send_when_queue_frees(&raw, &ack, done).await;
+            self.queued(queued);
         }
     }
 
@@ -499,7 +639,7 @@ impl Engine {
             .dead_letter_total
             .with_label_values(&[&topic])
             .inc();
-        let meta = NodeMeta::new(&self.metrics, format!("dlq:{topic}"));
+        let meta = node_meta(&self.metrics, format!("dlq:{topic}"));
         self.send(meta, raw, ack.clone()).await;
     }
 
@@ -628,6 +768,30 @@ impl Engine {
                 self.dead_letter(ack, e.class(), &msg, attempts).await;
             }
         }
+    }
+}
+
+/// Work of one record that must be awaited after its inline part; see [`Engine::emit_now`].
+enum Deferred {
+    /// Run this node (a sink) the awaited way.
+    Run(usize, Record),
+    /// Queue this write again once the producer's queue frees.
+    Retry(RawRecord, OnDelivery),
+}
+
+/// Decodes with `serde`, without a future when the serde can (see
+/// [`Serde::deserialize_now`](crate::serdes::Serde::deserialize_now)).
+async fn decode(
+    ack: &Ack,
+    serde: &dyn crate::serdes::Serde,
+    topic: &str,
+    is_key: bool,
+    bytes: &[u8],
+) -> Result<crate::Value, SerdeError> {
+    match serde.deserialize_now(topic, is_key, bytes) {
+        Some(Ok(v)) => Ok(v),
+        Some(Err(e)) if !e.is_transient() => Err(e),
+        _ => registry_retry(ack, || serde.deserialize(topic, is_key, bytes)).await,
     }
 }
 

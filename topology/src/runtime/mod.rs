@@ -418,18 +418,28 @@ async fn ingest(
     paused: &mut HashSet<TopicPartition>,
     cfg: &RuntimeConfig,
 ) -> Result<(), RuntimeError> {
-    let tp = TopicPartition::new(&raw.topic, raw.partition);
-    let offset = raw.offset;
-    match tracker.begin(raw) {
-        Some(ack) => engine.ingest(ack).await,
+    let (partition, offset) = (raw.partition, raw.offset);
+    let Some(ack) = tracker.begin(raw) else {
         // A record of a partition the tracker does not hold (revoked between fetch and
         // delivery): the next owner reads it again.
-        None => tracing::debug!(%tp, offset, "record of an unassigned partition skipped"),
-    }
-    let (in_flight, processing) = tracker.in_flight_and_processing(&tp);
-    if cfg.over_limit(in_flight, processing) && paused.insert(tp.clone()) {
-        tracing::debug!(%tp, in_flight, processing, "pausing for back-pressure");
-        consumer.pause(std::slice::from_ref(&tp))?;
+        tracing::debug!(
+            partition,
+            offset,
+            "record of an unassigned partition skipped"
+        );
+        return Ok(());
+    };
+    // Read the partition's counts through the record's own ack, after the graph ran: no
+    // lookup (or allocation) per record unless the partition must pause.
+    let probe = ack.clone();
+    engine.ingest(ack).await;
+    let (in_flight, processing) = probe.partition_in_flight_and_processing();
+    if cfg.over_limit(in_flight, processing) {
+        let tp = TopicPartition::new(&probe.origin.topic, partition);
+        if paused.insert(tp.clone()) {
+            tracing::debug!(%tp, in_flight, processing, "pausing for back-pressure");
+            consumer.pause(std::slice::from_ref(&tp))?;
+        }
     }
     Ok(())
 }

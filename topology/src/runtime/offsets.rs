@@ -8,7 +8,7 @@
 //! last clone is dropped (after every output it caused was acknowledged).
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU8, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use tokio_util::sync::CancellationToken;
@@ -77,18 +77,52 @@ impl PartitionOffsets {
     }
 }
 
+/// The live state of one assigned partition, shared by the tracker and the acks of its
+/// records. A reset or revocation replaces (or drops) it in the tracker, so acks of older work
+/// update an orphaned copy and no longer count, without an epoch check or a map lookup.
+#[derive(Debug)]
+struct Partition {
+    offsets: Mutex<PartitionOffsets>,
+    /// Records begun and not finished (mirrors `offsets`, read without its lock).
+    in_flight: AtomicUsize,
+    /// Records still being processed (held by an async stage), not only awaiting output acks.
+    processing: AtomicUsize,
+    cancel: CancellationToken,
+    /// A record of it failed because the schema registry stayed unavailable (not its outputs).
+    registry_unavailable: AtomicBool,
+}
+
+impl Partition {
+    fn new() -> Arc<Self> {
+        Arc::new(Partition {
+            offsets: Mutex::new(PartitionOffsets::default()),
+            in_flight: AtomicUsize::new(0),
+            processing: AtomicUsize::new(0),
+            cancel: CancellationToken::new(),
+            registry_unavailable: AtomicBool::new(false),
+        })
+    }
+
+    fn offsets(&self) -> MutexGuard<'_, PartitionOffsets> {
+        self.offsets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn counts(&self) -> (usize, usize) {
+        (
+            self.in_flight.load(AtomicOrdering::Acquire),
+            self.processing.load(AtomicOrdering::Acquire),
+        )
+    }
+}
+
 #[derive(Debug)]
 struct Assigned {
-    offsets: PartitionOffsets,
-    /// Records still being processed (held by an async stage), not only awaiting output acks.
-    processing: usize,
-    epoch: u64,
+    live: Arc<Partition>,
     committed: Option<i64>,
     /// The first offset begun since assignment (or since the last reset).
     start: Option<i64>,
-    cancel: CancellationToken,
-    /// A record of it failed because the schema registry stayed unavailable (not its outputs).
-    registry_unavailable: bool,
 }
 
 /// Offsets of every assigned partition, shared by the runtime and the transport.
@@ -97,10 +131,15 @@ struct Assigned {
 /// that their record's work was not cancelled), and revocation takes it exclusively while it
 /// cancels work, so once [`revoke`](Self::revoke) or [`reset`](Self::reset) returns no output
 /// of cancelled work can still be queued (what keeps a transaction free of revoked work).
+///
+/// Per record the runtime takes the tracker's lock once (to begin it); finishing a record
+/// locks only its own partition's offsets (from the producer's delivery thread), and the
+/// counts back-pressure reads are atomics.
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
     inner: Mutex<TrackerInner>,
     gate: RwLock<()>,
+    resets: AtomicU64,
 }
 
 /// Where a partition kept across a rebalance must be read again from after its uncommitted
@@ -117,8 +156,6 @@ pub struct Rewind {
 #[derive(Debug, Default)]
 struct TrackerInner {
     partitions: HashMap<TopicPartition, Assigned>,
-    epoch: u64,
-    resets: u64,
 }
 
 impl OffsetTracker {
@@ -132,16 +169,10 @@ impl OffsetTracker {
     pub fn assign(&self, tps: &[TopicPartition]) {
         let mut g = self.lock();
         for tp in tps {
-            g.epoch += 1;
-            let epoch = g.epoch;
             g.partitions.entry(tp.clone()).or_insert_with(|| Assigned {
-                offsets: PartitionOffsets::default(),
-                processing: 0,
-                epoch,
+                live: Partition::new(),
                 committed: None,
                 start: None,
-                cancel: CancellationToken::new(),
-                registry_unavailable: false,
             });
         }
     }
@@ -162,7 +193,7 @@ impl OffsetTracker {
     /// How many times [`reset`](Self::reset) ran: records polled before a reset and not yet
     /// begun must be dropped (their partitions were rewound).
     pub fn resets(&self) -> u64 {
-        self.lock().resets
+        self.resets.load(AtomicOrdering::Acquire)
     }
 
     /// Throws away the uncommitted work of the still-assigned partitions `tps` (exactly-once
@@ -173,32 +204,23 @@ impl OffsetTracker {
     pub fn reset(&self, tps: &[TopicPartition]) -> Vec<Rewind> {
         let _gate = self.write_gate();
         let mut g = self.lock();
-        g.resets += 1;
+        self.resets.fetch_add(1, AtomicOrdering::AcqRel);
         let mut out = Vec::new();
         for tp in tps {
-            g.epoch += 1;
-            let epoch = g.epoch;
             let Some(a) = g.partitions.get_mut(tp) else {
                 continue;
             };
-            a.cancel.cancel();
+            a.live.cancel.cancel();
             let position = a.committed.or(a.start);
-            let read_since = a.offsets.next.is_some_and(|n| Some(n) != position);
+            let read_since = a.live.offsets().next.is_some_and(|n| Some(n) != position);
             if read_since && let Some(offset) = position {
                 out.push(Rewind {
                     tp: tp.clone(),
                     offset,
                 });
             }
-            *a = Assigned {
-                offsets: PartitionOffsets::default(),
-                processing: 0,
-                epoch,
-                committed: a.committed,
-                start: position,
-                cancel: CancellationToken::new(),
-                registry_unavailable: false,
-            };
+            a.live = Partition::new();
+            a.start = position;
         }
         out
     }
@@ -211,8 +233,8 @@ impl OffsetTracker {
         let mut out = Vec::new();
         for tp in tps {
             if let Some(a) = g.partitions.remove(tp) {
-                a.cancel.cancel();
-                if let Some(o) = a.offsets.commit_offset()
+                a.live.cancel.cancel();
+                if let Some(o) = a.live.offsets().commit_offset()
                     && Some(o) != a.committed
                 {
                     out.push((tp.clone(), o));
@@ -223,36 +245,35 @@ impl OffsetTracker {
     }
 
     /// Starts tracking a source record; `None` when its partition is not assigned (any more).
-    pub fn begin(self: &Arc<Self>, origin: RawRecord) -> Option<Ack> {
-        let tp = TopicPartition::new(&origin.topic, origin.partition);
-        let mut g = self.lock();
-        let a = g.partitions.get_mut(&tp)?;
-        a.offsets.begin(origin.offset);
-        a.start.get_or_insert(origin.offset);
+    pub fn begin(self: &Arc<Self>, mut origin: RawRecord) -> Option<Ack> {
+        // The lookup key borrows the record's topic for the moment (no allocation per record).
+        let key = TopicPartition {
+            topic: std::mem::take(&mut origin.topic),
+            partition: origin.partition,
+        };
+        let live = {
+            let mut g = self.lock();
+            // Under the tracker's lock, so a concurrent revoke or reset sees it begun or not
+            // at all.
+            g.partitions.get_mut(&key).map(|a| {
+                a.start.get_or_insert(origin.offset);
+                a.live.offsets().begin(origin.offset);
+                a.live.in_flight.fetch_add(1, AtomicOrdering::AcqRel);
+                a.live.clone()
+            })
+        };
+        origin.topic = key.topic;
+        let live = live?;
         Some(Arc::new(AckInner {
             tracker: self.clone(),
-            epoch: a.epoch,
             // The partition's token itself (a clone, no allocation): nothing cancels one
             // record's work alone, and a child token per record cost an allocation and two
             // locks of the partition's token tree per record.
-            cancel: a.cancel.clone(),
-            tp,
+            cancel: live.cancel.clone(),
+            live,
             origin,
             failure: AtomicU8::new(NOT_FAILED),
         }))
-    }
-
-    fn finish(&self, tp: &TopicPartition, offset: i64, epoch: u64, failure: u8) {
-        let mut g = self.lock();
-        if let Some(a) = g.partitions.get_mut(tp)
-            && a.epoch == epoch
-        {
-            if failure != NOT_FAILED {
-                a.offsets.fail(offset);
-            }
-            a.registry_unavailable |= failure == REGISTRY_UNAVAILABLE;
-            a.offsets.complete(offset);
-        }
     }
 
     /// Offsets to commit now: partitions whose commit offset moved since the last commit.
@@ -262,7 +283,7 @@ impl OffsetTracker {
             .partitions
             .iter()
             .filter_map(|(tp, a)| {
-                let o = a.offsets.commit_offset()?;
+                let o = a.live.offsets().commit_offset()?;
                 (Some(o) != a.committed).then(|| (tp.clone(), o))
             })
             .collect();
@@ -287,37 +308,21 @@ impl OffsetTracker {
 
     /// Records in flight in one partition.
     pub fn in_flight(&self, tp: &TopicPartition) -> usize {
-        self.lock()
-            .partitions
-            .get(tp)
-            .map_or(0, |a| a.offsets.in_flight())
+        self.in_flight_and_processing(tp).0
     }
 
     /// Records of one partition still being processed (inside an async stage), as opposed to
     /// records whose outputs only await the producer's acknowledgement.
     pub fn processing(&self, tp: &TopicPartition) -> usize {
-        self.lock().partitions.get(tp).map_or(0, |a| a.processing)
+        self.in_flight_and_processing(tp).1
     }
 
-    /// Records in flight and still being processed in one partition, under one lock.
+    /// Records in flight and still being processed in one partition.
     pub fn in_flight_and_processing(&self, tp: &TopicPartition) -> (usize, usize) {
         self.lock()
             .partitions
             .get(tp)
-            .map_or((0, 0), |a| (a.offsets.in_flight(), a.processing))
-    }
-
-    fn processing_delta(&self, tp: &TopicPartition, epoch: u64, up: bool) {
-        let mut g = self.lock();
-        if let Some(a) = g.partitions.get_mut(tp)
-            && a.epoch == epoch
-        {
-            if up {
-                a.processing += 1;
-            } else {
-                a.processing = a.processing.saturating_sub(1);
-            }
-        }
+            .map_or((0, 0), |a| a.live.counts())
     }
 
     /// Records in flight in all partitions.
@@ -325,7 +330,7 @@ impl OffsetTracker {
         self.lock()
             .partitions
             .values()
-            .map(|a| a.offsets.in_flight())
+            .map(|a| a.live.counts().0)
             .sum()
     }
 
@@ -341,7 +346,7 @@ impl OffsetTracker {
         self.lock()
             .partitions
             .iter()
-            .filter(|(_, a)| a.offsets.has_failed())
+            .filter(|(_, a)| a.live.offsets().has_failed())
             .map(|(tp, _)| tp.clone())
             .collect()
     }
@@ -352,7 +357,10 @@ impl OffsetTracker {
         self.lock()
             .partitions
             .iter()
-            .filter(|(_, a)| a.registry_unavailable && a.offsets.has_failed())
+            .filter(|(_, a)| {
+                a.live.registry_unavailable.load(AtomicOrdering::Acquire)
+                    && a.live.offsets().has_failed()
+            })
             .map(|(tp, _)| tp.clone())
             .collect()
     }
@@ -369,8 +377,7 @@ pub type Ack = Arc<AckInner>;
 #[derive(Debug)]
 pub struct AckInner {
     tracker: Arc<OffsetTracker>,
-    tp: TopicPartition,
-    epoch: u64,
+    live: Arc<Partition>,
     /// [`NOT_FAILED`], [`OUTPUT_FAILED`] or [`REGISTRY_UNAVAILABLE`].
     failure: AtomicU8,
     /// Cancelled when the partition is revoked or reset. It is the partition's token (shared
@@ -406,10 +413,16 @@ impl AckInner {
             .store(REGISTRY_UNAVAILABLE, AtomicOrdering::SeqCst);
     }
 
+    /// Records in flight and still being processed in this record's partition (what
+    /// back-pressure looks at), without the tracker's lock.
+    pub fn partition_in_flight_and_processing(&self) -> (usize, usize) {
+        self.live.counts()
+    }
+
     /// Counts this record as still being processed (see [`OffsetTracker::processing`]) until
     /// the returned guard is dropped.
     pub fn processing(self: &Arc<Self>) -> ProcessingGuard {
-        self.tracker.processing_delta(&self.tp, self.epoch, true);
+        self.live.processing.fetch_add(1, AtomicOrdering::AcqRel);
         ProcessingGuard { ack: self.clone() }
     }
 }
@@ -422,18 +435,81 @@ pub struct ProcessingGuard {
 
 impl Drop for ProcessingGuard {
     fn drop(&mut self) {
-        let a = &self.ack;
-        a.tracker.processing_delta(&a.tp, a.epoch, false);
+        self.ack
+            .live
+            .processing
+            .fetch_sub(1, AtomicOrdering::AcqRel);
     }
 }
 
 impl Drop for AckInner {
     fn drop(&mut self) {
-        self.tracker.finish(
-            &self.tp,
-            self.origin.offset,
-            self.epoch,
-            self.failure.load(AtomicOrdering::SeqCst),
+        let failure = self.failure.load(AtomicOrdering::SeqCst);
+        if failure == REGISTRY_UNAVAILABLE {
+            self.live
+                .registry_unavailable
+                .store(true, AtomicOrdering::Release);
+        }
+        let mut offsets = self.live.offsets();
+        if failure != NOT_FAILED {
+            offsets.fail(self.origin.offset);
+        }
+        offsets.complete(self.origin.offset);
+        drop(offsets);
+        self.live.in_flight.fetch_sub(1, AtomicOrdering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(offset: i64) -> RawRecord {
+        RawRecord {
+            topic: "in".into(),
+            partition: 0,
+            offset,
+            key: None,
+            value: None,
+            headers: Default::default(),
+            timestamp: None,
+        }
+    }
+
+    #[test]
+    fn acks_count_against_their_partition_until_a_reset() {
+        let tracker = Arc::new(OffsetTracker::default());
+        let tp = TopicPartition::new("in", 0);
+        assert!(tracker.begin(raw(0)).is_none(), "not assigned yet");
+        tracker.assign(std::slice::from_ref(&tp));
+        let acks: Vec<_> = (10..13).filter_map(|o| tracker.begin(raw(o))).collect();
+        assert_eq!(acks.len(), 3);
+        assert_eq!(acks[0].origin.topic, "in", "the record keeps its topic");
+        let working = acks[1].processing();
+        assert_eq!(tracker.in_flight_and_processing(&tp), (3, 1));
+        assert_eq!(acks[2].partition_in_flight_and_processing(), (3, 1));
+        drop(working);
+        let mut acks = acks.into_iter();
+        drop(acks.next());
+        assert_eq!(tracker.in_flight(&tp), 2);
+        assert_eq!(tracker.pending_commits(), vec![(tp.clone(), 11)]);
+        // A reset forgets the old work: its acks no longer count when they finish.
+        let rewinds = tracker.reset(std::slice::from_ref(&tp));
+        assert_eq!(
+            rewinds,
+            vec![Rewind {
+                tp: tp.clone(),
+                offset: 10
+            }]
         );
+        assert_eq!(tracker.total_in_flight(), 0);
+        let again = tracker.begin(raw(10)).expect("assigned");
+        drop(acks);
+        assert_eq!(tracker.in_flight(&tp), 1);
+        assert_eq!(tracker.pending_commits(), vec![(tp.clone(), 10)]);
+        again.fail();
+        drop(again);
+        assert_eq!(tracker.failed_partitions(), vec![tp.clone()]);
+        assert_eq!(tracker.total_in_flight(), 0);
     }
 }

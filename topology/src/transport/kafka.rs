@@ -24,12 +24,12 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header as KHeader, Headers as _, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::{
-    ConnectSpec, Connection, DeliveryFuture, RecordSink, SourceConsumer, TopicPartition, Transport,
-    TransportError,
+    ConnectSpec, Connection, DeliveryFuture, OnDelivery, Queued, RecordSink, SourceConsumer,
+    TopicPartition, Transport, TransportError,
 };
 use crate::runtime::{OffsetTracker, Rewind};
 use crate::{Header, Headers, RawRecord};
@@ -217,7 +217,7 @@ pub struct StreamsContext {
     tracker: Arc<OffsetTracker>,
     exactly_once: bool,
     on_rebalance: Arc<dyn Fn() + Send + Sync>,
-    producer: OnceLock<Arc<FutureProducer>>,
+    producer: OnceLock<Arc<KafkaProducer>>,
     txn_error: Mutex<Option<KafkaError>>,
 }
 
@@ -376,7 +376,9 @@ impl Transport for KafkaTransport {
                     ),
                 );
             }
-            let producer: FutureProducer = pc.create().map_err(kafka("create producer"))?;
+            let producer: KafkaProducer = pc
+                .create_with_context(SinkContext)
+                .map_err(kafka("create producer"))?;
             let producer = Arc::new(producer);
             if spec.exactly_once {
                 let p = producer.clone();
@@ -408,7 +410,7 @@ impl Transport for KafkaTransport {
 
 struct KafkaConsumer {
     consumer: Arc<StreamConsumer<StreamsContext>>,
-    producer: Arc<FutureProducer>,
+    producer: Arc<KafkaProducer>,
     exactly_once: bool,
 }
 
@@ -457,51 +459,56 @@ impl KafkaConsumer {
     }
 }
 
+/// A consumed message as a [`RawRecord`] (copied out of librdkafka's buffer).
+fn raw_record(
+    got: Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>,
+) -> Result<Option<RawRecord>, TransportError> {
+    match got {
+        // librdkafka reports lost broker connections through the consumer and keeps
+        // reconnecting by itself: an outage pauses the stream, it does not end it.
+        Err(KafkaError::MessageConsumption(code)) if transient_consumer_error(code) => {
+            tracing::warn!(error = %code, "kafka consumer: broker unavailable, retrying");
+            Ok(None)
+        }
+        Err(e) => Err(kafka("poll")(e)),
+        Ok(m) => {
+            let mut headers = Headers::default();
+            if let Some(h) = m.headers() {
+                headers.0.reserve_exact(h.count());
+                for hd in h.iter() {
+                    headers.0.push(Header {
+                        key: hd.key.to_owned(),
+                        value: hd.value.map(bytes::Bytes::copy_from_slice),
+                    });
+                }
+            }
+            Ok(Some(RawRecord {
+                topic: m.topic().to_owned(),
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(bytes::Bytes::copy_from_slice),
+                value: m.payload().map(bytes::Bytes::copy_from_slice),
+                headers,
+                timestamp: m.timestamp().to_millis(),
+            }))
+        }
+    }
+}
+
 impl SourceConsumer for KafkaConsumer {
     fn poll(
         &mut self,
         timeout: Duration,
     ) -> BoxFuture<'_, Result<Option<RawRecord>, TransportError>> {
         Box::pin(async move {
-            // A record already fetched is taken without arming a timer (once per record at
-            // full speed); only an empty queue waits, up to `timeout`.
-            let ready = futures::FutureExt::now_or_never(self.consumer.recv());
-            let got = match ready {
-                Some(got) => got,
-                None => match tokio::time::timeout(timeout, self.consumer.recv()).await {
-                    Err(_) => return Ok(None),
-                    Ok(got) => got,
-                },
-            };
-            match got {
-                // librdkafka reports lost broker connections through the consumer and keeps
-                // reconnecting by itself: an outage pauses the stream, it does not end it.
-                Err(KafkaError::MessageConsumption(code)) if transient_consumer_error(code) => {
-                    tracing::warn!(error = %code, "kafka consumer: broker unavailable, retrying");
-                    Ok(None)
-                }
-                Err(e) => Err(kafka("poll")(e)),
-                Ok(m) => {
-                    let mut headers = Headers::default();
-                    if let Some(h) = m.headers() {
-                        headers.0.reserve_exact(h.count());
-                        for hd in h.iter() {
-                            headers.0.push(Header {
-                                key: hd.key.to_owned(),
-                                value: hd.value.map(bytes::Bytes::copy_from_slice),
-                            });
-                        }
-                    }
-                    Ok(Some(RawRecord {
-                        topic: m.topic().to_owned(),
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        key: m.key().map(bytes::Bytes::copy_from_slice),
-                        value: m.payload().map(bytes::Bytes::copy_from_slice),
-                        headers,
-                        timestamp: m.timestamp().to_millis(),
-                    }))
-                }
+            // A record already fetched is taken without arming a timer; only an empty queue
+            // waits, up to `timeout`.
+            if let Some(got) = futures::FutureExt::now_or_never(self.consumer.recv()) {
+                return raw_record(got);
+            }
+            match tokio::time::timeout(timeout, self.consumer.recv()).await {
+                Err(_) => Ok(None),
+                Ok(got) => raw_record(got),
             }
         })
     }
@@ -636,24 +643,76 @@ impl SourceConsumer for KafkaConsumer {
     }
 }
 
+/// The producer: librdkafka's delivery reports are served by rdkafka's polling thread, which
+/// calls each record's [`OnDelivery`] directly (no future, channel or task per record).
+type KafkaProducer = ThreadedProducer<SinkContext>;
+
+/// Completes each record's [`OnDelivery`] from its delivery report.
+struct SinkContext;
+
+impl ClientContext for SinkContext {}
+
+impl ProducerContext for SinkContext {
+    // Boxed twice: rdkafka passes the opaque as a thin pointer.
+    type DeliveryOpaque = Box<OnDelivery>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, done: Self::DeliveryOpaque) {
+        let outcome = match result {
+            Ok(_) => Ok(()),
+            Err((e, m)) => Err(TransportError::Delivery {
+                topic: m.topic().to_owned(),
+                message: e.to_string(),
+            }),
+        };
+        (*done)(outcome);
+    }
+}
+
 struct KafkaSink {
-    producer: Arc<FutureProducer>,
+    producer: Arc<KafkaProducer>,
 }
 
 impl RecordSink for KafkaSink {
     fn send(&self, record: &RawRecord) -> Result<DeliveryFuture, TransportError> {
-        let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&record.topic);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let done: OnDelivery = Box::new(move |outcome| {
+            // The receiver gone means nobody waits for the outcome any more.
+            let _ = tx.send(outcome);
+        });
+        match self.send_then(record, done) {
+            Ok(_) => {
+                let topic = record.topic.clone();
+                Ok(Box::pin(async move {
+                    rx.await.unwrap_or_else(|_| {
+                        Err(TransportError::Delivery {
+                            topic,
+                            message: "producer dropped the delivery".into(),
+                        })
+                    })
+                }))
+            }
+            Err((e, _)) => Err(e),
+        }
+    }
+
+    fn send_then(
+        &self,
+        record: &RawRecord,
+        done: OnDelivery,
+    ) -> Result<Queued, (TransportError, OnDelivery)> {
+        let mut br: BaseRecord<'_, [u8], [u8], Box<OnDelivery>> =
+            BaseRecord::with_opaque_to(&record.topic, Box::new(done));
         if let Some(k) = &record.key {
-            fr = fr.key(k.as_ref());
+            br = br.key(k.as_ref());
         }
         if let Some(v) = &record.value {
-            fr = fr.payload(v.as_ref());
+            br = br.payload(v.as_ref());
         }
         if record.partition >= 0 {
-            fr = fr.partition(record.partition);
+            br = br.partition(record.partition);
         }
         if let Some(ts) = record.timestamp {
-            fr = fr.timestamp(ts);
+            br = br.timestamp(ts);
         }
         if !record.headers.0.is_empty() {
             let mut h = OwnedHeaders::new_with_capacity(record.headers.0.len());
@@ -663,29 +722,17 @@ impl RecordSink for KafkaSink {
                     value: hd.value.as_deref(),
                 });
             }
-            fr = fr.headers(h);
+            br = br.headers(h);
         }
-        match self.producer.send_result(fr) {
-            Ok(delivery) => {
-                let topic = record.topic.clone();
-                Ok(Box::pin(async move {
-                    match delivery.await {
-                        Ok(Ok(_)) => Ok(()),
-                        Ok(Err((e, _))) => Err(TransportError::Delivery {
-                            topic,
-                            message: e.to_string(),
-                        }),
-                        Err(_) => Err(TransportError::Delivery {
-                            topic,
-                            message: "producer dropped the delivery".into(),
-                        }),
-                    }
-                }))
+        match self.producer.send(br) {
+            Ok(()) => Ok(Queued::Notifies),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), br)) => {
+                Err((TransportError::QueueFull, *br.delivery_opaque))
             }
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                Err(TransportError::QueueFull)
-            }
-            Err((e, _)) => Err(kafka(format!("send to {}", record.topic))(e)),
+            Err((e, br)) => Err((
+                kafka(format!("send to {}", record.topic))(e),
+                *br.delivery_opaque,
+            )),
         }
     }
 }

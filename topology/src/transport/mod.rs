@@ -145,11 +145,40 @@ pub type CommittedOffsets = Vec<(TopicPartition, Option<i64>)>;
 /// The acknowledgement of one sent record.
 pub type DeliveryFuture = BoxFuture<'static, Result<(), TransportError>>;
 
+/// Called once with the outcome of a write queued by [`RecordSink::send_then`], on whichever
+/// thread learns it (for Kafka, the producer's delivery-report thread): keep it short.
+pub type OnDelivery = Box<dyn FnOnce(Result<(), TransportError>) + Send + Sync>;
+
+/// What [`RecordSink::send_then`] did with a record it queued.
+pub enum Queued {
+    /// The sink calls the callback itself once the write is acknowledged.
+    Notifies,
+    /// The caller awaits the future and calls the callback with its result (sinks without
+    /// delivery callbacks).
+    Await(DeliveryFuture, OnDelivery),
+}
+
 /// A producer of records.
 pub trait RecordSink: Send + Sync {
     /// Queues `record` in order and returns a future that resolves when it is durably written.
     /// `Err(TransportError::QueueFull)` asks the caller to wait and retry.
     fn send(&self, record: &RawRecord) -> Result<DeliveryFuture, TransportError>;
+
+    /// Queues `record` in order like [`send`](Self::send) and reports the outcome to `done`.
+    /// A sink with delivery callbacks (Kafka) calls `done` itself, which spares the caller a
+    /// future (and its allocations and wake-ups) per record; the default hands `send`'s
+    /// future back to be awaited. On error `done` is handed back unused (e.g. to retry after
+    /// `QueueFull`).
+    fn send_then(
+        &self,
+        record: &RawRecord,
+        done: OnDelivery,
+    ) -> Result<Queued, (TransportError, OnDelivery)> {
+        match self.send(record) {
+            Ok(delivery) => Ok(Queued::Await(delivery, done)),
+            Err(e) => Err((e, done)),
+        }
+    }
 }
 
 /// An open consumer and producer pair.
