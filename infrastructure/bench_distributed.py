@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
@@ -74,27 +75,39 @@ def end_to_end(services, image_server, rate, seconds, latency, settle):
     watcher.start()
     ready.wait(30)
 
-    session = requests.Session()
     sent = {}
-    failures = 0
-    total = int(rate * seconds)
-    started = time.time()
-    for i in range(total):
-        # Open-loop pacing: each POST leaves at its slot, whatever the previous one took.
-        time.sleep(max(0.0, started + i / rate - time.time()))
+    failures = []
+    lock = threading.Lock()
+    local = threading.local()
+
+    def post(i, at):
+        session = getattr(local, "session", None) or requests.Session()
+        local.session = session
         key = ("e2e", f"p-{i}")
         body = {"mallId": key[0], "productId": key[1], "title": f"Product {i}", "content": "bench",
                 "price": "1.00", "imageUrl": image_server.url(key[1])}
-        at = time.time()
         try:
             response = session.post(f"{services.url('product-collector')}/api/v1/products",
-                                    json=body, timeout=10)
-            if response.status_code in (200, 201):
+                                    json=body, timeout=30)
+            ok = response.status_code in (200, 201)
+        except requests.RequestException:
+            ok = False
+        with lock:
+            if ok:
                 sent[key] = at
             else:
-                failures += 1
-        except requests.RequestException:
-            failures += 1
+                failures.append(key)
+
+    total = int(rate * seconds)
+    started = time.time()
+    # Open loop: each POST leaves at its slot from a pool, whatever the earlier ones take, and
+    # its latency counts from the slot (no coordinated omission).
+    with ThreadPoolExecutor(64) as pool:
+        for i in range(total):
+            at = started + i / rate
+            time.sleep(max(0.0, at - time.time()))
+            pool.submit(post, i, at)
+    failures = len(failures)
     achieved = len(sent) / max(time.time() - started, 1e-9)
     deadline = time.time() + settle
     while time.time() < deadline and not all(key in seen for key in sent):
@@ -163,11 +176,11 @@ def main():
             e2e = end_to_end(services, image_server, args.rate, args.seconds, args.latency,
                              args.settle)
             rows.append(f"| distributed end to end ({args.rate:.0f}/s asked, {e2e['achieved']:.0f}/s "
-                        f"sent, {e2e['products']} products, {e2e['visible']} visible, "
+                        f"acknowledged, {e2e['products']} products, {e2e['visible']} visible, "
                         f"{e2e['failures']} failed POSTs), beyond the image server's "
                         f"{args.latency * 1000:.0f} ms | p50 {e2e['p50']:.1f} ms, "
                         f"p99 {e2e['p99']:.1f} ms | (standalone: p50 ≤ 20 ms, p99 ≤ 100 ms) |")
-            results.append(f"RESULT distributed_e2e rate={args.rate:.0f} sent_rate={e2e['achieved']:.0f} "
+            results.append(f"RESULT distributed_e2e rate={args.rate:.0f} acked_rate={e2e['achieved']:.0f} "
                            f"products={e2e['products']} visible={e2e['visible']} "
                            f"p50_ms={e2e['p50']:.2f} p99_ms={e2e['p99']:.2f}")
         if "ingest" in args.parts:
