@@ -183,13 +183,20 @@ pub trait Serde: Send + Sync + std::fmt::Debug {
 /// A shared serde.
 pub type SerdeRef = Arc<dyn Serde>;
 
-/// Raw bytes, unchanged.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct BytesSerde;
+/// A serde that never waits (no registry, no I/O): implementing it gives a [`Serde`] whose
+/// `*_now` paths always answer, which the runtime then takes on every record.
+pub trait SyncSerde: Send + Sync + std::fmt::Debug {
+    /// The format, for descriptions and checks.
+    fn format(&self) -> SerdeFormat;
+    /// Decodes `bytes` read from `topic` (`is_key` selects the key side).
+    fn decode(&self, topic: &str, is_key: bool, bytes: &[u8]) -> Result<Value, SerdeError>;
+    /// Encodes `value` for `topic`.
+    fn encode(&self, topic: &str, is_key: bool, value: &Value) -> Result<Vec<u8>, SerdeError>;
+}
 
-impl Serde for BytesSerde {
+impl<T: SyncSerde> Serde for T {
     fn format(&self) -> SerdeFormat {
-        SerdeFormat::Bytes
+        SyncSerde::format(self)
     }
     fn deserialize<'a>(
         &'a self,
@@ -225,7 +232,14 @@ impl Serde for BytesSerde {
     }
 }
 
-impl BytesSerde {
+/// Raw bytes, unchanged.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BytesSerde;
+
+impl SyncSerde for BytesSerde {
+    fn format(&self) -> SerdeFormat {
+        SerdeFormat::Bytes
+    }
     fn decode(&self, _: &str, _: bool, bytes: &[u8]) -> Result<Value, SerdeError> {
         Ok(Value::Bytes(bytes::Bytes::copy_from_slice(bytes)))
     }
@@ -238,45 +252,10 @@ impl BytesSerde {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StringSerde;
 
-impl Serde for StringSerde {
+impl SyncSerde for StringSerde {
     fn format(&self) -> SerdeFormat {
         SerdeFormat::String
     }
-    fn deserialize<'a>(
-        &'a self,
-        topic: &'a str,
-        is_key: bool,
-        bytes: &'a [u8],
-    ) -> BoxFuture<'a, Result<Value, SerdeError>> {
-        Box::pin(ready(self.decode(topic, is_key, bytes)))
-    }
-    fn serialize<'a>(
-        &'a self,
-        topic: &'a str,
-        is_key: bool,
-        value: &'a Value,
-    ) -> BoxFuture<'a, Result<Vec<u8>, SerdeError>> {
-        Box::pin(ready(self.encode(topic, is_key, value)))
-    }
-    fn deserialize_now(
-        &self,
-        topic: &str,
-        is_key: bool,
-        bytes: &[u8],
-    ) -> Option<Result<Value, SerdeError>> {
-        Some(self.decode(topic, is_key, bytes))
-    }
-    fn serialize_now(
-        &self,
-        topic: &str,
-        is_key: bool,
-        value: &Value,
-    ) -> Option<Result<Vec<u8>, SerdeError>> {
-        Some(self.encode(topic, is_key, value))
-    }
-}
-
-impl StringSerde {
     fn decode(&self, _: &str, _: bool, bytes: &[u8]) -> Result<Value, SerdeError> {
         std::str::from_utf8(bytes)
             .map(|s| Value::String(s.to_owned()))
@@ -294,45 +273,10 @@ impl StringSerde {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct JsonSerde;
 
-impl Serde for JsonSerde {
+impl SyncSerde for JsonSerde {
     fn format(&self) -> SerdeFormat {
         SerdeFormat::Json
     }
-    fn deserialize<'a>(
-        &'a self,
-        topic: &'a str,
-        is_key: bool,
-        bytes: &'a [u8],
-    ) -> BoxFuture<'a, Result<Value, SerdeError>> {
-        Box::pin(ready(self.decode(topic, is_key, bytes)))
-    }
-    fn serialize<'a>(
-        &'a self,
-        topic: &'a str,
-        is_key: bool,
-        value: &'a Value,
-    ) -> BoxFuture<'a, Result<Vec<u8>, SerdeError>> {
-        Box::pin(ready(self.encode(topic, is_key, value)))
-    }
-    fn deserialize_now(
-        &self,
-        topic: &str,
-        is_key: bool,
-        bytes: &[u8],
-    ) -> Option<Result<Value, SerdeError>> {
-        Some(self.decode(topic, is_key, bytes))
-    }
-    fn serialize_now(
-        &self,
-        topic: &str,
-        is_key: bool,
-        value: &Value,
-    ) -> Option<Result<Vec<u8>, SerdeError>> {
-        Some(self.encode(topic, is_key, value))
-    }
-}
-
-impl JsonSerde {
     fn decode(&self, _: &str, _: bool, bytes: &[u8]) -> Result<Value, SerdeError> {
         serde_json::from_slice(bytes)
             .map(Value::Json)
