@@ -27,22 +27,8 @@ import requests
 
 from soak import Distributed, ImageServer
 
-WRK_SCRIPT = r"""
-local counter = 0
-local prefix = nil
-request = function()
-  if prefix == nil then
-    math.randomseed(os.time() + math.floor(os.clock() * 1000000))
-    prefix = string.format("w%08x", math.random(0, 0x7fffffff))
-  end
-  counter = counter + 1
-  local id = prefix .. "-" .. counter
-  local body = '{"mallId":"wrk","productId":"' .. id .. '","title":"title of ' .. id ..
-    '","content":"a product posted by wrk","price":"12.50","imageUrl":"' .. os.getenv("IMAGE_BASE") ..
-    '/' .. id .. '.png"}'
-  return wrk.format("POST", "/api/v1/products", {["Content-Type"] = "application/json"}, body)
-end
-"""
+# wrk's request generator, shared with the standalone bench.
+WRK_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench", "products.lua")
 
 
 def percentile(values, fraction):
@@ -120,13 +106,10 @@ def end_to_end(services, image_server, rate, seconds, latency, settle):
             "p99": percentile(latencies, 0.99)}
 
 
-def ingest(services, image_server, work, threads, connections, seconds):
-    script = os.path.join(work, "products.lua")
-    with open(script, "w") as f:
-        f.write(WRK_SCRIPT)
+def ingest(services, image_server, threads, connections, seconds):
     env = dict(os.environ, IMAGE_BASE=f"http://127.0.0.1:{image_server.port}")
     output = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script,
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", WRK_SCRIPT,
          services.url("product-collector")],
         env=env, check=True, capture_output=True, text=True).stdout
     rps = p99 = float("nan")
@@ -184,7 +167,7 @@ def main():
                            f"products={e2e['products']} visible={e2e['visible']} "
                            f"p50_ms={e2e['p50']:.2f} p99_ms={e2e['p99']:.2f}")
         if "ingest" in args.parts:
-            result = ingest(services, image_server, work, 2, 32, args.wrk_seconds)
+            result = ingest(services, image_server, 2, 32, args.wrk_seconds)
             rows.append(f"| distributed ingest (wrk -t2 -c32, {result['non_2xx']} non-2xx) | "
                         f"{result['rps']:.0f} requests/s, p99 {result['p99']:.2f} ms | "
                         f"(standalone: ≥ 5,000/s, p99 < 20 ms) |")
