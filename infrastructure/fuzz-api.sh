@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# API fuzzing (SPEC §9): schemathesis against the /openapi.json of every service that serves
-# an API: the standalone binary, and the distributed `product-collector` and
-# `complete-products` services against the real servers of infrastructure/.env (Kafka, the
-# schema registry, MongoDB, S3: `up.sh all` starts them; this script fails when they do not
-# answer). Each service's document lists only the routes that service implements.
+# API fuzzing (SPEC §9): schemathesis against the /openapi.json of every service: the
+# standalone binary, and the distributed `product-collector`, `complete-products`,
+# `image-pipeline` and `cdc-source` services against the real servers of infrastructure/.env
+# (Kafka, the schema registry, MongoDB, S3: `up.sh all` starts them; this script fails when
+# they do not answer). Each service's document lists only the routes that service implements
+# (the last two serve only the operational routes: health, readiness, metrics, the document).
 #
 # Installs schemathesis (pinned) into a venv under ${CATALOG_STREAM_CACHE:-~/.cache/catalog-stream},
 # builds the binary with cargo, starts each service on a free port (the distributed ones on a
@@ -16,7 +17,7 @@
 #
 # Environment: FUZZ_MAX_EXAMPLES (default 120), FUZZ_WORKERS (default 2), FUZZ_SEED (optional,
 # for a reproducible run), CARGO_PROFILE (default dev), FUZZ_SERVICES (default
-# "standalone product-collector complete-products").
+# "standalone product-collector complete-products image-pipeline cdc-source").
 set -euo pipefail
 
 INFRA_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -28,11 +29,13 @@ MAX_EXAMPLES="${FUZZ_MAX_EXAMPLES:-120}"
 WORKERS="${FUZZ_WORKERS:-2}"
 MIN_REQUESTS=1000
 PROFILE="${CARGO_PROFILE:-dev}"
-SERVICES="${FUZZ_SERVICES:-standalone product-collector complete-products}"
+SERVICES="${FUZZ_SERVICES:-standalone product-collector complete-products image-pipeline cdc-source}"
 
 # Each service's share of MIN_REQUESTS, by how many operations it documents (8, 5 and 7): one
-# schemathesis run generates up to FUZZ_MAX_EXAMPLES per operation with parameters.
-declare -A SHARE=([standalone]=450 [product-collector]=200 [complete-products]=350)
+# schemathesis run generates up to FUZZ_MAX_EXAMPLES per operation with parameters. The
+# operational routes alone take no parameters: about 30 requests a round.
+declare -A SHARE=([standalone]=450 [product-collector]=200 [complete-products]=350
+    [image-pipeline]=20 [cdc-source]=20)
 
 if [[ ! -x "$VENV/bin/schemathesis" ]] ||
     [[ "$("$VENV/bin/schemathesis" --version 2>/dev/null)" != *"$SCHEMATHESIS_VERSION"* ]]; then
@@ -113,7 +116,7 @@ start_service() {
         standalone)
             RUST_LOG=warn "$BIN" --listen "127.0.0.1:$port" --data-dir "$WORK/data" >"$log" 2>&1 &
             ;;
-        product-collector | complete-products)
+        product-collector | complete-products | image-pipeline | cdc-source)
             load_env
             create_topics
             local db="${RUN_ID//-/_}"
@@ -122,7 +125,7 @@ start_service() {
 listen: 127.0.0.1:$port
 mongodb: {database: $db}
 kafka: {group_id: $RUN_ID-$name}
-s3: {bucket: $RUN_ID}
+s3: {bucket: $RUN_ID, create_bucket: true}
 topics:
   cdc: $RUN_ID.cdc
   upserts: $RUN_ID.upserts
