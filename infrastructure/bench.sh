@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The side-by-side benchmarks of SPEC §8 (issue 7).
 #
-#   infrastructure/bench.sh [engine|state|async|e2e|ingest|all]   (default: all = engine + state;
-#   async runs infrastructure/bench-async.sh; e2e and ingest run the standalone part of
+#   infrastructure/bench.sh [engine|state|async|e2e|ingest|all]   (default: all, every one in
+#   that order; async runs infrastructure/bench-async.sh; e2e and ingest run the standalone part of
 #   infrastructure/bench-standalone.sh, then infrastructure/bench_distributed.py against the four
 #   distributed services)
 #
@@ -134,15 +134,18 @@ state() {
     (cd "$REPO_DIR" && cargo bench -p state)
 }
 
+end_to_end() {
+    BENCH_PARTS="$1" "$INFRA_DIR/bench-standalone.sh"
+    distributed "$1"
+}
+
 case "${1:-all}" in
     engine) engine ;;
     state) state ;;
-    all) engine; state ;;
+    all) engine; state; "$INFRA_DIR/bench-async.sh"; end_to_end e2e; end_to_end ingest ;;
     async)
         shift
         exec "$INFRA_DIR/bench-async.sh" "$@" ;;
-    e2e | ingest)
-        BENCH_PARTS="$1" "$INFRA_DIR/bench-standalone.sh"
-        distributed "$1" ;;
+    e2e | ingest) end_to_end "$1" ;;
     *) log "usage: $0 [engine|state|async|e2e|ingest|all]"; exit 2 ;;
 esac
