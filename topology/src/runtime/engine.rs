@@ -387,15 +387,7 @@ impl Engine {
         };
         // `run` counts the records it runs; this one is handled here.
         self.count(node, Outcome::In);
-        let raw = RawRecord {
-            topic: topic.clone(),
-            partition: -1,
-            offset: -1,
-            key,
-            value,
-            headers: record.headers,
-            timestamp: record.timestamp,
-        };
+        let raw = outgoing(topic.clone(), key, value, record.headers, record.timestamp);
         if let Some((raw, done)) = self.queue(meta, raw, ack) {
             later.push(Deferred::Retry(raw, done));
         }
@@ -509,15 +501,7 @@ impl Engine {
                             }
                         }
                     };
-                    let raw = RawRecord {
-                        topic: topic.clone(),
-                        partition: -1,
-                        offset: -1,
-                        key,
-                        value,
-                        headers: record.headers,
-                        timestamp: record.timestamp,
-                    };
+                    let raw = outgoing(topic.clone(), key, value, record.headers, record.timestamp);
                     let meta = self.node_meta[node]
                         .clone()
                         .unwrap_or_else(|| node_meta(&self.metrics, n.name.clone()));
@@ -626,15 +610,13 @@ impl Engine {
         headers.insert("dlq.error.class", class.to_owned());
         headers.insert("dlq.error.message", message.to_owned());
         headers.insert("dlq.attempts", attempts.to_string());
-        let raw = RawRecord {
-            topic: topic.clone(),
-            partition: -1,
-            offset: -1,
-            key: origin.key.clone(),
-            value: origin.value.clone(),
+        let raw = outgoing(
+            topic.clone(),
+            origin.key.clone(),
+            origin.value.clone(),
             headers,
-            timestamp: origin.timestamp,
-        };
+            origin.timestamp,
+        );
         self.metrics
             .dead_letter_total
             .with_label_values(&[&topic])
@@ -834,6 +816,25 @@ where
 /// The registry stayed unavailable past [`REGISTRY_OUTAGE_LIMIT`]: the record is neither
 /// processed nor dead-lettered; its partition stops committing and the runtime stops with an
 /// error, so a restart reads it again.
+/// A record to write to `topic`; the transport picks its partition (by key) and offset.
+fn outgoing(
+    topic: String,
+    key: Option<bytes::Bytes>,
+    value: Option<bytes::Bytes>,
+    headers: Headers,
+    timestamp: Option<i64>,
+) -> RawRecord {
+    RawRecord {
+        topic,
+        partition: -1,
+        offset: -1,
+        key,
+        value,
+        headers,
+        timestamp,
+    }
+}
+
 fn stop_on_registry_outage(ack: &Ack, error: &SerdeError) {
     tracing::error!(
         %error,
