@@ -130,7 +130,7 @@ impl StateConfig {
             None => cfg.temporary(true),
         };
         let path = self.path.clone().unwrap_or_default();
-        let db = cfg.open().map_err(|source| StateError::Open {
+        let db = open_sled(&cfg).map_err(|source| StateError::Open {
             path: path.clone(),
             source,
         })?;
@@ -394,5 +394,25 @@ impl StateDir {
         }
         dest.flush()?;
         Ok(dest)
+    }
+}
+
+/// Opens sled, waiting up to 2 s for its file lock: sled releases the lock from a background
+/// thread a moment after the last handle of an earlier open in this process is dropped (a
+/// restart in place, a test reopening). A lock another process holds still fails, after the
+/// wait.
+pub fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
+    const ATTEMPTS: u32 = 40;
+    let mut attempt = 0;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if attempt < ATTEMPTS && e.to_string().contains("could not acquire lock") =>
+            {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
     }
 }

@@ -43,7 +43,7 @@ mod transaction;
 
 pub use cache::CacheStats;
 pub use changelog::{ChangelogRecord, ChangelogSink, MemoryChangelog};
-pub use dir::{StateConfig, StateDir};
+pub use dir::{StateConfig, StateDir, open_sled};
 pub use error::{Result, SinkError, StateError};
 pub use idempotency::{IdempotencyStore, PositionCheck, Recorded, SourcePosition, record_id};
 pub use kv::KvStore;

@@ -165,11 +165,12 @@ impl Standalone {
     pub fn open(data_dir: &Path, base_url: &str) -> anyhow::Result<Self> {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("cannot create {}", data_dir.display()))?;
-        let db = sled::Config::new()
-            .path(data_dir.join("store"))
-            .cache_capacity(STORE_CACHE_BYTES)
-            .open()
-            .with_context(|| format!("cannot open {}/store", data_dir.display()))?;
+        let db = state::open_sled(
+            &sled::Config::new()
+                .path(data_dir.join("store"))
+                .cache_capacity(STORE_CACHE_BYTES),
+        )
+        .with_context(|| format!("cannot open {}/store", data_dir.display()))?;
         let products = SledProductStore::open(&db)?;
         let view = SledViewStore::open(&db)?;
         let log = Arc::new(

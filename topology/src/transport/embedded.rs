@@ -142,17 +142,15 @@ impl std::fmt::Debug for EmbeddedLog {
 impl EmbeddedLog {
     /// Opens (or creates) a durable log in `dir`: appends are acknowledged after sled flushed.
     pub fn open(dir: &Path) -> Result<Self, LogError> {
-        let db = sled::open(dir).map_err(sled_err(dir.display().to_string()))?;
+        let db = state::open_sled(&sled::Config::new().path(dir))
+            .map_err(sled_err(dir.display().to_string()))?;
         Self::with_db(db, true)
     }
 
     /// Like [`EmbeddedLog::open`] with sled's page cache limited to `cache_bytes` (sled's
     /// default is 1 GiB per database, which a long log fills).
     pub fn open_with(dir: &Path, cache_bytes: u64) -> Result<Self, LogError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            .open()
+        let db = state::open_sled(&sled::Config::new().path(dir).cache_capacity(cache_bytes))
             .map_err(sled_err(dir.display().to_string()))?;
         Self::with_db(db, true)
     }
