@@ -181,20 +181,25 @@ pub struct Durability {
     pub changelog: Option<Arc<dyn state::ChangelogSink>>,
 }
 
+/// The engine's settings for a distributed service's topology: its defaults, with
+/// exactly-once as configured.
+fn kafka_runtime_config(settings: &Settings, application_id: &str) -> RuntimeConfig {
+    let mut config = RuntimeConfig::new(application_id);
+    config.exactly_once = settings.kafka.exactly_once;
+    config
+}
+
 /// Runs a topology until `shutdown`, with metrics in `registry`; `state` is flushed before
 /// offsets are committed.
 pub async fn run_topology(
     topology: Topology,
-    application_id: &str,
+    config: RuntimeConfig,
     transport: Arc<dyn Transport>,
-    exactly_once: bool,
     durability: Durability,
     registry: &prometheus::Registry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let metrics = Metrics::new(registry).context("cannot register the engine metrics")?;
-    let mut config = RuntimeConfig::new(application_id);
-    config.exactly_once = exactly_once;
     let mut runtime = Runtime::new(topology, transport, config).with_metrics(metrics);
     if let Some(dir) = durability.state {
         // Flushed before every offset commit: processors record their effects there without
@@ -276,9 +281,8 @@ pub async fn complete_products(settings: Settings) -> anyhow::Result<()> {
     let application_id = settings.kafka.group_id.clone().unwrap_or(application_id);
     let stream = run_topology(
         topology,
-        &application_id,
+        kafka_runtime_config(&settings, &application_id),
         kafka_transport(&settings),
-        settings.kafka.exactly_once,
         Durability::default(),
         &registry,
         shutdown.clone(),
@@ -416,9 +420,8 @@ pub async fn image_pipeline(settings: Settings) -> anyhow::Result<()> {
     let application_id = settings.kafka.group_id.clone().unwrap_or(application_id);
     let stream = run_topology(
         topology,
-        &application_id,
+        kafka_runtime_config(&settings, &application_id),
         kafka_transport(&settings),
-        settings.kafka.exactly_once,
         Durability {
             state: Some(state_dir),
             changelog: changelog.map(|sink| sink as Arc<dyn state::ChangelogSink>),

@@ -28,7 +28,7 @@ use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 use topology::serdes::{RegistryError, SchemaRegistry};
 use topology::transport::{EmbeddedLog, EmbeddedTransport, Transport};
-use topology::{Headers, RawRecord};
+use topology::{Headers, RawRecord, RuntimeConfig};
 
 use crate::app::{self, run_topology, service_router};
 use crate::complete_products::{self, CompleteProducts};
@@ -49,11 +49,17 @@ const TOPIC_PREFIX: &str = "catalog";
 /// sled's page cache per database. sled's default is 1 GiB for each of the four databases the
 /// process opens (store, log, registry, state), which a catalog of 100k products fills; SPEC §8
 /// allows the whole process 128 MiB. sled counts serialized sizes, so its real footprint is
-/// larger than these figures.
-const STORE_CACHE_BYTES: u64 = 16 * 1024 * 1024;
-const LOG_CACHE_BYTES: u64 = 8 * 1024 * 1024;
-const REGISTRY_CACHE_BYTES: u64 = 1024 * 1024;
-const STATE_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+/// larger than these figures. Reads that miss it are served from the OS page cache.
+const STORE_CACHE_BYTES: u64 = 4 * 1024 * 1024;
+const LOG_CACHE_BYTES: u64 = 2 * 1024 * 1024;
+const REGISTRY_CACHE_BYTES: u64 = 256 * 1024;
+const STATE_CACHE_BYTES: u64 = 2 * 1024 * 1024;
+/// Records per partition the standalone topologies hold (being processed / in total) before
+/// the partition pauses. The engine's defaults (1,000 / 20,000) suit a pod with its own memory
+/// limit; here the whole process shares 128 MiB, and a burst of POSTs otherwise fills it with
+/// decoded records waiting for the image step. The log keeps the rest on disk.
+const MAX_IN_FLIGHT_PER_PARTITION: usize = 256;
+const MAX_UNACKED_PER_PARTITION: usize = 2_000;
 
 /// The in-process Schema Registry as the engine's [`SchemaRegistry`].
 #[derive(Debug)]
@@ -298,9 +304,8 @@ impl Standalone {
             relay.run(shutdown.clone()),
             run_topology(
                 image_pipeline,
-                &pipeline_id,
+                runtime_config(&pipeline_id),
                 transport.clone(),
-                false,
                 app::Durability {
                     state: Some(self.state.dir()),
                     changelog: None,
@@ -310,9 +315,8 @@ impl Standalone {
             ),
             run_topology(
                 sink,
-                &sink_id,
+                runtime_config(&sink_id),
                 transport,
-                false,
                 app::Durability::default(),
                 &self.sink_metrics,
                 shutdown.clone(),
@@ -538,6 +542,14 @@ const STREAMS_NICE: i32 = 10;
 /// under a burst the pool grew to 512 threads, each with its own allocator heap and stack
 /// (2.2 GiB RSS), for no throughput since they all queue on the same disk and sled's lock.
 const STREAMS_BLOCKING_THREADS: usize = 16;
+
+/// The engine's settings for a standalone topology consumed by `group`.
+fn runtime_config(group: &str) -> RuntimeConfig {
+    let mut config = RuntimeConfig::new(group);
+    config.max_in_flight_per_partition = MAX_IN_FLIGHT_PER_PARTITION;
+    config.max_unacked_per_partition = MAX_UNACKED_PER_PARTITION;
+    config
+}
 
 /// The runtime of the relay and the topologies: two workers (and their blocking pool) at a
 /// lower CPU priority than the API's runtime.

@@ -155,9 +155,8 @@ async fn s3_outage_pauses_and_resumes_without_loss_or_duplicates() {
         streams.spawn(async move {
             app::run_topology(
                 image_pipeline,
-                &pipeline_id,
+                topology::RuntimeConfig::new(&pipeline_id),
                 transport,
-                false,
                 app::Durability {
                     state: Some(state_dir),
                     changelog: None,
@@ -173,9 +172,8 @@ async fn s3_outage_pauses_and_resumes_without_loss_or_duplicates() {
         streams.spawn(async move {
             app::run_topology(
                 sink,
-                &sink_id,
+                topology::RuntimeConfig::new(&sink_id),
                 transport,
-                false,
                 app::Durability::default(),
                 &sink_metrics,
                 shutdown,
