@@ -10,6 +10,8 @@
 //! configuration file must connect without generics, and typed code converts at its edges with
 //! [`Value::to_json`] / [`Value::deserialize_into`].
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
@@ -300,8 +302,9 @@ pub struct Record<K = Value, V = Value> {
     pub headers: Headers,
     /// Milliseconds since the epoch, when known.
     pub timestamp: Option<i64>,
-    /// The topic the record was read from (empty for records made in code).
-    pub topic: String,
+    /// The topic the record was read from (empty for records made in code). Shared: a
+    /// transport hands out one `Arc` per topic, not a `String` per record.
+    pub topic: Arc<str>,
     /// The partition it was read from (`-1` when unknown).
     pub partition: i32,
     /// The offset it was read from (`-1` when unknown).
@@ -316,7 +319,7 @@ impl<K, V> Record<K, V> {
             value,
             headers: Headers::default(),
             timestamp: None,
-            topic: String::new(),
+            topic: Arc::default(),
             partition: -1,
             offset: -1,
         }
@@ -339,8 +342,8 @@ impl<K, V> Record<K, V> {
 /// A record in its serialized form, as transports carry it.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct RawRecord {
-    /// Topic.
-    pub topic: String,
+    /// Topic (shared, as in [`Record`]).
+    pub topic: Arc<str>,
     /// Partition (`-1` lets the producer choose).
     pub partition: i32,
     /// Offset (`-1` before it is written).

@@ -245,10 +245,10 @@ impl OffsetTracker {
     }
 
     /// Starts tracking a source record; `None` when its partition is not assigned (any more).
-    pub fn begin(self: &Arc<Self>, mut origin: RawRecord) -> Option<Ack> {
-        // The lookup key borrows the record's topic for the moment (no allocation per record).
+    pub fn begin(self: &Arc<Self>, origin: RawRecord) -> Option<Ack> {
+        // The lookup key shares the record's topic (no allocation per record).
         let key = TopicPartition {
-            topic: std::mem::take(&mut origin.topic),
+            topic: origin.topic.clone(),
             partition: origin.partition,
         };
         let live = {
@@ -262,7 +262,6 @@ impl OffsetTracker {
                 a.live.clone()
             })
         };
-        origin.topic = key.topic;
         let live = live?;
         Some(Arc::new(AckInner {
             tracker: self.clone(),
@@ -484,7 +483,7 @@ mod tests {
         tracker.assign(std::slice::from_ref(&tp));
         let acks: Vec<_> = (10..13).filter_map(|o| tracker.begin(raw(o))).collect();
         assert_eq!(acks.len(), 3);
-        assert_eq!(acks[0].origin.topic, "in", "the record keeps its topic");
+        assert_eq!(&*acks[0].origin.topic, "in", "the record keeps its topic");
         let working = acks[1].processing();
         assert_eq!(tracker.in_flight_and_processing(&tp), (3, 1));
         assert_eq!(acks[2].partition_in_flight_and_processing(), (3, 1));

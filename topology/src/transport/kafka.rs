@@ -401,6 +401,7 @@ impl Transport for KafkaTransport {
                     consumer: Arc::new(consumer),
                     producer: producer.clone(),
                     exactly_once: spec.exactly_once,
+                    topics: TopicNames::default(),
                 }),
                 sink: Arc::new(KafkaSink { producer }),
             })
@@ -412,6 +413,7 @@ struct KafkaConsumer {
     consumer: Arc<StreamConsumer<StreamsContext>>,
     producer: Arc<KafkaProducer>,
     exactly_once: bool,
+    topics: TopicNames,
 }
 
 fn blocking_err(op: &str, e: tokio::task::JoinError) -> TransportError {
@@ -459,9 +461,27 @@ impl KafkaConsumer {
     }
 }
 
-/// A consumed message as a [`RawRecord`] (copied out of librdkafka's buffer).
+/// The shared name of each topic read so far, so a record carries an `Arc` clone instead of
+/// a `String` copied per message (which the delivery thread then freed into the loop thread's
+/// malloc arena). A consumer reads a handful of topics: a short list beats a map.
+#[derive(Default)]
+struct TopicNames(Vec<Arc<str>>);
+
+impl TopicNames {
+    fn get(&mut self, topic: &str) -> Arc<str> {
+        if let Some(t) = self.0.iter().find(|t| ***t == *topic) {
+            return t.clone();
+        }
+        let t: Arc<str> = topic.into();
+        self.0.push(t.clone());
+        t
+    }
+}
+
+/// A consumed message as a [`RawRecord`] (key and value copied out of librdkafka's buffer).
 fn raw_record(
     got: Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>,
+    topics: &mut TopicNames,
 ) -> Result<Option<RawRecord>, TransportError> {
     match got {
         // librdkafka reports lost broker connections through the consumer and keeps
@@ -483,7 +503,7 @@ fn raw_record(
                 }
             }
             Ok(Some(RawRecord {
-                topic: m.topic().to_owned(),
+                topic: topics.get(m.topic()),
                 partition: m.partition(),
                 offset: m.offset(),
                 key: m.key().map(bytes::Bytes::copy_from_slice),
@@ -504,11 +524,11 @@ impl SourceConsumer for KafkaConsumer {
             // A record already fetched is taken without arming a timer; only an empty queue
             // waits, up to `timeout`.
             if let Some(got) = futures::FutureExt::now_or_never(self.consumer.recv()) {
-                return raw_record(got);
+                return raw_record(got, &mut self.topics);
             }
             match tokio::time::timeout(timeout, self.consumer.recv()).await {
                 Err(_) => Ok(None),
-                Ok(got) => raw_record(got),
+                Ok(got) => raw_record(got, &mut self.topics),
             }
         })
     }
@@ -681,7 +701,7 @@ impl RecordSink for KafkaSink {
         });
         match self.send_then(record, done) {
             Ok(_) => {
-                let topic = record.topic.clone();
+                let topic = record.topic.to_string();
                 Ok(Box::pin(async move {
                     rx.await.unwrap_or_else(|_| {
                         Err(TransportError::Delivery {
