@@ -784,9 +784,9 @@ async fn decode(
     serde: &dyn crate::serdes::Serde,
     topic: &str,
     is_key: bool,
-    bytes: &[u8],
+    bytes: &bytes::Bytes,
 ) -> Result<crate::Value, SerdeError> {
-    match serde.deserialize_now(topic, is_key, bytes) {
+    match serde.deserialize_shared_now(topic, is_key, bytes) {
         Some(Ok(v)) => Ok(v),
         Some(Err(e)) if !e.is_transient() => Err(e),
         _ => registry_retry(ack, || serde.deserialize(topic, is_key, bytes)).await,

@@ -168,6 +168,17 @@ pub trait Serde: Send + Sync + std::fmt::Debug {
         let _ = (topic, is_key, bytes);
         None
     }
+    /// [`deserialize_now`](Self::deserialize_now) of bytes the caller holds as [`Bytes`]
+    /// (`bytes::Bytes`), so a serde whose values can share the buffer (compact Avro) slices it
+    /// instead of copying the datum. The default copies, as `deserialize_now` does.
+    fn deserialize_shared_now(
+        &self,
+        topic: &str,
+        is_key: bool,
+        bytes: &bytes::Bytes,
+    ) -> Option<Result<Value, SerdeError>> {
+        self.deserialize_now(topic, is_key, bytes)
+    }
     /// [`serialize`](Self::serialize) without a future; see
     /// [`deserialize_now`](Self::deserialize_now).
     fn serialize_now(
@@ -537,12 +548,22 @@ impl AvroSerde {
         Ok(u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]))
     }
 
-    /// Decodes the datum after the header with `reader` (of writer schema `id`).
-    fn decode(&self, reader: &Reader, id: u32, bytes: &[u8]) -> Result<Value, SerdeError> {
+    /// Decodes the datum after the header with `reader` (of writer schema `id`); `shared`,
+    /// when given, holds the same bytes, for compact values to slice.
+    fn decode(
+        &self,
+        reader: &Reader,
+        id: u32,
+        bytes: &[u8],
+        shared: Option<&bytes::Bytes>,
+    ) -> Result<Value, SerdeError> {
         let mut datum = &bytes[5..];
         if self.compact {
-            // One copy of the datum, which the value's strings and bytes slice.
-            let owned = bytes::Bytes::copy_from_slice(datum);
+            // The value's strings and bytes slice the caller's buffer, or one copy of the datum.
+            let owned = match shared {
+                Some(b) => b.slice(5..),
+                None => bytes::Bytes::copy_from_slice(datum),
+            };
             if let Some(v) = reader.fast.as_ref().and_then(|c| c.decode_compact(&owned)) {
                 return Ok(Value::AvroCompact(v));
             }
@@ -632,7 +653,7 @@ impl Serde for AvroSerde {
         Box::pin(async move {
             let id = Self::header(bytes)?;
             let reader = self.reader(id).await?;
-            self.decode(&reader, id, bytes)
+            self.decode(&reader, id, bytes, None)
         })
     }
 
@@ -668,7 +689,22 @@ impl Serde for AvroSerde {
         };
         let readers = self.cache.readers.read().ok()?;
         let reader = readers.get(&id)?;
-        Some(self.decode(reader, id, bytes))
+        Some(self.decode(reader, id, bytes, None))
+    }
+
+    fn deserialize_shared_now(
+        &self,
+        _topic: &str,
+        _is_key: bool,
+        bytes: &bytes::Bytes,
+    ) -> Option<Result<Value, SerdeError>> {
+        let id = match Self::header(bytes) {
+            Ok(id) => id,
+            Err(e) => return Some(Err(e)),
+        };
+        let readers = self.cache.readers.read().ok()?;
+        let reader = readers.get(&id)?;
+        Some(self.decode(reader, id, bytes, Some(bytes)))
     }
 
     fn serialize_now(
@@ -716,6 +752,24 @@ mod tests {
             .expect("reader cached");
         assert_eq!(now.expect("decode now"), back);
         assert_eq!(back, value);
+        // Shared bytes: the same value, in both forms (the compact one slicing the buffer).
+        let shared = bytes::Bytes::from(bytes.clone());
+        let got = serde
+            .deserialize_shared_now("t", false, &shared)
+            .expect("cached");
+        assert_eq!(got.expect("decode shared"), back);
+        let compact = serde.clone().compact();
+        let sliced = compact
+            .deserialize_shared_now("t", false, &shared)
+            .expect("cached")
+            .expect("decode shared");
+        let copied = compact
+            .deserialize_now("t", false, &bytes)
+            .expect("cached")
+            .expect("decode");
+        assert!(matches!(sliced, Value::AvroCompact(_)));
+        assert_eq!(sliced, copied);
+        assert_eq!(sliced.to_json(), back.to_json());
         // Bad bytes fail the same way on both paths (without a registry call).
         for bad in [&b"\x01\0\0\0\x01x"[..], &b"\0\0"[..]] {
             let now = serde
