@@ -168,9 +168,9 @@ pub trait Serde: Send + Sync + std::fmt::Debug {
         let _ = (topic, is_key, bytes);
         None
     }
-    /// [`deserialize_now`](Self::deserialize_now) of bytes the caller holds as [`Bytes`]
-    /// (`bytes::Bytes`), so a serde whose values can share the buffer (compact Avro) slices it
-    /// instead of copying the datum. The default copies, as `deserialize_now` does.
+    /// [`deserialize_now`](Self::deserialize_now) of bytes the caller holds as
+    /// [`Bytes`](bytes::Bytes), so a serde whose values can share the buffer (compact Avro)
+    /// slices it instead of copying the datum. The default copies, as `deserialize_now` does.
     fn deserialize_shared_now(
         &self,
         topic: &str,

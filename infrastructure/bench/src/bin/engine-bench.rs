@@ -33,6 +33,9 @@ struct Args {
     /// `RuntimeConfig::max_in_flight_per_partition` (default: the engine's, 1,000).
     #[arg(long)]
     max_in_flight: Option<usize>,
+    /// `RuntimeConfig::max_unacked_per_partition` (default: the engine's, 20,000).
+    #[arg(long)]
+    max_unacked: Option<usize>,
     /// `RuntimeConfig::poll_timeout` in ms (default: the engine's, 50 ms).
     #[arg(long)]
     poll_timeout_ms: Option<u64>,
@@ -153,6 +156,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // run separately.
     if let Some(n) = args.max_in_flight {
         config.max_in_flight_per_partition = n;
+    }
+    if let Some(n) = args.max_unacked {
+        config.max_unacked_per_partition = n;
     }
     if let Some(ms) = args.poll_timeout_ms {
         config.poll_timeout = std::time::Duration::from_millis(ms);
