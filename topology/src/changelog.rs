@@ -634,7 +634,7 @@ impl ChangelogSink for EmbeddedChangelog {
         let mut headers = crate::Headers::default();
         headers.insert(STORE_HEADER, store.to_owned());
         let record = RawRecord {
-            topic: self.topic(store),
+            topic: self.topic(store).into(),
             partition: 0,
             offset: -1,
             key: Some(bytes::Bytes::copy_from_slice(key)),

@@ -190,7 +190,7 @@ impl TopologyTestDriver {
         headers: Headers,
     ) -> Result<(), DriverError> {
         self.log.append(&RawRecord {
-            topic: topic.to_owned(),
+            topic: topic.into(),
             partition: -1,
             offset: -1,
             key: key.map(Into::into),

@@ -7,6 +7,7 @@
 //! ([`transport::EmbeddedTransport`]). [`TopologyTestDriver`] runs a topology in-process for
 //! tests. Depends on `state` within the workspace; never on `connectors` or the services.
 
+pub mod avro;
 pub mod changelog;
 pub mod config;
 pub mod describe;

@@ -3,13 +3,19 @@
 //! A [`Record`] carries an optional key, an optional value (a tombstone has none), headers, a
 //! timestamp and the place it was read from (topic, partition, offset). Inside the graph keys and
 //! values are the dynamic [`Value`] type: bytes, a string, JSON or an Avro value, whichever the
-//! source's serde produced. Keeping the graph dynamically typed is a deliberate, pragmatic
+//! source's serde produced (Avro either as `apache_avro`'s value or, with
+//! [`AvroSerde::compact`](crate::serdes::AvroSerde::compact), as the allocation-light
+//! [`AvroValue`]). Keeping the graph dynamically typed is a deliberate, pragmatic
 //! choice (as Kafka Streams' `Object`-typed processor API does internally): nodes built from a
 //! configuration file must connect without generics, and typed code converts at its edges with
 //! [`Value::to_json`] / [`Value::deserialize_into`].
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
+
+use crate::avro::AvroValue;
 
 /// A dynamic key or value inside the graph.
 ///
@@ -30,6 +36,9 @@ pub enum Value {
     Json(serde_json::Value),
     /// An Avro datum (the `avro` serde).
     Avro(apache_avro::types::Value),
+    /// An Avro datum in compact form (the `avro` serde with
+    /// [`compact`](crate::serdes::AvroSerde::compact)); the `avro` serde writes both forms.
+    AvroCompact(AvroValue),
 }
 
 impl Value {
@@ -39,6 +48,7 @@ impl Value {
             Value::String(s) => Some(s),
             Value::Json(serde_json::Value::String(s)) => Some(s),
             Value::Avro(apache_avro::types::Value::String(s)) => Some(s),
+            Value::AvroCompact(AvroValue::String(s)) => Some(s.as_str()),
             Value::Bytes(b) => std::str::from_utf8(b).ok(),
             _ => None,
         }
@@ -55,6 +65,7 @@ impl Value {
                 Err(_) => serde_json::Value::from(b.to_vec()),
             },
             Value::Avro(a) => avro_to_json(a),
+            Value::AvroCompact(a) => a.to_json(),
         }
     }
 
@@ -80,6 +91,13 @@ impl Value {
                     cur = avro_field(cur, step)?;
                 }
                 avro_scalar(cur)
+            }
+            Value::AvroCompact(a) => {
+                let mut cur = a;
+                for step in path.split('.') {
+                    cur = cur.get(step)?;
+                }
+                compact_scalar(cur)
             }
             _ => None,
         }
@@ -119,6 +137,26 @@ impl From<Vec<u8>> for Value {
 impl From<apache_avro::types::Value> for Value {
     fn from(v: apache_avro::types::Value) -> Self {
         Value::Avro(v)
+    }
+}
+impl From<AvroValue> for Value {
+    fn from(v: AvroValue) -> Self {
+        Value::AvroCompact(v)
+    }
+}
+
+/// A compact Avro scalar as text, the way [`avro_scalar`] renders `apache_avro`'s.
+fn compact_scalar(v: &AvroValue) -> Option<String> {
+    match v {
+        AvroValue::Null => None,
+        AvroValue::String(s) => Some(s.as_str().to_owned()),
+        AvroValue::Enum(_, s) => Some(s.to_string()),
+        AvroValue::Boolean(b) => Some(b.to_string()),
+        AvroValue::Int(i) => Some(i.to_string()),
+        AvroValue::Long(i) => Some(i.to_string()),
+        AvroValue::Float(f) => Some(f.to_string()),
+        AvroValue::Double(f) => Some(f.to_string()),
+        other => Some(other.to_json().to_string()),
     }
 }
 
@@ -264,8 +302,9 @@ pub struct Record<K = Value, V = Value> {
     pub headers: Headers,
     /// Milliseconds since the epoch, when known.
     pub timestamp: Option<i64>,
-    /// The topic the record was read from (empty for records made in code).
-    pub topic: String,
+    /// The topic the record was read from (empty for records made in code). Shared: a
+    /// transport hands out one `Arc` per topic, not a `String` per record.
+    pub topic: Arc<str>,
     /// The partition it was read from (`-1` when unknown).
     pub partition: i32,
     /// The offset it was read from (`-1` when unknown).
@@ -280,7 +319,7 @@ impl<K, V> Record<K, V> {
             value,
             headers: Headers::default(),
             timestamp: None,
-            topic: String::new(),
+            topic: Arc::default(),
             partition: -1,
             offset: -1,
         }
@@ -303,8 +342,8 @@ impl<K, V> Record<K, V> {
 /// A record in its serialized form, as transports carry it.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct RawRecord {
-    /// Topic.
-    pub topic: String,
+    /// Topic (shared, as in [`Record`]).
+    pub topic: Arc<str>,
     /// Partition (`-1` lets the producer choose).
     pub partition: i32,
     /// Offset (`-1` before it is written).

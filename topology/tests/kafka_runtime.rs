@@ -445,7 +445,7 @@ async fn kafka_several_source_topics_are_co_partitioned() {
         let mut p: Vec<i32> = tracker
             .assigned()
             .into_iter()
-            .filter(|tp| tp.topic == topic)
+            .filter(|tp| &*tp.topic == topic)
             .map(|tp| tp.partition)
             .collect();
         p.sort();

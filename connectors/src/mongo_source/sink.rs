@@ -102,7 +102,8 @@ where
 /// The engine's transport sink (Kafka or embedded), writing to one topic.
 pub struct TransportSink {
     sink: Arc<dyn RecordSink>,
-    topic: String,
+    /// Shared by the records written (no `String` per record).
+    topic: Arc<str>,
 }
 
 impl TransportSink {
@@ -111,7 +112,7 @@ impl TransportSink {
     pub fn new(sink: Arc<dyn RecordSink>, topic: impl Into<String>) -> Self {
         TransportSink {
             sink,
-            topic: topic.into(),
+            topic: Arc::from(topic.into()),
         }
     }
 }
@@ -152,7 +153,8 @@ impl ChangeSink for TransportSink {
 /// standalone mode; each record is acknowledged once the log is flushed.
 pub struct EmbeddedLogSink {
     log: Arc<EmbeddedLog>,
-    topic: String,
+    /// Shared by the records written (no `String` per record).
+    topic: Arc<str>,
 }
 
 impl EmbeddedLogSink {
@@ -167,7 +169,10 @@ impl EmbeddedLogSink {
             log.create_topic(&topic, 1)
                 .map_err(|e| SinkError::Config(format!("embedded log topic {topic}: {e}")))?;
         }
-        Ok(EmbeddedLogSink { log, topic })
+        Ok(EmbeddedLogSink {
+            log,
+            topic: Arc::from(topic),
+        })
     }
 }
 

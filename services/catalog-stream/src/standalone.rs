@@ -512,7 +512,7 @@ impl OutboxRelay {
         let mut headers = Headers::default();
         headers.insert(OUTBOX_SEQUENCE_HEADER, sequence.to_string().into_bytes());
         Ok(RawRecord {
-            topic: self.topic.clone(),
+            topic: self.topic.as_str().into(),
             partition: -1,
             offset: -1,
             key: Some(key.into()),

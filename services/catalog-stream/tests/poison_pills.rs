@@ -89,7 +89,7 @@ impl Bus {
             }
             Bus::Embedded(log) => log
                 .append(&RawRecord {
-                    topic: topic.to_owned(),
+                    topic: topic.into(),
                     partition: -1,
                     offset: -1,
                     key: key.map(|k| k.to_vec().into()),

@@ -21,7 +21,7 @@ use crate::serdes::SerdeError;
 use crate::transport::{DeliveryFuture, OnDelivery, Queued, RecordSink, TransportError};
 use crate::{Headers, Metrics, RawRecord, Record};
 
-type ChainKey = (String, i32, Option<Vec<u8>>);
+type ChainKey = (Arc<str>, i32, Option<Vec<u8>>);
 
 struct AsyncStage {
     processor: Arc<dyn Processor>,
@@ -68,14 +68,17 @@ type NodeMeta = Arc<NodeMetaInner>;
 
 struct NodeMetaInner {
     name: String,
+    /// The sink's topic, shared by the records it writes.
+    topic: Arc<str>,
     latency: prometheus::Histogram,
     metrics: Arc<Metrics>,
 }
 
-fn node_meta(metrics: &Arc<Metrics>, name: String) -> NodeMeta {
+fn node_meta(metrics: &Arc<Metrics>, name: String, topic: &str) -> NodeMeta {
     Arc::new(NodeMetaInner {
         latency: metrics.node_latency.with_label_values(&[&name]),
         name,
+        topic: topic.into(),
         metrics: metrics.clone(),
     })
 }
@@ -173,8 +176,9 @@ impl Engine {
         let node_meta = topology
             .nodes()
             .iter()
-            .map(|n| {
-                matches!(n.kind, NodeKind::Sink { .. }).then(|| node_meta(&metrics, n.name.clone()))
+            .map(|n| match &n.kind {
+                NodeKind::Sink { topic, .. } => Some(node_meta(&metrics, n.name.clone(), topic)),
+                _ => None,
             })
             .collect();
         let counters = topology
@@ -387,7 +391,13 @@ impl Engine {
         };
         // `run` counts the records it runs; this one is handled here.
         self.count(node, Outcome::In);
-        let raw = outgoing(topic.clone(), key, value, record.headers, record.timestamp);
+        let raw = outgoing(
+            meta.topic.clone(),
+            key,
+            value,
+            record.headers,
+            record.timestamp,
+        );
         if let Some((raw, done)) = self.queue(meta, raw, ack) {
             later.push(Deferred::Retry(raw, done));
         }
@@ -501,10 +511,16 @@ impl Engine {
                             }
                         }
                     };
-                    let raw = outgoing(topic.clone(), key, value, record.headers, record.timestamp);
                     let meta = self.node_meta[node]
                         .clone()
-                        .unwrap_or_else(|| node_meta(&self.metrics, n.name.clone()));
+                        .unwrap_or_else(|| node_meta(&self.metrics, n.name.clone(), topic));
+                    let raw = outgoing(
+                        meta.topic.clone(),
+                        key,
+                        value,
+                        record.headers,
+                        record.timestamp,
+                    );
                     self.send(meta, raw, ack.clone()).await;
                 }
             }
@@ -604,14 +620,14 @@ impl Engine {
         let origin = &ack.origin;
         let topic = self.topology.dead_letter_topic(&origin.topic);
         let mut headers: Headers = origin.headers.clone();
-        headers.insert("dlq.source.topic", origin.topic.clone());
+        headers.insert("dlq.source.topic", origin.topic.to_string());
         headers.insert("dlq.source.partition", origin.partition.to_string());
         headers.insert("dlq.source.offset", origin.offset.to_string());
         headers.insert("dlq.error.class", class.to_owned());
         headers.insert("dlq.error.message", message.to_owned());
         headers.insert("dlq.attempts", attempts.to_string());
         let raw = outgoing(
-            topic.clone(),
+            topic.as_str().into(),
             origin.key.clone(),
             origin.value.clone(),
             headers,
@@ -621,7 +637,7 @@ impl Engine {
             .dead_letter_total
             .with_label_values(&[&topic])
             .inc();
-        let meta = node_meta(&self.metrics, format!("dlq:{topic}"));
+        let meta = node_meta(&self.metrics, format!("dlq:{topic}"), &topic);
         self.send(meta, raw, ack.clone()).await;
     }
 
@@ -768,9 +784,9 @@ async fn decode(
     serde: &dyn crate::serdes::Serde,
     topic: &str,
     is_key: bool,
-    bytes: &[u8],
+    bytes: &bytes::Bytes,
 ) -> Result<crate::Value, SerdeError> {
-    match serde.deserialize_now(topic, is_key, bytes) {
+    match serde.deserialize_shared_now(topic, is_key, bytes) {
         Some(Ok(v)) => Ok(v),
         Some(Err(e)) if !e.is_transient() => Err(e),
         _ => registry_retry(ack, || serde.deserialize(topic, is_key, bytes)).await,
@@ -818,7 +834,7 @@ where
 /// error, so a restart reads it again.
 /// A record to write to `topic`; the transport picks its partition (by key) and offset.
 fn outgoing(
-    topic: String,
+    topic: Arc<str>,
     key: Option<bytes::Bytes>,
     value: Option<bytes::Bytes>,
     headers: Headers,

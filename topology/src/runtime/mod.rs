@@ -640,7 +640,7 @@ mod tests {
 
     fn record(topic: &str, offset: i64) -> crate::RawRecord {
         crate::RawRecord {
-            topic: topic.to_owned(),
+            topic: topic.into(),
             partition: 0,
             offset,
             ..Default::default()

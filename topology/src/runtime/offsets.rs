@@ -7,7 +7,7 @@
 //! and the transport's rebalance callbacks; an [`Ack`] marks one source record finished when its
 //! last clone is dropped (after every output it caused was acknowledged).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
@@ -31,7 +31,14 @@ use crate::transport::TopicPartition;
 /// ```
 #[derive(Debug, Default, Clone)]
 pub struct PartitionOffsets {
-    in_flight: BTreeSet<i64>,
+    /// Offsets begun, ascending, each with whether it finished; finished ones leave from the
+    /// front. A partition's records begin in offset order, so `begin` appends and the queue
+    /// reuses its buffer. (A `BTreeSet` allocated and freed tree nodes per record under the
+    /// partition's lock, which the delivery thread takes for every record: the loop thread's
+    /// `begin` then waited on that lock, and the lock holder on the allocator's.)
+    begun: VecDeque<(i64, bool)>,
+    /// Entries of `begun` not finished.
+    running: usize,
     next: Option<i64>,
     failed: BTreeSet<i64>,
 }
@@ -39,13 +46,42 @@ pub struct PartitionOffsets {
 impl PartitionOffsets {
     /// Records that `offset` started.
     pub fn begin(&mut self, offset: i64) {
-        self.in_flight.insert(offset);
+        match self.begun.back() {
+            Some(&(last, _)) if last >= offset => {
+                // Out of order (not seen from a consumer, kept for any caller): a sorted
+                // insert, and an offset already running stays counted once.
+                match self.begun.binary_search_by_key(&offset, |e| e.0) {
+                    Ok(i) => {
+                        if self.begun[i].1 {
+                            self.begun[i].1 = false;
+                            self.running += 1;
+                        }
+                    }
+                    Err(i) => {
+                        self.begun.insert(i, (offset, false));
+                        self.running += 1;
+                    }
+                }
+            }
+            _ => {
+                self.begun.push_back((offset, false));
+                self.running += 1;
+            }
+        }
         self.next = Some(self.next.map_or(offset + 1, |n| n.max(offset + 1)));
     }
 
     /// Records that `offset` finished.
     pub fn complete(&mut self, offset: i64) {
-        self.in_flight.remove(&offset);
+        if let Ok(i) = self.begun.binary_search_by_key(&offset, |e| e.0)
+            && !self.begun[i].1
+        {
+            self.begun[i].1 = true;
+            self.running -= 1;
+        }
+        while self.begun.front().is_some_and(|e| e.1) {
+            self.begun.pop_front();
+        }
     }
 
     /// Records that `offset` failed in a way that must stop commits (an output could not be
@@ -57,7 +93,8 @@ impl PartitionOffsets {
     /// The offset a commit may store: the lowest unfinished offset, or one past the highest
     /// seen. `None` before any record was seen.
     pub fn commit_offset(&self) -> Option<i64> {
-        let lowest = self.in_flight.iter().next().copied();
+        // Finished entries never stay at the front: the front is the lowest unfinished.
+        let lowest = self.begun.front().map(|e| e.0);
         let failed = self.failed.iter().next().copied();
         match (lowest, failed) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -68,7 +105,7 @@ impl PartitionOffsets {
 
     /// Offsets in flight.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.len()
+        self.running
     }
 
     /// Whether an output failed for good.
@@ -245,10 +282,10 @@ impl OffsetTracker {
     }
 
     /// Starts tracking a source record; `None` when its partition is not assigned (any more).
-    pub fn begin(self: &Arc<Self>, mut origin: RawRecord) -> Option<Ack> {
-        // The lookup key borrows the record's topic for the moment (no allocation per record).
+    pub fn begin(self: &Arc<Self>, origin: RawRecord) -> Option<Ack> {
+        // The lookup key shares the record's topic (no allocation per record).
         let key = TopicPartition {
-            topic: std::mem::take(&mut origin.topic),
+            topic: origin.topic.clone(),
             partition: origin.partition,
         };
         let live = {
@@ -262,7 +299,6 @@ impl OffsetTracker {
                 a.live.clone()
             })
         };
-        origin.topic = key.topic;
         let live = live?;
         Some(Arc::new(AckInner {
             tracker: self.clone(),
@@ -464,6 +500,72 @@ impl Drop for AckInner {
 mod tests {
     use super::*;
 
+    /// The queue answers like the ordered set it replaced, for in-order and out-of-order
+    /// begins, repeated begins and completes, and failures.
+    #[test]
+    fn partition_offsets_answer_like_an_ordered_set() {
+        #[derive(Default)]
+        struct Model {
+            in_flight: BTreeSet<i64>,
+            next: Option<i64>,
+            failed: BTreeSet<i64>,
+        }
+        impl Model {
+            fn commit_offset(&self) -> Option<i64> {
+                match (self.in_flight.first(), self.failed.first()) {
+                    (Some(a), Some(b)) => Some(*a.min(b)),
+                    (Some(a), None) | (None, Some(a)) => Some(*a),
+                    (None, None) => self.next,
+                }
+            }
+        }
+        // A fixed pseudo-random walk (xorshift), mostly in order like a consumer.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let (mut ours, mut model) = (PartitionOffsets::default(), Model::default());
+        let mut next_offset = 100i64;
+        for step in 0..20_000 {
+            match rand(10) {
+                0..=3 => {
+                    next_offset += 1 + rand(3) as i64; // gaps, as compaction leaves
+                    ours.begin(next_offset);
+                    model.in_flight.insert(next_offset);
+                    model.next = Some(
+                        model
+                            .next
+                            .map_or(next_offset + 1, |n| n.max(next_offset + 1)),
+                    );
+                }
+                4 => {
+                    let o = next_offset - rand(50) as i64; // a rewind or a repeat
+                    ours.begin(o);
+                    model.in_flight.insert(o);
+                    model.next = Some(model.next.map_or(o + 1, |n| n.max(o + 1)));
+                }
+                5..=8 => {
+                    let o = next_offset - rand(60) as i64;
+                    ours.complete(o);
+                    model.in_flight.remove(&o);
+                }
+                _ => {
+                    if rand(50) == 0 {
+                        let o = next_offset - rand(20) as i64;
+                        ours.fail(o);
+                        model.failed.insert(o);
+                    }
+                }
+            }
+            assert_eq!(ours.commit_offset(), model.commit_offset(), "step {step}");
+            assert_eq!(ours.in_flight(), model.in_flight.len(), "step {step}");
+            assert_eq!(ours.has_failed(), !model.failed.is_empty());
+        }
+    }
+
     fn raw(offset: i64) -> RawRecord {
         RawRecord {
             topic: "in".into(),
@@ -484,7 +586,7 @@ mod tests {
         tracker.assign(std::slice::from_ref(&tp));
         let acks: Vec<_> = (10..13).filter_map(|o| tracker.begin(raw(o))).collect();
         assert_eq!(acks.len(), 3);
-        assert_eq!(acks[0].origin.topic, "in", "the record keeps its topic");
+        assert_eq!(&*acks[0].origin.topic, "in", "the record keeps its topic");
         let working = acks[1].processing();
         assert_eq!(tracker.in_flight_and_processing(&tp), (3, 1));
         assert_eq!(acks[2].partition_in_flight_and_processing(), (3, 1));

@@ -16,10 +16,14 @@
 //! The results are byte-for-byte and value-for-value the same; the tests compare both.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use apache_avro::Schema;
 use apache_avro::schema::{Name, NamesRef, NamespaceRef, ResolvedSchema};
 use apache_avro::types::Value;
+use bytes::Bytes;
+
+use crate::avro::{AvroRecord, AvroStr, AvroValue, RecordShape};
 
 /// A schema compiled for [`decode`](Codec::decode) and [`encode`](Codec::encode).
 #[derive(Debug)]
@@ -47,11 +51,12 @@ enum Node {
     LocalTimestampMicros,
     LocalTimestampNanos,
     Fixed(usize),
-    Enum(Vec<String>),
+    Enum(Vec<Arc<str>>),
     Array(Box<Node>),
     Map(Box<Node>),
     Union(Vec<Node>),
-    Record(Vec<(String, Node)>),
+    /// The fields, and their names once more as the shape of compact records.
+    Record(Vec<(String, Node)>, Arc<RecordShape>),
 }
 
 /// Bounds the compiled tree (named types are inlined at every use).
@@ -81,6 +86,20 @@ impl Codec {
     /// value does not match the schema exactly.
     pub(crate) fn encode(&self, value: &Value, out: &mut Vec<u8>) -> bool {
         encode(&self.root, value, out)
+    }
+
+    /// Decodes one datum from the front of `bytes` into a compact value whose strings and
+    /// bytes are slices of `bytes`; `None` when it does not decode cleanly.
+    pub(crate) fn decode_compact(&self, bytes: &Bytes) -> Option<AvroValue> {
+        let mut cur = Cursor { buf: bytes, pos: 0 };
+        cur.compact(&self.root, bytes)
+    }
+
+    /// Appends the encoding of a compact `value` to `out`; `false` (with `out` partly written)
+    /// when the value does not fit the schema without conversions (a field missing, an int
+    /// for a long, ...).
+    pub(crate) fn encode_compact(&self, value: &AvroValue, out: &mut Vec<u8>) -> bool {
+        encode_compact(&self.root, value, out)
     }
 }
 
@@ -116,7 +135,7 @@ impl Compiler<'_, '_> {
             Schema::LocalTimestampMicros => Node::LocalTimestampMicros,
             Schema::LocalTimestampNanos => Node::LocalTimestampNanos,
             Schema::Fixed(f) => Node::Fixed(f.size),
-            Schema::Enum(e) => Node::Enum(e.symbols.clone()),
+            Schema::Enum(e) => Node::Enum(e.symbols.iter().map(|s| s.as_str().into()).collect()),
             Schema::Array(a) => Node::Array(Box::new(self.node(&a.items, ns)?)),
             Schema::Map(m) => Node::Map(Box::new(self.node(&m.types, ns)?)),
             Schema::Union(u) => Node::Union(
@@ -133,9 +152,13 @@ impl Compiler<'_, '_> {
                     .fields
                     .iter()
                     .map(|f| Some((f.name.clone(), self.node(&f.schema, inner)?)))
-                    .collect::<Option<_>>();
+                    .collect::<Option<Vec<_>>>();
                 self.stack.pop();
-                Node::Record(fields?)
+                let shape = RecordShape::new(
+                    name.fullname(None),
+                    r.fields.iter().map(|f| f.name.as_str()),
+                );
+                Node::Record(fields?, shape)
             }
             Schema::Ref { name } => {
                 let name = name.fully_qualified_name(ns).into_owned();
@@ -246,7 +269,7 @@ impl Cursor<'_> {
             Node::Enum(symbols) => {
                 let i = self.int()?;
                 let symbol = symbols.get(usize::try_from(i).ok()?)?;
-                Value::Enum(i as u32, symbol.clone())
+                Value::Enum(i as u32, symbol.to_string())
             }
             Node::Array(item) => {
                 let mut items = Vec::new();
@@ -283,7 +306,7 @@ impl Cursor<'_> {
                 let variant = variants.get(usize::try_from(i).ok()?)?;
                 Value::Union(u32::try_from(i).ok()?, Box::new(self.value(variant)?))
             }
-            Node::Record(fields) => {
+            Node::Record(fields, _) => {
                 let mut items = Vec::with_capacity(fields.len());
                 for (name, node) in fields {
                     items.push((name.clone(), self.value(node)?));
@@ -292,6 +315,203 @@ impl Cursor<'_> {
             }
         })
     }
+}
+
+impl Cursor<'_> {
+    /// The next `n` bytes as a slice of `whole` (the buffer this cursor reads).
+    fn slice(&mut self, n: usize, whole: &Bytes) -> Option<Bytes> {
+        let start = self.pos;
+        self.take(n)?;
+        Some(whole.slice(start..self.pos))
+    }
+
+    fn avro_str(&mut self, whole: &Bytes) -> Option<AvroStr> {
+        let n = self.len()?;
+        AvroStr::from_utf8(self.slice(n, whole)?).ok()
+    }
+
+    fn compact(&mut self, node: &Node, whole: &Bytes) -> Option<AvroValue> {
+        Some(match node {
+            Node::Null => AvroValue::Null,
+            Node::Boolean => match self.take(1)?[0] {
+                0 => AvroValue::Boolean(false),
+                1 => AvroValue::Boolean(true),
+                _ => return None,
+            },
+            Node::Int | Node::Date | Node::TimeMillis => AvroValue::Int(self.int()?),
+            Node::Long
+            | Node::TimeMicros
+            | Node::TimestampMillis
+            | Node::TimestampMicros
+            | Node::TimestampNanos
+            | Node::LocalTimestampMillis
+            | Node::LocalTimestampMicros
+            | Node::LocalTimestampNanos => AvroValue::Long(self.long()?),
+            Node::Float => AvroValue::Float(f32::from_le_bytes(self.take(4)?.try_into().ok()?)),
+            Node::Double => AvroValue::Double(f64::from_le_bytes(self.take(8)?.try_into().ok()?)),
+            Node::Bytes => {
+                let n = self.len()?;
+                AvroValue::Bytes(self.slice(n, whole)?)
+            }
+            Node::String => AvroValue::String(self.avro_str(whole)?),
+            Node::Fixed(n) => AvroValue::Fixed(self.slice(*n, whole)?),
+            Node::Enum(symbols) => {
+                let i = self.int()?;
+                let symbol = symbols.get(usize::try_from(i).ok()?)?;
+                AvroValue::Enum(i as u32, symbol.clone())
+            }
+            Node::Array(item) => {
+                let mut items = Vec::new();
+                loop {
+                    let n = self.block()?;
+                    if n == 0 {
+                        break;
+                    }
+                    items.reserve_exact(n);
+                    for _ in 0..n {
+                        items.push(self.compact(item, whole)?);
+                    }
+                }
+                AvroValue::Array(items)
+            }
+            Node::Map(item) => {
+                let mut items = Vec::new();
+                loop {
+                    let n = self.block()?;
+                    if n == 0 {
+                        break;
+                    }
+                    items.reserve(n);
+                    for _ in 0..n {
+                        let key = self.avro_str(whole)?;
+                        // A repeated key replaces the earlier entry, as apache_avro's map does.
+                        let value = self.compact(item, whole)?;
+                        match items.iter_mut().find(|(k, _)| *k == key) {
+                            Some((_, v)) => *v = value,
+                            None => items.push((key, value)),
+                        }
+                    }
+                }
+                AvroValue::Map(items)
+            }
+            Node::Union(variants) => {
+                let i = self.long()?;
+                let variant = variants.get(usize::try_from(i).ok()?)?;
+                self.compact(variant, whole)?
+            }
+            Node::Record(fields, shape) => {
+                let mut values = Vec::with_capacity(fields.len());
+                for (_, node) in fields {
+                    values.push(self.compact(node, whole)?);
+                }
+                AvroValue::Record(AvroRecord::new(shape.clone(), values).ok()?)
+            }
+        })
+    }
+}
+
+/// Whether compact `value` can be written as `node` (to pick a union's branch: Avro allows
+/// one branch per kind, and per name among records, so the first that fits is the one).
+fn fits(node: &Node, value: &AvroValue) -> bool {
+    match (node, value) {
+        (Node::Null, AvroValue::Null)
+        | (Node::Boolean, AvroValue::Boolean(_))
+        | (Node::Int | Node::Date | Node::TimeMillis, AvroValue::Int(_))
+        | (
+            Node::Long
+            | Node::TimeMicros
+            | Node::TimestampMillis
+            | Node::TimestampMicros
+            | Node::TimestampNanos
+            | Node::LocalTimestampMillis
+            | Node::LocalTimestampMicros
+            | Node::LocalTimestampNanos,
+            AvroValue::Long(_),
+        )
+        | (Node::Float, AvroValue::Float(_))
+        | (Node::Double, AvroValue::Double(_))
+        | (Node::Bytes, AvroValue::Bytes(_))
+        | (Node::String, AvroValue::String(_))
+        | (Node::Array(_), AvroValue::Array(_))
+        | (Node::Map(_), AvroValue::Map(_)) => true,
+        (Node::Fixed(n), AvroValue::Fixed(b)) => b.len() == *n,
+        (Node::Enum(symbols), AvroValue::Enum(i, s)) => {
+            symbols.get(*i as usize).is_some_and(|x| x == s)
+        }
+        // Same shape (the usual case: built from this schema), else the same full name, else
+        // (records made without a name, e.g. from apache_avro values) the same fields.
+        (Node::Record(_, shape), AvroValue::Record(r)) => {
+            Arc::ptr_eq(shape, r.shape())
+                || (r.shape().name().is_empty() && shape.same_fields(r.shape()))
+                || (!r.shape().name().is_empty() && r.shape().name() == shape.name())
+        }
+        _ => false,
+    }
+}
+
+fn encode_compact(node: &Node, value: &AvroValue, out: &mut Vec<u8>) -> bool {
+    match (node, value) {
+        (Node::Union(variants), v) => {
+            let Some(i) = variants.iter().position(|n| fits(n, v)) else {
+                return false;
+            };
+            put_long(i as i64, out);
+            return encode_compact(&variants[i], v, out);
+        }
+        (Node::Boolean, AvroValue::Boolean(b)) => out.push(u8::from(*b)),
+        (Node::Bytes, AvroValue::Bytes(b)) => put_bytes(b, out),
+        (Node::String, AvroValue::String(s)) => put_bytes(s.as_bytes(), out),
+        (Node::Float, AvroValue::Float(f)) => out.extend_from_slice(&f.to_le_bytes()),
+        (Node::Double, AvroValue::Double(f)) => out.extend_from_slice(&f.to_le_bytes()),
+        (Node::Fixed(n), AvroValue::Fixed(b)) if b.len() == *n => out.extend_from_slice(b),
+        (_, AvroValue::Int(i)) if fits(node, value) => put_long(i64::from(*i), out),
+        (_, AvroValue::Long(i)) if fits(node, value) => put_long(*i, out),
+        (Node::Null, AvroValue::Null) => {}
+        (Node::Enum(_), AvroValue::Enum(i, _)) if fits(node, value) => put_long(i64::from(*i), out),
+        (Node::Array(item), AvroValue::Array(items)) => {
+            if !items.is_empty() {
+                put_long(items.len() as i64, out);
+                for v in items {
+                    if !encode_compact(item, v, out) {
+                        return false;
+                    }
+                }
+            }
+            out.push(0);
+        }
+        (Node::Map(item), AvroValue::Map(items)) => {
+            if !items.is_empty() {
+                put_long(items.len() as i64, out);
+                for (k, v) in items {
+                    put_bytes(k.as_bytes(), out);
+                    if !encode_compact(item, v, out) {
+                        return false;
+                    }
+                }
+            }
+            out.push(0);
+        }
+        (Node::Record(fields, shape), AvroValue::Record(r)) => {
+            if shape.same_fields(r.shape()) {
+                for ((_, node), v) in fields.iter().zip(r.values()) {
+                    if !encode_compact(node, v, out) {
+                        return false;
+                    }
+                }
+            } else {
+                // Built with other fields or another order: by name; a field missing (which
+                // a default may fill) is left to apache_avro's resolution.
+                for (name, node) in fields {
+                    match r.get(name) {
+                        Some(v) if encode_compact(node, v, out) => {}
+                        _ => return false,
+                    }
+                }
+            }
+        }
+        _ => return false,
+    }
+    true
 }
 
 fn put_long(v: i64, out: &mut Vec<u8>) {
@@ -329,7 +549,7 @@ fn encode(node: &Node, value: &Value, out: &mut Vec<u8>) -> bool {
         (Node::String, Value::String(s)) => put_bytes(s.as_bytes(), out),
         (Node::Fixed(n), Value::Fixed(m, b)) if n == m && b.len() == *n => out.extend_from_slice(b),
         (Node::Enum(symbols), Value::Enum(i, s))
-            if symbols.get(*i as usize).is_some_and(|x| x == s) =>
+            if symbols.get(*i as usize).is_some_and(|x| **x == **s) =>
         {
             put_long(i64::from(*i), out)
         }
@@ -363,7 +583,7 @@ fn encode(node: &Node, value: &Value, out: &mut Vec<u8>) -> bool {
             put_long(i64::from(*i), out);
             return encode(variant, inner, out);
         }
-        (Node::Record(fields), Value::Record(values)) => {
+        (Node::Record(fields, _), Value::Record(values)) => {
             if fields.len() != values.len() {
                 return false;
             }
@@ -464,6 +684,23 @@ mod tests {
             let back = reader.read_value(&mut &theirs[..]).expect("decode");
             assert_eq!(codec.decode(&theirs), Some(back.clone()));
             assert_eq!(back, v);
+            // The compact form: the same datum, written back to the same bytes.
+            let compact = codec
+                .decode_compact(&Bytes::from(theirs.clone()))
+                .expect("compact decode");
+            assert_eq!(compact.to_json(), crate::avro_to_json(&back));
+            let mut again = Vec::new();
+            assert!(
+                codec.encode_compact(&compact, &mut again),
+                "compact encode of {i}"
+            );
+            assert_eq!(again, theirs);
+            let mut again = Vec::new();
+            let converted = AvroValue::from_apache(&back);
+            assert!(codec.encode_compact(&converted, &mut again), "by name, {i}");
+            // (Map entries come in the hash map's order here: compare the data read back.)
+            let reread = reader.read_value(&mut &again[..]).expect("decode");
+            assert_eq!(reread, back);
         }
     }
 
@@ -478,6 +715,8 @@ mod tests {
         // Truncated and corrupt data: not decoded here.
         for cut in 0..bytes.len() {
             assert_eq!(codec.decode(&bytes[..cut]), None, "cut at {cut}");
+            let cut = Bytes::copy_from_slice(&bytes[..cut]);
+            assert_eq!(codec.decode_compact(&cut), None);
         }
         let mut bad = bytes.clone();
         bad[0] = 9; // union branch out of range

@@ -286,7 +286,7 @@ impl EmbeddedLog {
                 partition,
                 offset: off,
             })?;
-            r.topic = topic.to_owned();
+            r.topic = topic.into();
             r.partition = partition;
             r.offset = off;
             out.push(r);
@@ -525,7 +525,7 @@ fn decode(b: &[u8]) -> Option<RawRecord> {
         });
     }
     Some(RawRecord {
-        topic: String::new(),
+        topic: Arc::default(),
         partition: -1,
         offset: -1,
         key,

@@ -401,6 +401,7 @@ impl Transport for KafkaTransport {
                     consumer: Arc::new(consumer),
                     producer: producer.clone(),
                     exactly_once: spec.exactly_once,
+                    topics: TopicNames::default(),
                 }),
                 sink: Arc::new(KafkaSink { producer }),
             })
@@ -412,6 +413,7 @@ struct KafkaConsumer {
     consumer: Arc<StreamConsumer<StreamsContext>>,
     producer: Arc<KafkaProducer>,
     exactly_once: bool,
+    topics: TopicNames,
 }
 
 fn blocking_err(op: &str, e: tokio::task::JoinError) -> TransportError {
@@ -459,9 +461,28 @@ impl KafkaConsumer {
     }
 }
 
-/// A consumed message as a [`RawRecord`] (copied out of librdkafka's buffer).
+/// The shared name of each topic read so far, so a record carries an `Arc` clone instead of
+/// a `String` copied per message (which the delivery thread then freed into the loop thread's
+/// malloc arena). A consumer reads a handful of topics: a short list beats a map.
+#[derive(Default)]
+struct TopicNames(Vec<Arc<str>>);
+
+impl TopicNames {
+    fn get(&mut self, topic: &str) -> Arc<str> {
+        if let Some(t) = self.0.iter().find(|t| ***t == *topic) {
+            return t.clone();
+        }
+        let t: Arc<str> = topic.into();
+        self.0.push(t.clone());
+        t
+    }
+}
+
+/// A consumed message as a [`RawRecord`] (key and value copied out of librdkafka's buffer,
+/// see [`key_and_value`]).
 fn raw_record(
     got: Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>,
+    topics: &mut TopicNames,
 ) -> Result<Option<RawRecord>, TransportError> {
     match got {
         // librdkafka reports lost broker connections through the consumer and keeps
@@ -482,17 +503,39 @@ fn raw_record(
                     });
                 }
             }
+            let (key, value) = key_and_value(m.key(), m.payload());
             Ok(Some(RawRecord {
-                topic: m.topic().to_owned(),
+                topic: topics.get(m.topic()),
                 partition: m.partition(),
                 offset: m.offset(),
-                key: m.key().map(bytes::Bytes::copy_from_slice),
-                value: m.payload().map(bytes::Bytes::copy_from_slice),
+                key,
+                value,
                 headers,
                 timestamp: m.timestamp().to_millis(),
             }))
         }
     }
+}
+
+/// Key and value copied out of librdkafka's buffer into one buffer they share: one
+/// allocation for the copy and one for the shared count (two copies cost two, plus a third
+/// when a compact Avro value slices the value), all freed together when the record's last
+/// user lets go.
+fn key_and_value(
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+) -> (Option<bytes::Bytes>, Option<bytes::Bytes>) {
+    let (Some(k), Some(v)) = (key, value) else {
+        return (
+            key.map(bytes::Bytes::copy_from_slice),
+            value.map(bytes::Bytes::copy_from_slice),
+        );
+    };
+    let mut buf = Vec::with_capacity(k.len() + v.len());
+    buf.extend_from_slice(k);
+    buf.extend_from_slice(v);
+    let buf = bytes::Bytes::from(buf);
+    (Some(buf.slice(..k.len())), Some(buf.slice(k.len()..)))
 }
 
 impl SourceConsumer for KafkaConsumer {
@@ -504,11 +547,11 @@ impl SourceConsumer for KafkaConsumer {
             // A record already fetched is taken without arming a timer; only an empty queue
             // waits, up to `timeout`.
             if let Some(got) = futures::FutureExt::now_or_never(self.consumer.recv()) {
-                return raw_record(got);
+                return raw_record(got, &mut self.topics);
             }
             match tokio::time::timeout(timeout, self.consumer.recv()).await {
                 Err(_) => Ok(None),
-                Ok(got) => raw_record(got),
+                Ok(got) => raw_record(got, &mut self.topics),
             }
         })
     }
@@ -681,7 +724,7 @@ impl RecordSink for KafkaSink {
         });
         match self.send_then(record, done) {
             Ok(_) => {
-                let topic = record.topic.clone();
+                let topic = record.topic.to_string();
                 Ok(Box::pin(async move {
                     rx.await.unwrap_or_else(|_| {
                         Err(TransportError::Delivery {
@@ -734,5 +777,24 @@ impl RecordSink for KafkaSink {
                 *br.delivery_opaque,
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_and_value;
+
+    #[test]
+    fn key_and_value_share_one_buffer_and_keep_their_bytes() {
+        let (k, v) = key_and_value(Some(b"p-1"), Some(b"\0\0\0\0\x01datum"));
+        assert_eq!(k.as_deref(), Some(&b"p-1"[..]));
+        assert_eq!(v.as_deref(), Some(&b"\0\0\0\0\x01datum"[..]));
+        assert_eq!(key_and_value(None, Some(b"v")), (None, Some("v".into())));
+        assert_eq!(key_and_value(Some(b"k"), None), (Some("k".into()), None));
+        assert_eq!(
+            key_and_value(Some(b""), Some(b"")),
+            (Some("".into()), Some("".into()))
+        );
+        assert_eq!(key_and_value(None, None), (None, None));
     }
 }

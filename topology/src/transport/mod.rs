@@ -26,8 +26,8 @@ use crate::runtime::OffsetTracker;
 /// A topic and partition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TopicPartition {
-    /// Topic.
-    pub topic: String,
+    /// Topic (shared with the records read from it).
+    pub topic: Arc<str>,
     /// Partition.
     pub partition: i32,
 }
@@ -36,7 +36,7 @@ impl TopicPartition {
     /// Makes one.
     pub fn new(topic: &str, partition: i32) -> Self {
         TopicPartition {
-            topic: topic.to_owned(),
+            topic: topic.into(),
             partition,
         }
     }
