@@ -239,6 +239,9 @@ pub const CONSUMER_SETTINGS: &[(&str, &str)] = &[
     ("enable.auto.offset.store", "false"),
     ("enable.partition.eof", "false"),
     ("isolation.level", "read_uncommitted"),
+    // KafkaTransport's fetch defaults (the client settings must match).
+    ("fetch.wait.max.ms", "100"),
+    ("fetch.queue.backoff.ms", "10"),
 ];
 
 #[cfg(test)]

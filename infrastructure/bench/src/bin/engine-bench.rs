@@ -46,6 +46,10 @@ struct Args {
     /// Runs on tokio's current-thread runtime instead of the multi-thread one.
     #[arg(long)]
     current_thread: bool,
+    /// A librdkafka property for the transport, `NAME=VALUE` (repeatable; experiments only:
+    /// bench.sh runs the defaults).
+    #[arg(long = "kafka", value_name = "NAME=VALUE")]
+    kafka: Vec<String>,
 }
 
 /// Answers `register` from a per-subject cache (one schema per subject in this benchmark).
@@ -163,7 +167,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(ms) = args.poll_timeout_ms {
         config.poll_timeout = std::time::Duration::from_millis(ms);
     }
-    let summary = Runtime::new(topology, Arc::new(KafkaTransport::new(&bootstrap)), config)
+    let mut transport = KafkaTransport::new(&bootstrap);
+    for prop in &args.kafka {
+        let (k, v) = prop
+            .split_once('=')
+            .with_context(|| format!("--kafka {prop}: expected NAME=VALUE"))?;
+        transport = transport.set(k, v);
+    }
+    let summary = Runtime::new(topology, Arc::new(transport), config)
         .run(shutdown)
         .await?;
     eprintln!(
