@@ -583,7 +583,13 @@ fn orchestrate(raw: &[String], p: &Params) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The pipeline's allocator and settings, as in the `catalog-stream` binary, so the peak RSS
+/// is the one an image-pipeline pod would see.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
+    catalog_stream::allocator::keep_memory_near_use();
     // `cargo bench` passes `--bench`; nothing else is expected from it.
     let args: Vec<String> = std::env::args()
         .skip(1)

@@ -435,8 +435,7 @@ pub async fn image_pipeline(settings: Settings) -> anyhow::Result<()> {
 }
 
 /// The image pipeline's `/readyz` check: the object store answers (a lookup of a key that
-/// need not exist) and, when given, the Kafka cluster answers, each within
-/// [`READINESS_TIMEOUT`].
+/// need not exist) and, when given, the Kafka cluster answers, each within 2 s.
 pub fn object_store_readiness(
     objects: Arc<dyn images::ObjectStore>,
     kafka: Option<KafkaProbe>,

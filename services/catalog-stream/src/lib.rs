@@ -7,8 +7,11 @@
 //! - [`product`] and [`http`]: the product model with its validation, and what every HTTP
 //!   service shares (envelopes, errors, health, metrics).
 //!
+//! - [`allocator`]: the binary's mimalloc settings.
+//!
 //! Depends on `topology`, `state`, `connectors` and the `images` crate; nothing depends on it.
 
+pub mod allocator;
 pub mod app;
 pub mod complete_products;
 pub mod http;

@@ -8,10 +8,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use catalog_stream::settings::Settings;
-use catalog_stream::{app, pipeline, standalone};
+use catalog_stream::{allocator, app, pipeline, standalone};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// mimalloc returns freed memory to the system where glibc's arenas keep it (see Cargo.toml).
+/// mimalloc returns freed memory to the system where glibc's arenas keep it (see Cargo.toml),
+/// with the options [`allocator::keep_memory_near_use`] sets.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -164,7 +165,7 @@ enum TopologyCommand {
 }
 
 fn main() -> ExitCode {
-    keep_memory_near_use();
+    allocator::keep_memory_near_use();
     let cli = Cli::parse();
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -184,42 +185,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Lets the process's RSS fall back after a burst instead of staying at its peak (SPEC §8: the
-/// standalone mode within 128 MiB with 100k products). Measured after a 15 s burst of POSTs
-/// (~110k products, `infrastructure/BENCHMARKS.md`): 293 MiB RSS with neither change, 192 MiB
-/// with both.
-///
-/// - Transparent huge pages: mimalloc asks for them on its arenas, and a 2 MiB page stays
-///   resident as long as any of it is in use (57 MiB of `AnonHugePages` after a burst).
-/// - mimalloc returns freed pages to the OS only after its purge delay (1 s) *and* on a later
-///   call into the allocator, which an idle process does not make: it kept the burst's peak.
-///
-/// `MIMALLOC_ALLOW_THP` / `MIMALLOC_PURGE_DELAY` in the environment override either.
-fn keep_memory_near_use() {
-    #[cfg(target_os = "linux")]
-    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none()
-        && let Err(error) = rustix::thread::disable_transparent_huge_pages(true)
-    {
-        eprintln!("warning: cannot disable transparent huge pages: {error}");
-    }
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        purge_freed_memory_at_once();
-    }
-}
-
-/// `mi_option_purge_delay` in mimalloc 3's `mi_option_e` (`include/mimalloc.h`); the Rust
-/// bindings only name the options both mimalloc 2 and 3 share.
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-// The one call into C this crate makes: the allocator has no safe interface for its options.
-#[allow(unsafe_code)]
-fn purge_freed_memory_at_once() {
-    // SAFETY: `mi_option_set` stores an integer in mimalloc's option table; it takes no
-    // pointers. mimalloc notes the option functions are not thread-safe: this runs first in
-    // `main`, before any other thread of this process exists.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) }
 }
 
 fn init_tracing() {

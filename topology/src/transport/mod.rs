@@ -6,7 +6,7 @@
 //! [`EmbeddedTransport`], a durable sled-backed partitioned log in-process, and
 //! [`KafkaTransport`], rdkafka with cooperative rebalancing, manual commits, an idempotent
 //! producer and optional exactly-once transactions. Partition assignments reach the runtime
-//! through the shared [`OffsetTracker`](crate::runtime::OffsetTracker), which the rebalance
+//! through the shared [`OffsetTracker`], which the rebalance
 //! callbacks update before partitions change hands.
 
 mod embedded;
