@@ -548,6 +548,22 @@ impl AvroSerde {
         Ok(u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]))
     }
 
+    /// Decodes `bytes` when its writer schema's reader is already cached (`None` otherwise:
+    /// the awaited path fetches it); `shared`, when given, holds the same bytes.
+    fn decode_cached(
+        &self,
+        bytes: &[u8],
+        shared: Option<&bytes::Bytes>,
+    ) -> Option<Result<Value, SerdeError>> {
+        let id = match Self::header(bytes) {
+            Ok(id) => id,
+            Err(e) => return Some(Err(e)),
+        };
+        let readers = self.cache.readers.read().ok()?;
+        let reader = readers.get(&id)?;
+        Some(self.decode(reader, id, bytes, shared))
+    }
+
     /// Decodes the datum after the header with `reader` (of writer schema `id`); `shared`,
     /// when given, holds the same bytes, for compact values to slice.
     fn decode(
@@ -683,13 +699,7 @@ impl Serde for AvroSerde {
         _is_key: bool,
         bytes: &[u8],
     ) -> Option<Result<Value, SerdeError>> {
-        let id = match Self::header(bytes) {
-            Ok(id) => id,
-            Err(e) => return Some(Err(e)),
-        };
-        let readers = self.cache.readers.read().ok()?;
-        let reader = readers.get(&id)?;
-        Some(self.decode(reader, id, bytes, None))
+        self.decode_cached(bytes, None)
     }
 
     fn deserialize_shared_now(
@@ -698,13 +708,7 @@ impl Serde for AvroSerde {
         _is_key: bool,
         bytes: &bytes::Bytes,
     ) -> Option<Result<Value, SerdeError>> {
-        let id = match Self::header(bytes) {
-            Ok(id) => id,
-            Err(e) => return Some(Err(e)),
-        };
-        let readers = self.cache.readers.read().ok()?;
-        let reader = readers.get(&id)?;
-        Some(self.decode(reader, id, bytes, Some(bytes)))
+        self.decode_cached(bytes, Some(bytes))
     }
 
     fn serialize_now(
