@@ -122,6 +122,59 @@ where
         Ok(self.raw.insert(&k, v)?.is_some())
     }
 
+    /// Atomically replaces the value at `key` by what `decide` returns for the current one
+    /// (`None`: leave it as it is); returns the value that holds afterwards and whether
+    /// `decide`'s value was written.
+    ///
+    /// A compare-and-swap loop on this store's tree: `decide` runs again if another writer got
+    /// in between, so it must not have side effects. For one store this is much cheaper than
+    /// [`StateDir::transaction`](crate::StateDir::transaction): sled writes every transaction
+    /// into a log buffer of its own, which costs a buffer write and a thread wake-up each time.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> Result<(), state::StateError> {
+    /// let dir = state::StateConfig::temporary().open()?;
+    /// let newest = dir.store::<String, u64>("newest-version")?;
+    /// let keep_newest = |v: u64| move |current: Option<&u64>| match current {
+    ///     Some(&stored) if stored >= v => None,
+    ///     _ => Some(v),
+    /// };
+    /// assert_eq!(newest.update("p-1", keep_newest(3))?, (Some(3), true));
+    /// assert_eq!(newest.update("p-1", keep_newest(2))?, (Some(3), false)); // older: kept 3
+    /// # Ok(()) }
+    /// ```
+    pub fn update<Q>(
+        &self,
+        key: &Q,
+        mut decide: impl FnMut(Option<&V>) -> Option<V>,
+    ) -> Result<(Option<V>, bool)>
+    where
+        K: Borrow<Q>,
+        Q: Serialize + ?Sized,
+    {
+        let k = self.key_bytes(key)?;
+        let mut current_bytes = self.raw.get(&k)?;
+        loop {
+            let current: Option<V> = match &current_bytes {
+                Some(bytes) => Some(decode(&self.raw.name, "value", &k, bytes)?),
+                None => None,
+            };
+            let Some(next) = decide(current.as_ref()) else {
+                return Ok((current, false));
+            };
+            let next_bytes = encode(&self.raw.name, "value", &next)?;
+            match self
+                .raw
+                .compare_and_swap(&k, current_bytes.as_deref(), Some(next_bytes))?
+            {
+                Ok(()) => return Ok((Some(next), true)),
+                Err(now) => current_bytes = now,
+            }
+        }
+    }
+
     /// Removes `key`; returns whether it held a value.
     pub fn delete<Q>(&self, key: &Q) -> Result<bool>
     where

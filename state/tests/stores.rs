@@ -204,6 +204,48 @@ fn concurrent_position_updates_keep_the_newest() {
     );
 }
 
+#[test]
+fn concurrent_updates_through_a_cache_lose_nothing_and_are_logged() {
+    let log = Arc::new(MemoryChangelog::default());
+    let dir = StateConfig::temporary()
+        .changelog(log.clone())
+        .open()
+        .unwrap();
+    let counters = dir
+        .store_with::<String, u64>("counters", StoreOptions::cached(16))
+        .unwrap();
+    // Every thread reads through the cache, so most first attempts see a stale value and the
+    // compare-and-swap has to retry with the stored one.
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            let counters = counters.clone();
+            s.spawn(move || {
+                for _ in 0..300 {
+                    let (now, written) = counters
+                        .update("hits", |current| Some(current.copied().unwrap_or(0) + 1))
+                        .unwrap();
+                    assert!(written && now.is_some());
+                }
+            });
+        }
+    });
+    assert_eq!(counters.get("hits").unwrap(), Some(1200));
+    let logged: Vec<_> = log
+        .records()
+        .into_iter()
+        .filter(|r| r.store == "counters")
+        .collect();
+    assert_eq!(logged.len(), 1200, "one changelog record per write");
+    // Declining leaves the value and the changelog untouched.
+    assert_eq!(
+        counters.update("hits", |_| None).unwrap(),
+        (Some(1200), false)
+    );
+    assert_eq!(log.records().len(), 1200);
+    assert_eq!(counters.update("absent", |_| None).unwrap(), (None, false));
+    assert_eq!(counters.get("absent").unwrap(), None);
+}
+
 #[derive(Debug, thiserror::Error)]
 enum AppError {
     #[error(transparent)]

@@ -11,8 +11,16 @@
 //! - `unordered`: concurrency 256, ordering `unordered`;
 //! - `sequential`: concurrency 1, one record at a time, the way a Kafka Streams processor calls
 //!   a blocking client (on fewer events: its rate does not depend on the count);
-//! - `moto`: S3 alone, the same puts and deletes at concurrency 256 without the engine, for the
-//!   store's own ceiling.
+//! - `key-localdir`: `key`, with the images written to a local directory (on tmpfs where
+//!   `/dev/shm` exists) instead of S3: the engine and collector without the store's cost;
+//! - `key-s3s`: `key` against `s3s-fs` (a second S3 server, in Rust, checking signatures) when
+//!   `ASYNC_S3S_ENDPOINT` names one (`infrastructure/bench-async.sh` starts it);
+//! - `moto` and `s3s`: each S3 server alone, the same puts and deletes at concurrency 256
+//!   without the engine, for the store's own ceiling.
+//!
+//! Every run reports the CPU time its process used (user + system), so the pipeline's own cost
+//! per record can be told apart from the S3 server's and the image host's, which share the
+//! machine's cores with it here; `ASYNC_S3S_PID` lets the table show the s3s-fs server's too.
 //!
 //! The figure is throughput ÷ (concurrency ÷ latency) = records/s ÷ 5,120 (target ≥ 70%).
 //! Per-key order is checked: the versions the collector applied for each key must be
@@ -112,11 +120,36 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn s3_config(bucket: &str) -> anyhow::Result<images::S3Config> {
+/// CPU time (user + system) used so far by process `pid` ("self" for this one), in seconds.
+fn cpu_seconds(pid: &str) -> f64 {
+    let ticks_per_second = 100.0; // USER_HZ, fixed at 100 on Linux
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name, which is in parentheses and may hold spaces.
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let user: f64 = fields.get(11)?.parse().ok()?;
+            let system: f64 = fields.get(12)?.parse().ok()?;
+            Some((user + system) / ticks_per_second)
+        })
+        .unwrap_or(0.0)
+}
+
+/// The S3 endpoint of a run: `infrastructure/up.sh`'s (moto), or the s3s-fs server.
+fn s3_endpoint(server: &str) -> anyhow::Result<String> {
+    match server {
+        "s3s" => std::env::var("ASYNC_S3S_ENDPOINT")
+            .context("ASYNC_S3S_ENDPOINT: start s3s-fs (infrastructure/bench-async.sh does)"),
+        _ => dotenv("S3_ENDPOINT"),
+    }
+}
+
+fn s3_config(bucket: &str, endpoint: String) -> anyhow::Result<images::S3Config> {
     Ok(images::S3Config {
         bucket: bucket.to_owned(),
         region: Some(dotenv("AWS_REGION")?),
-        endpoint: Some(dotenv("S3_ENDPOINT")?),
+        endpoint: Some(endpoint),
         access_key_id: Some(dotenv("AWS_ACCESS_KEY_ID")?),
         secret_access_key: Some(dotenv("AWS_SECRET_ACCESS_KEY")?),
         create_bucket: true,
@@ -242,20 +275,28 @@ async fn run_pipeline(mode: &str, port: u16, p: &Params) -> anyhow::Result<Json>
         "key" => (Ordering::Key, p.concurrency, p.events),
         "unordered" => (Ordering::Unordered, p.concurrency, p.events),
         "sequential" => (Ordering::Key, 1, p.sequential_events),
-        "key-localdir" => (Ordering::Key, p.concurrency, p.events),
+        "key-localdir" | "key-s3s" => (Ordering::Key, p.concurrency, p.events),
         other => bail!("unknown mode {other}"),
     };
     let registry: Arc<dyn SchemaRegistry> = Arc::new(MemorySchemaRegistry::default());
     let state_dir = tempfile::tempdir()?;
     let bucket = unique("bench-async");
-    let objects: Arc<dyn images::ObjectStore> = if mode == "key-localdir" {
-        // The engine's own ceiling: the same work with the images written to a local directory.
-        Arc::new(images::LocalDirObjectStore::new(
-            state_dir.path().join("images"),
-            "http://127.0.0.1:8080",
-        )?)
+    // On tmpfs where there is one: on a disk, thousands of files created, renamed and removed
+    // in one directory tree measure the file system's directory locks, not the pipeline.
+    let images_dir = if Path::new("/dev/shm").is_dir() {
+        tempfile::tempdir_in("/dev/shm")?
     } else {
-        Arc::new(images::S3ObjectStore::new(s3_config(&bucket)?).await?)
+        tempfile::tempdir()?
+    };
+    let objects: Arc<dyn images::ObjectStore> = match mode {
+        "key-localdir" => Arc::new(images::LocalDirObjectStore::new(
+            images_dir.path(),
+            "http://127.0.0.1:8080",
+        )?),
+        "key-s3s" => {
+            Arc::new(images::S3ObjectStore::new(s3_config(&bucket, s3_endpoint("s3s")?)?).await?)
+        }
+        _ => Arc::new(images::S3ObjectStore::new(s3_config(&bucket, s3_endpoint("moto")?)?).await?),
     };
     let fetch = images::FetchConfig {
         allowlist: vec!["127.0.0.1/32".into()],
@@ -329,12 +370,14 @@ async fn run_pipeline(mode: &str, port: u16, p: &Params) -> anyhow::Result<Json>
     let mut config = RuntimeConfig::new("async-bench");
     config.commit_interval = Duration::from_millis(100);
     let driver = TopologyTestDriver::with_config(topology, 4, config)?;
+    let cpu_before = cpu_seconds("self");
     let started = Instant::now();
     for (k, v) in inputs {
         driver.pipe_raw(TOPIC, Some(k), v, Headers::default())?;
     }
     driver.settle_within(Duration::from_secs(3600)).await?;
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds("self") - cpu_before;
     let outputs = driver.read_raw(OUT)?.len();
     let summary = driver.close().await?;
 
@@ -354,6 +397,7 @@ async fn run_pipeline(mode: &str, port: u16, p: &Params) -> anyhow::Result<Json>
         "keys": keys,
         "concurrency": concurrency,
         "seconds": elapsed,
+        "cpu_seconds": cpu,
         "rate": rate,
         "fraction": rate / bound,
         "outputs": outputs,
@@ -371,8 +415,10 @@ async fn run_pipeline(mode: &str, port: u16, p: &Params) -> anyhow::Result<Json>
 
 // --- S3 alone (its own process) ------------------------------------------------------------------
 
-async fn run_moto(p: &Params) -> anyhow::Result<Json> {
-    let store = Arc::new(images::S3ObjectStore::new(s3_config(&unique("bench-moto"))?).await?);
+/// `server`: "moto" or "s3s".
+async fn run_store_alone(server: &str, p: &Params) -> anyhow::Result<Json> {
+    let config = s3_config(&unique("bench-alone"), s3_endpoint(server)?)?;
+    let store = Arc::new(images::S3ObjectStore::new(config).await?);
     let keys = p.keys.min(p.events);
     let jobs: Vec<(usize, usize)> = (0..p.events).map(|i| (i % keys, i / keys + 1)).collect();
     // Puts alone.
@@ -427,7 +473,7 @@ async fn run_moto(p: &Params) -> anyhow::Result<Json> {
     results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
     let events = p.events as f64;
     Ok(json!({
-        "mode": "moto",
+        "mode": server,
         "events": p.events,
         "puts_per_s": events / puts_seconds,
         "put_delete_per_s": events / pairs_seconds,
@@ -481,44 +527,87 @@ fn orchestrate(raw: &[String], p: &Params) -> anyhow::Result<()> {
         .strip_prefix("PORT ")
         .context("the image server printed no port")?
         .parse()?;
+    let image_host_pid = server.0.id().to_string();
     eprintln!(
         "image host on 127.0.0.1:{port}: {} ms, {} KiB; {} events over {} keys, concurrency {}",
         p.latency_ms, p.image_kib, p.events, p.keys, p.concurrency
     );
+    let s3s = std::env::var("ASYNC_S3S_ENDPOINT").is_ok();
+    let s3s_pid = std::env::var("ASYNC_S3S_PID").ok();
+    let mut modes = vec!["key", "unordered", "sequential", "key-localdir"];
+    if s3s {
+        modes.push("key-s3s");
+    } else {
+        eprintln!("ASYNC_S3S_ENDPOINT is not set: no s3s-fs runs (bench-async.sh starts one)");
+    }
     let mut runs = Vec::new();
-    for mode in ["key", "unordered", "sequential", "key-localdir"] {
+    for mode in modes {
         let mut args = vec!["run".to_owned(), mode.to_owned(), port.to_string()];
         args.extend(raw.iter().cloned());
         eprintln!("running {mode} …");
-        let run = child(&args)?;
+        let (image_host_before, s3s_before) = (
+            cpu_seconds(&image_host_pid),
+            s3s_pid.as_deref().map(cpu_seconds),
+        );
+        let mut run = child(&args)?;
+        run["image_host_cpu_seconds"] = json!(cpu_seconds(&image_host_pid) - image_host_before);
+        if let (Some(pid), Some(before)) = (s3s_pid.as_deref(), s3s_before)
+            && mode == "key-s3s"
+        {
+            run["s3_server_cpu_seconds"] = json!(cpu_seconds(pid) - before);
+        }
         eprintln!("  {run}");
         runs.push(run);
     }
-    let mut args = vec!["moto".to_owned()];
-    args.extend(raw.iter().cloned());
-    eprintln!("running moto alone …");
-    let moto = child(&args)?;
-    eprintln!("  {moto}");
+    let mut alone = Vec::new();
+    for store in if s3s {
+        vec!["moto", "s3s"]
+    } else {
+        vec!["moto"]
+    } {
+        let mut args = vec!["store-alone".to_owned(), store.to_owned()];
+        args.extend(raw.iter().cloned());
+        eprintln!("running {store} alone …");
+        let measured = child(&args)?;
+        eprintln!("  {measured}");
+        alone.push(measured);
+    }
     drop(server);
 
     let bound = p.concurrency as f64 * 1000.0 / p.latency_ms as f64;
-    let sequential_rate = runs[2]["rate"].as_f64().unwrap_or(0.0);
+    let sequential_rate = runs
+        .iter()
+        .find(|run| run["mode"] == "sequential")
+        .and_then(|run| run["rate"].as_f64())
+        .unwrap_or(0.0);
     println!(
-        "\n## async step: {} events over {} keys, image host {} ms / {} KiB, S3 = {}\n",
+        "\n## async step: {} events over {} keys, image host {} ms / {} KiB, S3 = {}{}\n",
         p.events,
         p.keys,
         p.latency_ms,
         p.image_kib,
-        dotenv("S3_ENDPOINT")?
+        dotenv("S3_ENDPOINT")?,
+        if s3s { " (moto) and s3s-fs" } else { " (moto)" },
     );
     println!(
-        "| run | concurrency | events | records/s | of bound {bound:.0}/s | × sequential | per-key order | stale | uploads | deletes | peak RSS |"
+        "| run | concurrency | events | records/s | of bound {bound:.0}/s | × sequential | per-key order | stale | uploads | deletes | CPU ms per record: pipeline / image host / S3 server | peak RSS |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let per_record_ms = |run: &Json, field: &str| {
+        run[field]
+            .as_f64()
+            .map(|cpu| {
+                format!(
+                    "{:.2}",
+                    1000.0 * cpu / run["events"].as_f64().unwrap_or(1.0)
+                )
+            })
+            .unwrap_or_else(|| "–".to_owned())
+    };
     for run in &runs {
         let rate = run["rate"].as_f64().unwrap_or(0.0);
         println!(
-            "| {} | {} | {} | {:.0} | {:.1}% | {:.1}× | {} | {} | {} | {} | {:.1} MiB |",
+            "| {} | {} | {} | {:.0} | {:.1}% | {:.1}× | {} | {} | {} | {} | {} / {} / {} | {:.1} MiB |",
             run["mode"].as_str().unwrap_or("?"),
             run["concurrency"],
             run["events"],
@@ -538,47 +627,55 @@ fn orchestrate(raw: &[String], p: &Params) -> anyhow::Result<()> {
             run["stale"],
             run["uploads"],
             run["deletes"],
+            per_record_ms(run, "cpu_seconds"),
+            per_record_ms(run, "image_host_cpu_seconds"),
+            per_record_ms(run, "s3_server_cpu_seconds"),
             run["peak_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0,
         );
     }
-    println!(
-        "| S3 alone (no engine, no fetch): puts | {} | {} | {:.0} | {:.1}% | | | | | | {:.1} MiB |",
-        p.concurrency,
-        p.events,
-        moto["puts_per_s"].as_f64().unwrap_or(0.0),
-        100.0 * moto["puts_per_s"].as_f64().unwrap_or(0.0) / bound,
-        moto["peak_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0,
-    );
-    println!(
-        "| S3 alone: put + delete previous | {} | {} | {:.0} | {:.1}% | | | | | | |",
-        p.concurrency,
-        p.events,
-        moto["put_delete_per_s"].as_f64().unwrap_or(0.0),
-        100.0 * moto["put_delete_per_s"].as_f64().unwrap_or(0.0) / bound,
-    );
+    for store in &alone {
+        let name = store["mode"].as_str().unwrap_or("?");
+        for (what, field) in [("puts", "puts_per_s"), ("put + delete", "put_delete_per_s")] {
+            let rate = store[field].as_f64().unwrap_or(0.0);
+            println!(
+                "| {name} alone (no engine, no fetch): {what} | {} | {} | {rate:.0} | {:.1}% | | | | | | | {:.1} MiB |",
+                p.concurrency,
+                p.events,
+                100.0 * rate / bound,
+                store["peak_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0,
+            );
+        }
+    }
     println!();
     for run in &runs {
         let rate = run["rate"].as_f64().unwrap_or(0.0);
         println!(
-            "RESULT async_{} rate={:.1} fraction={:.3} target=0.70 ratio_sequential={:.2} order_kept={} peak_rss_mib={:.1} events={} concurrency={}",
+            "RESULT async_{} rate={:.1} fraction={:.3} target=0.70 ratio_sequential={:.2} order_kept={} peak_rss_mib={:.1} cpu_ms_per_record={} events={} concurrency={}",
             run["mode"].as_str().unwrap_or("?").replace('-', "_"),
             rate,
             rate / bound,
             rate / sequential_rate.max(f64::MIN_POSITIVE),
             run["per_key_order_kept"],
             run["peak_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0,
+            per_record_ms(run, "cpu_seconds"),
             run["events"],
             run["concurrency"],
         );
     }
-    println!(
-        "RESULT async_moto puts_per_s={:.1} put_delete_per_s={:.1} fraction_puts={:.3}",
-        moto["puts_per_s"].as_f64().unwrap_or(0.0),
-        moto["put_delete_per_s"].as_f64().unwrap_or(0.0),
-        moto["puts_per_s"].as_f64().unwrap_or(0.0) / bound,
-    );
-    if runs[0]["per_key_order_kept"] != true {
-        bail!("per-key order was not kept in `key` mode");
+    for store in &alone {
+        println!(
+            "RESULT async_{}_alone puts_per_s={:.1} put_delete_per_s={:.1} fraction_puts={:.3}",
+            store["mode"].as_str().unwrap_or("?"),
+            store["puts_per_s"].as_f64().unwrap_or(0.0),
+            store["put_delete_per_s"].as_f64().unwrap_or(0.0),
+            store["puts_per_s"].as_f64().unwrap_or(0.0) / bound,
+        );
+    }
+    if let Some(run) = runs
+        .iter()
+        .find(|run| run["per_key_order_kept"] != true && run["mode"] != "unordered")
+    {
+        bail!("per-key order was not kept in `{}` mode", run["mode"]);
     }
     Ok(())
 }
@@ -608,9 +705,10 @@ fn main() -> anyhow::Result<()> {
             println!("MEASURE {measured}");
             Ok(())
         }
-        Some("moto") => {
-            let p = Params::parse(&args[1..])?;
-            let measured = runtime.block_on(run_moto(&p))?;
+        Some("store-alone") => {
+            let store = args.get(1).context("store-alone moto|s3s")?;
+            let p = Params::parse(&args[2..])?;
+            let measured = runtime.block_on(run_store_alone(store, &p))?;
             println!("MEASURE {measured}");
             Ok(())
         }

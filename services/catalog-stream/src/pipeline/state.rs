@@ -62,16 +62,11 @@ impl PipelineState {
         key: &str,
         next: &ProductImageState,
     ) -> Result<(ProductImageState, bool), StateError> {
-        let products = &self.products;
-        self.dir.transaction(&[products], |tx| {
-            if let Some(current) = tx.get(products, key)?
-                && current.position > next.position
-            {
-                return Ok((current, false));
-            }
-            tx.put(products, key, next)?;
-            Ok::<_, StateError>((next.clone(), true))
-        })
+        let (current, written) = self.products.update(key, |current| match current {
+            Some(current) if current.position > next.position => None,
+            _ => Some(next.clone()),
+        })?;
+        Ok((current.unwrap_or_else(|| next.clone()), written))
     }
 
     /// The state directory, for the runtime to flush before it commits offsets past the work
