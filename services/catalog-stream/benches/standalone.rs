@@ -10,9 +10,12 @@
 //!   15) against `POST /api/v1/products` with a Lua script making every product distinct.
 //!   Images are fetched in the background by the same process while it ingests, and compete
 //!   with it for the 2 cores. Targets: ≥ 5,000 requests/s, p99 < 20 ms.
-//! - `standalone_rss_100k`: the same process topped up to `RSS_PRODUCTS` (100,000) products,
-//!   left to collect every image, then VmHWM and VmRSS from `/proc/PID/status`. Target ≤ 128
-//!   MiB.
+//! - `standalone_rss_100k`: a fresh process fed exactly `RSS_PRODUCTS` (100,000) products by
+//!   32 concurrent clients, left to collect every image, then VmHWM and VmRSS from
+//!   `/proc/PID/status`. Target ≤ 128 MiB.
+//! - `standalone_rss_after_burst`: the same figures for the ingest part's process, after wrk's
+//!   burst (however many products it stored, topped up to `RSS_PRODUCTS` if fewer) has been
+//!   collected: what the allocator keeps after a peak at full speed.
 //!
 //! Each part runs its own process on its own temporary data directory. `BENCH_PARTS` (default
 //! `e2e,ingest,rss`) runs only some parts, e.g. `BENCH_PARTS=ingest`.
@@ -369,21 +372,13 @@ async fn main() {
     if stored_by_wrk < rss_products {
         post_range(&server.base, &images, stored_by_wrk, rss_products, 32).await;
     }
-    let products = count_products(&server, &client).await;
-    let settle = Instant::now();
-    let mut collected = 0.0;
-    while settle.elapsed() < Duration::from_secs(600) {
-        collected = server
-            .metric(&client, "catalog_images_collected_total")
-            .await;
-        let lag = server.metric(&client, "topology_consumer_lag").await;
-        if collected >= products as f64 && lag == 0.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let settled_after = settle.elapsed();
-    let (hwm_kib, rss_kib) = server.memory_kib();
+    let burst = settled_memory(&server, &client).await;
+    drop(server);
+
+    eprintln!("== memory: a fresh process fed exactly {rss_products} products");
+    let server = Server::start(&dir.path().join("data-fresh")).await;
+    post_range(&server.base, &images, 0, rss_products, 32).await;
+    let fresh = settled_memory(&server, &client).await;
 
     let mib = |kib: u64| kib as f64 / 1024.0;
     println!();
@@ -396,12 +391,19 @@ async fn main() {
         "| ingest (wrk, {} non-2xx; images collected in the background) | {:.0} requests/s, p99 {:.2} ms | ≥ 5,000/s, p99 < 20 ms |",
         ingest.non_2xx, ingest.rps, ingest.p99_ms
     );
-    println!(
-        "| memory with {products} products ({collected:.0} images collected, settled in {:.0} s) | VmHWM {:.1} MiB, VmRSS {:.1} MiB | ≤ 128 MiB |",
-        settled_after.as_secs_f64(),
-        mib(hwm_kib),
-        mib(rss_kib)
-    );
+    for (what, memory) in [
+        ("memory, a fresh process fed", &fresh),
+        ("memory after the ingest burst,", &burst),
+    ] {
+        println!(
+            "| {what} {} products ({:.0} images collected, settled in {:.0} s) | VmHWM {:.1} MiB, VmRSS {:.1} MiB | ≤ 128 MiB |",
+            memory.products,
+            memory.collected,
+            memory.settled_after.as_secs_f64(),
+            mib(memory.hwm_kib),
+            mib(memory.rss_kib)
+        );
+    }
     println!();
     println!("RESULT standalone_e2e p50_ms={p50:.2} p99_ms={p99:.2}");
     println!(
@@ -409,10 +411,51 @@ async fn main() {
         ingest.rps, ingest.p99_ms
     );
     println!(
-        "RESULT standalone_rss_100k mib={:.1} hwm_mib={:.1} products={products}",
-        mib(rss_kib),
-        mib(hwm_kib)
+        "RESULT standalone_rss_100k mib={:.1} hwm_mib={:.1} products={}",
+        mib(fresh.rss_kib),
+        mib(fresh.hwm_kib),
+        fresh.products
     );
+    println!(
+        "RESULT standalone_rss_after_burst mib={:.1} hwm_mib={:.1} products={}",
+        mib(burst.rss_kib),
+        mib(burst.hwm_kib),
+        burst.products
+    );
+}
+
+/// A process's memory once every stored product's image is collected and the lag is 0.
+struct SettledMemory {
+    products: usize,
+    collected: f64,
+    settled_after: Duration,
+    hwm_kib: u64,
+    rss_kib: u64,
+}
+
+async fn settled_memory(server: &Server, client: &reqwest::Client) -> SettledMemory {
+    let products = count_products(server, client).await;
+    let settle = Instant::now();
+    let mut collected = 0.0;
+    while settle.elapsed() < Duration::from_secs(600) {
+        collected = server
+            .metric(client, "catalog_images_collected_total")
+            .await;
+        let lag = server.metric(client, "topology_consumer_lag").await;
+        if collected >= products as f64 && lag == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let settled_after = settle.elapsed();
+    let (hwm_kib, rss_kib) = server.memory_kib();
+    SettledMemory {
+        products,
+        collected,
+        settled_after,
+        hwm_kib,
+        rss_kib,
+    }
 }
 
 /// Products created so far (`catalog_products_posted_total{outcome="created"}`).
