@@ -541,7 +541,10 @@ const STREAMS_NICE: i32 = 10;
 /// has up to 256 records in flight, each with its file and sled calls on the blocking pool:
 /// under a burst the pool grew to 512 threads, each with its own allocator heap and stack
 /// (2.2 GiB RSS), for no throughput since they all queue on the same disk and sled's lock.
-const STREAMS_BLOCKING_THREADS: usize = 16;
+/// Each thread also keeps part-used pages of mimalloc's per-thread heap, and those of a thread
+/// that ends idle are abandoned: after ~100k products, 16 threads left 151–173 MiB RSS and 4
+/// left 111–124 MiB, with the images collected as fast (`infrastructure/BENCHMARKS.md`).
+const STREAMS_BLOCKING_THREADS: usize = 4;
 
 /// The engine's settings for a standalone topology consumed by `group`.
 fn runtime_config(group: &str) -> RuntimeConfig {
