@@ -542,7 +542,7 @@ const STREAMS_NICE: i32 = 10;
 /// under a burst the pool grew to 512 threads, each with its own allocator heap and stack
 /// (2.2 GiB RSS), for no throughput since they all queue on the same disk and sled's lock.
 /// Each thread also keeps part-used pages of mimalloc's per-thread heap, and those of a thread
-/// that ends idle are abandoned: after ~100k products, 16 threads left 151–173 MiB RSS and 4
+/// that ends idle are abandoned: after ~100k products, 16 threads left 151–166 MiB RSS and 4
 /// left 111–124 MiB, with the images collected as fast (`infrastructure/BENCHMARKS.md`).
 const STREAMS_BLOCKING_THREADS: usize = 4;
 
