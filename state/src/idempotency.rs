@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::blocks;
 use crate::codec::{decode, encode};
 use crate::error::{Result, StateError, show_key};
-use crate::raw::{RawStore, StoreStats};
+use crate::raw::{Decision, RawStore, StoreStats};
 use crate::transaction::run_transaction;
 
 /// Where a change sits in its source, totally ordered: compared as `(major, minor)`.
@@ -253,18 +253,13 @@ where
         let v = self.encode_record(outcome, now_ms())?;
         let name = &self.records.name;
         let (key, slot) = blocks::locate(id.as_ref());
-        let mut current = self.records.get(&key)?;
-        loop {
-            let block = current.as_deref();
+        self.records.update(&key, |block| {
             if blocks::find(name, &key, block.unwrap_or_default(), slot)?.is_some() {
-                return Ok(false);
+                return Ok(Decision::Keep(false));
             }
             let new = blocks::with_entry(name, &key, block, slot, &v)?;
-            match self.records.compare_and_swap(&key, block, Some(new))? {
-                Ok(()) => return Ok(true),
-                Err(now) => current = now,
-            }
-        }
+            Ok(Decision::Write(Some(new), true))
+        })
     }
 
     /// [`check_and_record`](Self::check_and_record) for many ids in one sled transaction:
@@ -328,20 +323,17 @@ where
     pub fn forget(&self, id: impl AsRef<[u8]>) -> Result<bool> {
         let name = &self.records.name;
         let (key, slot) = blocks::locate(id.as_ref());
-        let mut current = self.records.get(&key)?;
-        loop {
-            let Some(block) = current.as_deref() else {
-                return Ok(false);
+        self.records.update(&key, |block| {
+            let Some(block) = block else {
+                return Ok(Decision::Keep(false));
             };
             let (rest, removed) = blocks::retain(name, &key, block, |s, _| Ok(s != slot))?;
-            if removed == 0 {
-                return Ok(false);
-            }
-            match self.records.compare_and_swap(&key, Some(block), rest)? {
-                Ok(()) => return Ok(true),
-                Err(now) => current = now,
-            }
-        }
+            Ok(if removed == 0 {
+                Decision::Keep(false)
+            } else {
+                Decision::Write(rest, true)
+            })
+        })
     }
 
     /// The newest position applied for `key`.
@@ -362,20 +354,14 @@ where
     ) -> Result<PositionCheck> {
         let key = key.as_ref();
         let new = position.to_bytes();
-        let mut current = self.positions.get(key)?;
-        loop {
-            let check = check_position(&self.positions.name, key, current.as_deref(), position)?;
-            if !check.is_accepted() {
-                return Ok(check);
-            }
-            match self
-                .positions
-                .compare_and_swap(key, current.as_deref(), Some(new.to_vec()))?
-            {
-                Ok(()) => return Ok(check),
-                Err(now) => current = now,
-            }
-        }
+        self.positions.update(key, |current| {
+            let check = check_position(&self.positions.name, key, current, position)?;
+            Ok(if check.is_accepted() {
+                Decision::Write(Some(new.to_vec()), check)
+            } else {
+                Decision::Keep(check)
+            })
+        })
     }
 
     /// Removes the position of `key` (e.g. long after the entity was deleted).

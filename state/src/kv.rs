@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::cache::CacheStats;
 use crate::codec::{decode, encode};
 use crate::error::Result;
-use crate::raw::{RawStore, StoreStats};
+use crate::raw::{Decision, RawStore, StoreStats};
 
 /// A typed store over one sled tree. Cheap to clone.
 ///
@@ -155,24 +155,19 @@ where
         Q: Serialize + ?Sized,
     {
         let k = self.key_bytes(key)?;
-        let mut current_bytes = self.raw.get(&k)?;
-        loop {
-            let current: Option<V> = match &current_bytes {
-                Some(bytes) => Some(decode(&self.raw.name, "value", &k, bytes)?),
+        let name = &self.raw.name;
+        self.raw.update(&k, |stored| {
+            let current: Option<V> = match stored {
+                Some(bytes) => Some(decode(name, "value", &k, bytes)?),
                 None => None,
             };
-            let Some(next) = decide(current.as_ref()) else {
-                return Ok((current, false));
-            };
-            let next_bytes = encode(&self.raw.name, "value", &next)?;
-            match self
-                .raw
-                .compare_and_swap(&k, current_bytes.as_deref(), Some(next_bytes))?
-            {
-                Ok(()) => return Ok((Some(next), true)),
-                Err(now) => current_bytes = now,
-            }
-        }
+            Ok(match decide(current.as_ref()) {
+                None => Decision::Keep((current, false)),
+                Some(next) => {
+                    Decision::Write(Some(encode(name, "value", &next)?), (Some(next), true))
+                }
+            })
+        })
     }
 
     /// Removes `key`; returns whether it held a value.

@@ -65,6 +65,14 @@ pub struct StoreStats {
     pub bytes: u64,
 }
 
+/// What a [`RawStore::update`] step decided for the value it was shown.
+pub(crate) enum Decision<T> {
+    /// Leave the stored value; the update answers `T`.
+    Keep(T),
+    /// Replace it (`None` removes it); the update answers `T` once the swap succeeded.
+    Write(Option<Vec<u8>>, T),
+}
+
 /// One sled tree with its cache and changelog. Not nameable outside the crate.
 pub struct RawStore {
     pub(crate) name: String,
@@ -151,6 +159,28 @@ impl RawStore {
                 Ok(Ok(()))
             }
             Err(e) => Ok(Err(e.current)),
+        }
+    }
+
+    /// A compare-and-swap loop: shows `decide` the value stored at `key` (through the cache),
+    /// writes what it decides if that value is still the stored one, and otherwise shows it
+    /// the newer value. `decide` may run more than once, so it must not have side effects.
+    pub(crate) fn update<T>(
+        &self,
+        key: &[u8],
+        mut decide: impl FnMut(Option<&[u8]>) -> Result<Decision<T>>,
+    ) -> Result<T> {
+        let mut current = self.get(key)?;
+        loop {
+            match decide(current.as_deref())? {
+                Decision::Keep(answer) => return Ok(answer),
+                Decision::Write(new, answer) => {
+                    match self.compare_and_swap(key, current.as_deref(), new)? {
+                        Ok(()) => return Ok(answer),
+                        Err(now) => current = now,
+                    }
+                }
+            }
         }
     }
 
