@@ -281,18 +281,23 @@ async fn run_pipeline(mode: &str, port: u16, p: &Params) -> anyhow::Result<Json>
     let registry: Arc<dyn SchemaRegistry> = Arc::new(MemorySchemaRegistry::default());
     let state_dir = tempfile::tempdir()?;
     let bucket = unique("bench-async");
-    // On tmpfs where there is one: on a disk, thousands of files created, renamed and removed
-    // in one directory tree measure the file system's directory locks, not the pipeline.
-    let images_dir = if Path::new("/dev/shm").is_dir() {
-        tempfile::tempdir_in("/dev/shm")?
-    } else {
-        tempfile::tempdir()?
-    };
+    // Kept until the run ends (the directory is removed on drop).
+    let mut images_dir = None;
     let objects: Arc<dyn images::ObjectStore> = match mode {
-        "key-localdir" => Arc::new(images::LocalDirObjectStore::new(
-            images_dir.path(),
-            "http://127.0.0.1:8080",
-        )?),
+        "key-localdir" => {
+            // On tmpfs where there is one: on a disk, thousands of files created, renamed and
+            // removed in one directory tree measure the file system's directory locks, not
+            // the pipeline.
+            let dir = images_dir.insert(if Path::new("/dev/shm").is_dir() {
+                tempfile::tempdir_in("/dev/shm")?
+            } else {
+                tempfile::tempdir()?
+            });
+            Arc::new(images::LocalDirObjectStore::new(
+                dir.path(),
+                "http://127.0.0.1:8080",
+            )?)
+        }
         "key-s3s" => {
             Arc::new(images::S3ObjectStore::new(s3_config(&bucket, s3_endpoint("s3s")?)?).await?)
         }
