@@ -33,7 +33,9 @@ if [ "${ASYNC_S3S:-1}" != 0 ]; then
         --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" "$S3S_DATA" \
         >"$S3S_DATA.log" 2>&1 &
     S3S_PID=$!
-    trap 'kill "$S3S_PID" 2>/dev/null; wait "$S3S_PID" 2>/dev/null; rm -rf "$S3S_DATA" "$S3S_DATA.log"' EXIT
+    # `|| true`: under `set -e` a failing kill or wait (the server's exit status after the
+    # signal) would end the trap before the directory is removed.
+    trap 'kill "$S3S_PID" 2>/dev/null || true; wait "$S3S_PID" 2>/dev/null || true; rm -rf "$S3S_DATA" "$S3S_DATA.log"' EXIT
     for _ in $(seq 50); do
         (exec 3<>"/dev/tcp/127.0.0.1/$S3S_PORT") 2>/dev/null && break
         kill -0 "$S3S_PID" 2>/dev/null || { cat "$S3S_DATA.log" >&2; echo "s3s-fs did not start" >&2; exit 1; }
