@@ -305,6 +305,56 @@ impl StateDir {
         }
     }
 
+    /// Applies changelog entries (`None` deletes) over what the tree `tree_name` holds: how a
+    /// task whose local store is behind its changelog reads only the tail. The sink is not
+    /// called; a read cache of the store is cleared.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> Result<(), state::StateError> {
+    /// use std::sync::Arc;
+    /// use state::{MemoryChangelog, StateConfig};
+    /// let log = Arc::new(MemoryChangelog::default());
+    /// let elsewhere = StateConfig::temporary().changelog(log.clone()).open()?;
+    /// elsewhere.store::<String, u64>("counts")?.put("a", &2)?;
+    ///
+    /// let here = StateConfig::temporary().open()?;
+    /// let counts = here.store::<String, u64>("counts")?;
+    /// counts.put("a", &1)?;
+    /// counts.put("b", &5)?;
+    /// here.apply_changelog("counts", log.compacted("counts"))?;
+    /// assert_eq!((counts.get("a")?, counts.get("b")?), (Some(2), Some(5)));
+    /// # Ok(()) }
+    /// ```
+    pub fn apply_changelog<I, KB, VB>(&self, tree_name: &str, entries: I) -> Result<usize>
+    where
+        I: IntoIterator<Item = (KB, Option<VB>)>,
+        KB: AsRef<[u8]>,
+        VB: AsRef<[u8]>,
+    {
+        let opened = self
+            .inner
+            .stores
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tree_name)
+            .cloned();
+        match opened {
+            Some(raw) => raw.apply_changelog(entries),
+            None => {
+                validate_name(tree_name)?;
+                let tree = self
+                    .inner
+                    .db
+                    .open_tree(tree_name)
+                    .map_err(storage(tree_name, "open_tree"))?;
+                RawStore::new(tree_name.to_owned(), tree, StoreOptions::default(), None)
+                    .apply_changelog(entries)
+            }
+        }
+    }
+
     /// Whether the tree `tree_name` holds no entry (a store to restore before processing).
     /// Does not open the store.
     ///

@@ -255,6 +255,17 @@ impl RawStore {
                 len,
             });
         }
+        self.apply_changelog(entries)
+    }
+
+    /// Applies changelog entries over what the tree holds (a restore from a checkpoint reads
+    /// only the changelog's tail). The sink is not called.
+    pub(crate) fn apply_changelog<I, KB, VB>(&self, entries: I) -> Result<usize>
+    where
+        I: IntoIterator<Item = (KB, Option<VB>)>,
+        KB: AsRef<[u8]>,
+        VB: AsRef<[u8]>,
+    {
         const CHUNK: usize = 10_000;
         let mut applied = 0;
         let mut batch = sled::Batch::default();

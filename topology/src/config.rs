@@ -1038,6 +1038,7 @@ impl TopologyConfig {
                                     .unwrap_or(AsyncOptions::default().concurrency),
                                 retry,
                             },
+                            stores: Vec::new(),
                         }
                     }
                     _ => NodeKind::Sink {

@@ -1,7 +1,7 @@
 //! Describing a topology, as text and as a Mermaid graph.
 //!
-//! [`TopologyDescription`] is computed once from the graph: sub-topologies (connected parts,
-//! numbered by the order their first node was added) and, in each, the nodes sorted by depth
+//! [`TopologyDescription`] is computed once from the graph: sub-topologies (parts connected by
+//! edges or shared stores, numbered by the order their first node was added) and, in each, the nodes sorted by depth
 //! from the sources and then by name, with sorted successors and predecessors. Its `Display` is
 //! Kafka Streams' `Topology.describe()` text, so it is stable enough for golden tests;
 //! [`TopologyDescription::to_mermaid`] draws the same description.
@@ -60,28 +60,11 @@ pub struct TopologyDescription {
     pub subtopologies: Vec<SubtopologyDescription>,
 }
 
-fn find(parent: &mut [usize], mut x: usize) -> usize {
-    while parent[x] != x {
-        parent[x] = parent[parent[x]];
-        x = parent[x];
-    }
-    x
-}
-
 impl TopologyDescription {
     /// Describes `topology`.
     pub fn of(topology: &Topology) -> Self {
         let nodes = topology.nodes();
         let n = nodes.len();
-        let mut uf: Vec<usize> = (0..n).collect();
-        for (i, node) in nodes.iter().enumerate() {
-            for &c in &node.children {
-                let (a, b) = (find(&mut uf, i), find(&mut uf, c));
-                if a != b {
-                    uf[a.max(b)] = a.min(b);
-                }
-            }
-        }
         // Depth: shortest distance from a node without parents.
         let mut depth = vec![usize::MAX; n];
         let mut queue = VecDeque::new();
@@ -99,18 +82,14 @@ impl TopologyDescription {
                 }
             }
         }
-        let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
-        for i in 0..n {
-            let root = find(&mut uf, i);
-            match groups.iter_mut().find(|(r, _)| *r == root) {
-                Some((_, members)) => members.push(i),
-                None => groups.push((root, vec![i])),
-            }
-        }
+        let groups: Vec<(usize, Vec<usize>)> = topology
+            .subtopologies()
+            .iter()
+            .map(|st| (st.id, st.nodes.clone()))
+            .collect();
         let subtopologies = groups
             .into_iter()
-            .enumerate()
-            .map(|(id, (_, mut members))| {
+            .map(|(id, mut members)| {
                 members
                     .sort_by(|&a, &b| (depth[a], &nodes[a].name).cmp(&(depth[b], &nodes[b].name)));
                 let nodes = members
@@ -131,8 +110,8 @@ impl TopologyDescription {
                             NodeKind::Sink { topic, .. } => NodeDescriptionKind::Sink {
                                 topic: topic.clone(),
                             },
-                            NodeKind::Async { processor, .. } => NodeDescriptionKind::Processor {
-                                stores: processor.stores(),
+                            NodeKind::Async { stores, .. } => NodeDescriptionKind::Processor {
+                                stores: stores.clone(),
                             },
                             _ => NodeDescriptionKind::Processor { stores: Vec::new() },
                         };

@@ -4,8 +4,10 @@
 //! returns the stream after it: `source → filter / map / flat_map / branch → process_async →
 //! to`. [`TopologyBuilder::build`] checks names and edges and returns an immutable
 //! [`Topology`], which both transports run unchanged and which [`Topology::describe`] prints in
-//! Kafka Streams' shape. Sub-topologies are the connected parts of the graph; they talk to each
-//! other only through topics.
+//! Kafka Streams' shape. State stores are declared once ([`TopologyBuilder::store`]) and
+//! attached to the processors that use them ([`Stream::with_stores`]). Sub-topologies are the
+//! parts of the graph connected by edges or by a shared store; they talk to each other only
+//! through topics, and each runs as one task per source partition ([`Topology::subtopologies`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,6 +15,77 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::processor::{AsyncOptions, Processor};
 use crate::serdes::SerdeRef;
 use crate::{Record, describe};
+
+/// A state store declared in a topology: one instance per task of the sub-topology whose
+/// processors use it, under `state_dir/<application_id>/<task>/`, optionally backed by the
+/// compacted changelog topic `<application_id>-<name>-changelog` (one partition per source
+/// partition).
+///
+/// Keys and values are typed where a processor opens the store
+/// ([`ProcessorContext::store`](crate::ProcessorContext::store)): they are encoded with the
+/// `state` crate's codec (postcard), and the changelog carries those same bytes.
+///
+/// # Example
+/// ```
+/// use topology::StoreSpec;
+/// let spec = StoreSpec::new("counts").cache_entries(1024);
+/// assert!(spec.changelog);
+/// assert!(!StoreSpec::new("scratch").without_changelog().changelog);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSpec {
+    /// The store's name: its sled tree, and part of its changelog topic's name.
+    pub name: String,
+    /// Whether writes go to the changelog topic (restore on another instance needs it).
+    pub changelog: bool,
+    /// Entries kept in a read cache in front of sled (0: none).
+    pub cache_entries: usize,
+}
+
+impl StoreSpec {
+    /// A store named `name`, with a changelog and no read cache.
+    pub fn new(name: &str) -> Self {
+        StoreSpec {
+            name: name.to_owned(),
+            changelog: true,
+            cache_entries: 0,
+        }
+    }
+
+    /// Local only: nothing is written to a changelog, so a task moved to another instance
+    /// starts with an empty store.
+    pub fn without_changelog(mut self) -> Self {
+        self.changelog = false;
+        self
+    }
+
+    /// A read cache of `entries` entries.
+    pub fn cache_entries(mut self, entries: usize) -> Self {
+        self.cache_entries = entries;
+        self
+    }
+}
+
+/// One sub-topology: the nodes connected by edges or by a shared store. It runs as one task
+/// per partition of its source topics (which must be co-partitioned when it has stores).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subtopology {
+    /// Its number, from 0, in the order its first node was added.
+    pub id: usize,
+    /// Its nodes (indices into [`Topology::nodes`]), in the order they were added.
+    pub nodes: Vec<usize>,
+    /// The topics its sources read, sorted.
+    pub source_topics: Vec<String>,
+    /// The stores its processors use, sorted by name.
+    pub stores: Vec<StoreSpec>,
+}
+
+impl Subtopology {
+    /// Whether its tasks own state.
+    pub fn is_stateful(&self) -> bool {
+        !self.stores.is_empty()
+    }
+}
 
 /// A record predicate.
 pub type Predicate = Arc<dyn Fn(&Record) -> bool + Send + Sync>;
@@ -57,6 +130,25 @@ pub enum TopologyError {
     /// The builder lock was poisoned by a panic elsewhere.
     #[error("builder state poisoned")]
     Poisoned,
+    /// A processor names a store that was not declared.
+    #[error(
+        "processor `{node}` uses store `{store}`, which is not declared (TopologyBuilder::store)"
+    )]
+    UnknownStore {
+        /// The processor.
+        node: String,
+        /// The store.
+        store: String,
+    },
+    /// A store is declared but no processor uses it.
+    #[error("store `{0}` is declared but no processor uses it")]
+    UnusedStore(String),
+    /// Two stores share a name.
+    #[error("store `{0}` is declared twice")]
+    DuplicateStore(String),
+    /// `with_stores` was called on a node that is not an async processor.
+    #[error("`{0}` is not a processor: only process_async nodes can use stores")]
+    StoresOnNonProcessor(String),
 }
 
 /// What a node does.
@@ -89,6 +181,8 @@ pub enum NodeKind {
         processor: Arc<dyn Processor>,
         /// How it runs.
         options: AsyncOptions,
+        /// The stores it reaches through its context, by name.
+        stores: Vec<String>,
     },
     /// Encodes and writes records to a topic.
     Sink {
@@ -133,6 +227,7 @@ pub struct Node {
 struct Inner {
     nodes: Vec<Node>,
     by_name: HashMap<String, usize>,
+    stores: Vec<StoreSpec>,
     errors: Vec<TopologyError>,
 }
 
@@ -244,6 +339,30 @@ impl TopologyBuilder {
         self.stream(name)
     }
 
+    /// Declares a state store; processors name it in [`Stream::with_stores`].
+    ///
+    /// # Example
+    /// ```
+    /// use std::sync::Arc;
+    /// use topology::{AsyncOptions, StoreSpec, TopologyBuilder, processor_fn, serdes::StringSerde};
+    /// let b = TopologyBuilder::new();
+    /// b.store(StoreSpec::new("seen"));
+    /// b.source("in", "input", Arc::new(StringSerde), Arc::new(StringSerde))
+    ///     .process_async("dedupe", processor_fn(|r| async move { Ok(vec![r]) }), AsyncOptions::default())
+    ///     .with_stores(&["seen"]);
+    /// let t = b.build().unwrap();
+    /// assert!(t.describe().contains("Processor: dedupe (stores: [seen])"));
+    /// ```
+    pub fn store(&self, spec: StoreSpec) -> &Self {
+        let mut g = lock(&self.inner);
+        if g.stores.iter().any(|s| s.name == spec.name) {
+            g.errors.push(TopologyError::DuplicateStore(spec.name));
+        } else {
+            g.stores.push(spec);
+        }
+        self
+    }
+
     /// A handle on an existing node (for wiring several children to it).
     pub fn stream(&self, name: &str) -> Stream {
         Stream {
@@ -273,8 +392,27 @@ impl TopologyBuilder {
                 }
             }
         }
+        let mut used: BTreeMap<&str, ()> = BTreeMap::new();
+        for n in &g.nodes {
+            if let NodeKind::Async { stores, .. } = &n.kind {
+                for store in stores {
+                    used.insert(store, ());
+                    if !g.stores.iter().any(|s| &s.name == store) {
+                        errors.push(TopologyError::UnknownStore {
+                            node: n.name.clone(),
+                            store: store.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        for s in &g.stores {
+            if !used.contains_key(s.name.as_str()) {
+                errors.push(TopologyError::UnusedStore(s.name.clone()));
+            }
+        }
         if errors.is_empty() {
-            Ok(Topology::new(g.nodes.clone()))
+            Ok(Topology::new(g.nodes.clone(), g.stores.clone()))
         } else {
             Err(errors)
         }
@@ -349,7 +487,38 @@ impl Stream {
         processor: Arc<dyn Processor>,
         options: AsyncOptions,
     ) -> Stream {
-        self.then(name, NodeKind::Async { processor, options })
+        self.then(
+            name,
+            NodeKind::Async {
+                processor,
+                options,
+                stores: Vec::new(),
+            },
+        )
+    }
+
+    /// Gives the processor this stream comes out of its task's instances of `stores`
+    /// (declared with [`TopologyBuilder::store`]). Processors sharing a store run in one
+    /// sub-topology, whose source topics must then be co-partitioned.
+    pub fn with_stores(&self, stores: &[&str]) -> Stream {
+        let mut g = lock(&self.inner);
+        let node = g.by_name.get(&self.node).copied();
+        match node.map(|i| &mut g.nodes[i].kind) {
+            Some(NodeKind::Async { stores: own, .. }) => {
+                for s in stores {
+                    if !own.iter().any(|o| o == s) {
+                        own.push((*s).to_owned());
+                    }
+                }
+            }
+            Some(_) => g
+                .errors
+                .push(TopologyError::StoresOnNonProcessor(self.node.clone())),
+            // The node itself failed to be added; that error is recorded already.
+            None => {}
+        }
+        drop(g);
+        self.clone()
     }
 
     /// Writes the records to `topic`.
@@ -371,10 +540,89 @@ pub struct Topology {
     nodes: Vec<Node>,
     by_name: HashMap<String, usize>,
     source_by_topic: HashMap<String, usize>,
+    stores: Vec<StoreSpec>,
+    subtopologies: Vec<Subtopology>,
+    /// Per node, the sub-topology it belongs to.
+    subtopology_of: Vec<usize>,
+}
+
+fn find(parent: &mut [usize], mut x: usize) -> usize {
+    while parent[x] != x {
+        parent[x] = parent[parent[x]];
+        x = parent[x];
+    }
+    x
+}
+
+fn union(parent: &mut [usize], a: usize, b: usize) {
+    let (a, b) = (find(parent, a), find(parent, b));
+    if a != b {
+        parent[a.max(b)] = a.min(b);
+    }
+}
+
+/// Groups nodes connected by an edge or by a store both use, numbered in the order of their
+/// first node.
+fn group_subtopologies(nodes: &[Node], stores: &[StoreSpec]) -> (Vec<Subtopology>, Vec<usize>) {
+    let n = nodes.len();
+    let mut uf: Vec<usize> = (0..n).collect();
+    let mut first_user: HashMap<&str, usize> = HashMap::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for &c in &node.children {
+            union(&mut uf, i, c);
+        }
+        if let NodeKind::Async { stores, .. } = &node.kind {
+            for s in stores {
+                match first_user.get(s.as_str()) {
+                    Some(&j) => union(&mut uf, i, j),
+                    None => {
+                        first_user.insert(s, i);
+                    }
+                }
+            }
+        }
+    }
+    let mut subtopologies: Vec<Subtopology> = Vec::new();
+    let mut id_of_root: HashMap<usize, usize> = HashMap::new();
+    let mut subtopology_of = vec![0; n];
+    for (i, node) in nodes.iter().enumerate() {
+        let root = find(&mut uf, i);
+        let id = *id_of_root.entry(root).or_insert_with(|| {
+            subtopologies.push(Subtopology {
+                id: subtopologies.len(),
+                nodes: Vec::new(),
+                source_topics: Vec::new(),
+                stores: Vec::new(),
+            });
+            subtopologies.len() - 1
+        });
+        subtopology_of[i] = id;
+        let st = &mut subtopologies[id];
+        st.nodes.push(i);
+        match &node.kind {
+            NodeKind::Source { topics, .. } => st.source_topics.extend(topics.iter().cloned()),
+            NodeKind::Async { stores: used, .. } => {
+                for name in used {
+                    if !st.stores.iter().any(|s| &s.name == name)
+                        && let Some(spec) = stores.iter().find(|s| &s.name == name)
+                    {
+                        st.stores.push(spec.clone());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for st in &mut subtopologies {
+        st.source_topics.sort();
+        st.source_topics.dedup();
+        st.stores.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+    (subtopologies, subtopology_of)
 }
 
 impl Topology {
-    fn new(nodes: Vec<Node>) -> Self {
+    fn new(nodes: Vec<Node>, stores: Vec<StoreSpec>) -> Self {
         let by_name = nodes
             .iter()
             .enumerate()
@@ -388,11 +636,39 @@ impl Topology {
                 }
             }
         }
+        let (subtopologies, subtopology_of) = group_subtopologies(&nodes, &stores);
         Topology {
             nodes,
             by_name,
             source_by_topic,
+            stores,
+            subtopologies,
+            subtopology_of,
         }
+    }
+
+    /// The declared state stores.
+    pub fn stores(&self) -> &[StoreSpec] {
+        &self.stores
+    }
+
+    /// The sub-topologies, numbered from 0.
+    pub fn subtopologies(&self) -> &[Subtopology] {
+        &self.subtopologies
+    }
+
+    /// The sub-topology reading `topic`.
+    pub fn subtopology_for_topic(&self, topic: &str) -> Option<&Subtopology> {
+        self.source_for_topic(topic)
+            .and_then(|i| self.subtopology_of.get(i))
+            .and_then(|&id| self.subtopologies.get(id))
+    }
+
+    /// The sub-topology of node `index`.
+    pub fn subtopology_of_node(&self, index: usize) -> Option<&Subtopology> {
+        self.subtopology_of
+            .get(index)
+            .and_then(|&id| self.subtopologies.get(id))
     }
 
     /// All nodes, in the order they were added.

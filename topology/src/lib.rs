@@ -17,10 +17,16 @@ mod record;
 pub mod serdes;
 
 pub use graph::{
-    FlatMapFn, MapFn, Node, NodeKind, Predicate, Stream, Topology, TopologyBuilder, TopologyError,
+    FlatMapFn, MapFn, Node, NodeKind, Predicate, StoreSpec, Stream, Subtopology, Topology,
+    TopologyBuilder, TopologyError,
 };
-pub use processor::{AsyncOptions, Ordering, ProcessError, Processor, RetryPolicy, processor_fn};
+pub use processor::{
+    AsyncOptions, Ordering, ProcessError, Processor, RetryPolicy, processor_fn,
+    processor_with_context,
+};
+pub mod task;
 pub use record::{Header, Headers, RawRecord, Record, Value, avro_to_json};
+pub use task::{ProcessorContext, StoreAccessError, TaskId};
 pub mod metrics;
 pub mod runtime;
 pub mod transport;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use crate::Record;
+use crate::task::ProcessorContext;
 
 /// Why a processor failed on a record.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -58,11 +59,12 @@ impl ProcessError {
 /// # Example
 /// ```
 /// use futures::future::BoxFuture;
-/// use topology::{ProcessError, Processor, Record, Value};
+/// use topology::{ProcessError, Processor, ProcessorContext, Record, Value};
 ///
 /// struct Upper;
 /// impl Processor for Upper {
-///     fn process(&self, mut record: Record) -> BoxFuture<'_, Result<Vec<Record>, ProcessError>> {
+///     fn process(&self, mut record: Record, _ctx: ProcessorContext)
+///         -> BoxFuture<'_, Result<Vec<Record>, ProcessError>> {
 ///         Box::pin(async move {
 ///             let text = record.value.as_ref().and_then(|v| v.as_str()).map(str::to_uppercase);
 ///             record.value = text.map(Value::String);
@@ -72,13 +74,15 @@ impl ProcessError {
 /// }
 /// ```
 pub trait Processor: Send + Sync + 'static {
-    /// Processes one record.
-    fn process(&self, record: Record) -> BoxFuture<'_, Result<Vec<Record>, ProcessError>>;
-
-    /// State stores the processor uses (shown by `describe()`).
-    fn stores(&self) -> Vec<String> {
-        Vec::new()
-    }
+    /// Processes one record. `ctx` is the record's task: its stores
+    /// ([`ProcessorContext::store`]) are the ones the processor declared. Store writes must be
+    /// made in this future (not in a task it spawns): that is how the runtime ties each
+    /// write's changelog record to this record's offset.
+    fn process(
+        &self,
+        record: Record,
+        ctx: ProcessorContext,
+    ) -> BoxFuture<'_, Result<Vec<Record>, ProcessError>>;
 }
 
 /// A processor made from an async closure; see [`processor_fn`].
@@ -89,9 +93,52 @@ where
     F: Fn(Record) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Vec<Record>, ProcessError>> + Send + 'static,
 {
-    fn process(&self, record: Record) -> BoxFuture<'_, Result<Vec<Record>, ProcessError>> {
+    fn process(
+        &self,
+        record: Record,
+        _ctx: ProcessorContext,
+    ) -> BoxFuture<'_, Result<Vec<Record>, ProcessError>> {
         Box::pin((self.0)(record))
     }
+}
+
+/// A processor made from an async closure that takes the record's context; see
+/// [`processor_with_context`].
+pub struct ContextFnProcessor<F>(F);
+
+impl<F, Fut> Processor for ContextFnProcessor<F>
+where
+    F: Fn(Record, ProcessorContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Vec<Record>, ProcessError>> + Send + 'static,
+{
+    fn process(
+        &self,
+        record: Record,
+        ctx: ProcessorContext,
+    ) -> BoxFuture<'_, Result<Vec<Record>, ProcessError>> {
+        Box::pin((self.0)(record, ctx))
+    }
+}
+
+/// Wraps an async closure of a record and its [`ProcessorContext`] (for stores) as a shared
+/// [`Processor`].
+///
+/// # Example
+/// ```
+/// use topology::{processor_with_context, ProcessError};
+/// let p = processor_with_context(|r, ctx| async move {
+///     let seen = ctx.store::<String, u64>("seen").map_err(|e| ProcessError::transient(e.to_string()))?;
+///     seen.update("all", |n| Some(n.copied().unwrap_or(0) + 1)).map_err(|e| ProcessError::transient(e.to_string()))?;
+///     Ok::<_, ProcessError>(vec![r])
+/// });
+/// # let _ = p;
+/// ```
+pub fn processor_with_context<F, Fut>(f: F) -> Arc<dyn Processor>
+where
+    F: Fn(Record, ProcessorContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Vec<Record>, ProcessError>> + Send + 'static,
+{
+    Arc::new(ContextFnProcessor(f))
 }
 
 /// Wraps an async closure as a shared [`Processor`].

@@ -15,9 +15,11 @@ use prometheus::IntCounter;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::offsets::Ack;
+use super::tasks::{CURRENT_RECORD, TaskRegistry};
 use crate::graph::{NodeKind, Topology};
 use crate::processor::{AsyncOptions, Ordering, ProcessError, Processor};
 use crate::serdes::SerdeError;
+use crate::task::{ProcessorContext, TaskId};
 use crate::transport::{DeliveryFuture, OnDelivery, Queued, RecordSink, TransportError};
 use crate::{Headers, Metrics, RawRecord, Record};
 
@@ -26,6 +28,11 @@ type ChainKey = (Arc<str>, i32, Option<Vec<u8>>);
 struct AsyncStage {
     processor: Arc<dyn Processor>,
     options: AsyncOptions,
+    /// The processor's name and declared stores, handed to it in each record's context.
+    node_name: Arc<str>,
+    stores: Arc<[String]>,
+    /// Its sub-topology, when that owns stores (the record's task is looked up per record).
+    stateful_subtopology: Option<usize>,
     semaphore: Arc<Semaphore>,
     chains: Mutex<HashMap<ChainKey, (u64, oneshot::Receiver<()>)>>,
     seq: std::sync::atomic::AtomicU64,
@@ -42,6 +49,10 @@ pub(crate) struct Engine {
     deliveries: mpsc::UnboundedSender<Pending>,
     /// Per node, its `records_total` counters by outcome, looked up on first use.
     counters: Vec<[OnceLock<IntCounter>; 3]>,
+    /// The running tasks' stores.
+    tasks: Arc<TaskRegistry>,
+    /// Whether stores write their changelogs ([`RuntimeConfig::changelogs`](super::RuntimeConfig)).
+    changelogs: bool,
 }
 
 /// The per-record outcomes counted for every node (`records_total{node,outcome}`).
@@ -97,9 +108,14 @@ impl Pending {
 
 /// Records the outcome of one write; `ack` (one clone of it) is released when this returns,
 /// i.e. once the write is acknowledged.
-fn delivered(outcome: Result<(), TransportError>, ack: Ack, node: &NodeMeta, started: Instant) {
+fn delivered(
+    outcome: Result<crate::transport::Delivered, TransportError>,
+    ack: Ack,
+    node: &NodeMeta,
+    started: Instant,
+) {
     match outcome {
-        Ok(()) => node.latency.observe(started.elapsed().as_secs_f64()),
+        Ok(_) => node.latency.observe(started.elapsed().as_secs_f64()),
         Err(e) => {
             let name = &*node.name;
             tracing::error!(node = name, error = %e, "write failed for good");
@@ -158,14 +174,27 @@ impl Engine {
         topology: Arc<Topology>,
         sink: Arc<dyn RecordSink>,
         metrics: Arc<Metrics>,
+        tasks: Arc<TaskRegistry>,
+        changelogs: bool,
     ) -> Arc<Self> {
         let stages = topology
             .nodes()
             .iter()
-            .map(|n| match &n.kind {
-                NodeKind::Async { processor, options } => Some(Arc::new(AsyncStage {
+            .enumerate()
+            .map(|(i, n)| match &n.kind {
+                NodeKind::Async {
+                    processor,
+                    options,
+                    stores,
+                } => Some(Arc::new(AsyncStage {
                     processor: processor.clone(),
                     options: options.clone(),
+                    node_name: n.name.as_str().into(),
+                    stores: stores.clone().into(),
+                    stateful_subtopology: topology
+                        .subtopology_of_node(i)
+                        .filter(|s| s.is_stateful() && !stores.is_empty())
+                        .map(|s| s.id),
                     semaphore: Arc::new(Semaphore::new(options.concurrency.max(1))),
                     chains: Mutex::new(HashMap::new()),
                     seq: Default::default(),
@@ -196,6 +225,8 @@ impl Engine {
             node_meta,
             deliveries,
             counters,
+            tasks,
+            changelogs,
         })
     }
 
@@ -699,6 +730,22 @@ impl Engine {
         });
     }
 
+    /// The context of `ack`'s record at `stage`: its task's stores, when the stage has any.
+    fn context(&self, stage: &AsyncStage, ack: &Ack) -> ProcessorContext {
+        let task = stage.stateful_subtopology.and_then(|subtopology| {
+            self.tasks.get(TaskId {
+                subtopology,
+                partition: ack.origin.partition,
+            })
+        });
+        ProcessorContext::new(
+            stage.node_name.clone(),
+            stage.stores.clone(),
+            task,
+            self.changelogs,
+        )
+    }
+
     async fn process(self: &Arc<Self>, node: usize, stage: &AsyncStage, record: Record, ack: &Ack) {
         let name = &self.topology.nodes()[node].name;
         let retry = stage.options.retry;
@@ -718,9 +765,11 @@ impl Engine {
             let gauge = self.metrics.in_flight.with_label_values(&[name]);
             gauge.inc();
             let started = Instant::now();
+            let ctx = self.context(stage, ack);
+            let work = stage.processor.process(record.clone(), ctx);
             let result = tokio::select! {
                 _ = ack.cancel.cancelled() => { gauge.dec(); return; }
-                r = stage.processor.process(record.clone()) => r,
+                r = CURRENT_RECORD.scope(ack.clone(), work) => r,
             };
             self.metrics
                 .node_latency

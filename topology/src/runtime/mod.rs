@@ -12,6 +12,7 @@
 
 mod engine;
 mod offsets;
+mod tasks;
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -19,12 +20,16 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-pub use offsets::{Ack, AckInner, OffsetTracker, PartitionOffsets, ProcessingGuard, Rewind};
+pub use offsets::{
+    Ack, AckInner, AssignmentChange, OffsetTracker, PartitionOffsets, ProcessingGuard, Rewind,
+};
 
 use crate::graph::Topology;
+use crate::task::TaskId;
 use crate::transport::{ConnectSpec, TopicPartition, Transport, TransportError};
 use crate::{Metrics, RawRecord};
 use engine::Engine;
+use tasks::{TaskManager, TaskRegistry, TaskSettings};
 
 /// Runtime settings.
 ///
@@ -53,6 +58,15 @@ pub struct RuntimeConfig {
     pub drain_timeout: Duration,
     /// Exactly-once (transactional) processing, Kafka only.
     pub exactly_once: bool,
+    /// Where task stores live: `state_dir/<application_id>/<task>/`. `None`: temporary
+    /// databases, gone when the runtime stops (tests, topologies without stores).
+    pub state_dir: Option<std::path::PathBuf>,
+    /// Whether stores with a changelog write it (and restore from it). Off for a process that
+    /// owns every partition for good and keeps its state on a durable disk (the standalone
+    /// mode): stores are then local only.
+    pub changelogs: bool,
+    /// sled's page cache per task database.
+    pub store_page_cache_bytes: u64,
 }
 
 impl RuntimeConfig {
@@ -67,6 +81,9 @@ impl RuntimeConfig {
             poll_timeout: Duration::from_millis(50),
             drain_timeout: Duration::from_secs(30),
             exactly_once: false,
+            state_dir: None,
+            changelogs: true,
+            store_page_cache_bytes: 4 * 1024 * 1024,
         }
     }
 
@@ -120,6 +137,26 @@ pub enum RuntimeError {
         /// What the changelog sink said.
         #[source]
         source: state::SinkError,
+    },
+    /// A task's stores could not be opened, restored or kept in step with their changelog.
+    #[error("task {task}: {message}")]
+    Restore {
+        /// The task.
+        task: TaskId,
+        /// What went wrong.
+        message: String,
+    },
+    /// The source topics of a sub-topology with stores have different partition counts, so
+    /// one task could not own all of a key's records.
+    #[error(
+        "sub-topology {subtopology} shares stores across topics with different partition counts {partitions:?}: \
+         its source topics must be co-partitioned (the same number of partitions, keyed alike)"
+    )]
+    NotCopartitioned {
+        /// The sub-topology.
+        subtopology: usize,
+        /// Each source topic and its partition count.
+        partitions: Vec<(String, i32)>,
     },
 }
 
@@ -225,9 +262,46 @@ impl Runtime {
             tracker: self.tracker.clone(),
             on_rebalance: Arc::new(move || rebalances.inc()),
         };
+        let stateful = self
+            .topology
+            .subtopologies()
+            .iter()
+            .any(|s| s.is_stateful());
+        let state_log = if stateful {
+            let log = self.transport.state_log()?;
+            check_layout(&self.topology, log.clone()).await?;
+            Some(log)
+        } else {
+            None
+        };
         let conn = self.transport.connect(spec).await?;
         let mut consumer = conn.consumer;
-        let engine = Engine::new(self.topology.clone(), conn.sink, metrics.clone());
+        let registry = Arc::new(TaskRegistry::default());
+        let engine = Engine::new(
+            self.topology.clone(),
+            conn.sink.clone(),
+            metrics.clone(),
+            registry.clone(),
+            self.config.changelogs,
+        );
+        let mut tasks = TaskManager::new(
+            TaskSettings {
+                application_id: self.config.application_id.clone(),
+                root: self
+                    .config
+                    .state_dir
+                    .as_ref()
+                    .map(|d| d.join(&self.config.application_id)),
+                exactly_once: self.config.exactly_once,
+                changelogs: self.config.changelogs,
+                page_cache_bytes: self.config.store_page_cache_bytes,
+            },
+            self.topology.clone(),
+            registry,
+            conn.sink,
+            state_log,
+            metrics.clone(),
+        );
         let cfg = &self.config;
         let tracker = &self.tracker;
         let durable = Durable {
@@ -248,8 +322,41 @@ impl Runtime {
         let mut summary = RunSummary::default();
         let mut last_commit = Instant::now();
         let mut lag_update: Option<tokio::task::JoinHandle<()>> = None;
+        let mut tasks_generation = 0u64;
         let result: Result<(), RuntimeError> = async {
             loop {
+                if tracker.generation() != tasks_generation {
+                    tasks_generation = tracker.generation();
+                    let changes = tracker.take_changes();
+                    tasks
+                        .on_changes(tasks_generation, changes, &mut *consumer)
+                        .await?;
+                }
+                if stateful {
+                    for resumed in tasks.take_restored().await? {
+                        let assigned: HashSet<_> = tracker.assigned().into_iter().collect();
+                        let live: Vec<_> = resumed
+                            .partitions
+                            .into_iter()
+                            .filter(|tp| assigned.contains(tp) && !paused.contains(tp))
+                            .collect();
+                        for raw in resumed.held {
+                            ingest(
+                                raw,
+                                tracker,
+                                &engine,
+                                &mut *consumer,
+                                &mut paused,
+                                cfg,
+                                &mut tasks,
+                            )
+                            .await?;
+                        }
+                        if !live.is_empty() {
+                            consumer.resume(&live)?;
+                        }
+                    }
+                }
                 // Resume before blocking in poll: a partition paused for back-pressure is
                 // fetched again as soon as its in-flight work drops to the low-water mark.
                 if !paused.is_empty() {
@@ -269,7 +376,10 @@ impl Runtime {
                     for tp in &ready {
                         paused.remove(tp);
                     }
-                    let live: Vec<_> = ready.into_iter().filter(|t| assigned.contains(t)).collect();
+                    let live: Vec<_> = ready
+                        .into_iter()
+                        .filter(|t| assigned.contains(t) && !tasks.is_waiting(t))
+                        .collect();
                     if !live.is_empty() {
                         tracing::debug!(partitions = ?live, "resuming after back-pressure");
                         consumer.resume(&live)?;
@@ -290,6 +400,7 @@ impl Runtime {
                     // partitions: held records will be delivered again.
                     resets = tracker.resets();
                     held.clear();
+                    tasks.restore_after_abort(&mut *consumer).await?;
                 }
                 if let Some(raw) = polled {
                     summary.consumed += 1;
@@ -299,13 +410,22 @@ impl Runtime {
                             let tps: Vec<_> = tracker
                                 .assigned()
                                 .into_iter()
-                                .filter(|tp| !paused.contains(tp))
+                                .filter(|tp| !paused.contains(tp) && !tasks.is_waiting(tp))
                                 .collect();
                             consumer.pause(&tps)?;
                             drain_paused.extend(tps);
                         }
                     } else {
-                        ingest(raw, tracker, &engine, &mut *consumer, &mut paused, cfg).await?;
+                        ingest(
+                            raw,
+                            tracker,
+                            &engine,
+                            &mut *consumer,
+                            &mut paused,
+                            cfg,
+                            &mut tasks,
+                        )
+                        .await?;
                     }
                 }
                 if draining.is_none() && last_commit.elapsed() >= cfg.commit_interval {
@@ -322,6 +442,7 @@ impl Runtime {
                             tracker,
                             &metrics,
                             &durable,
+                            &mut tasks,
                             cfg.exactly_once,
                         )
                         .await?;
@@ -341,6 +462,7 @@ impl Runtime {
                             tracker,
                             &metrics,
                             &durable,
+                            &mut tasks,
                             cfg.exactly_once,
                         )
                         .await?;
@@ -348,7 +470,11 @@ impl Runtime {
                         let assigned: HashSet<_> = tracker.assigned().into_iter().collect();
                         let resume: Vec<_> = tps
                             .iter()
-                            .filter(|tp| assigned.contains(*tp) && !paused.contains(*tp))
+                            .filter(|tp| {
+                                assigned.contains(*tp)
+                                    && !paused.contains(*tp)
+                                    && !tasks.is_waiting(tp)
+                            })
                             .cloned()
                             .collect();
                         draining = None;
@@ -360,9 +486,19 @@ impl Runtime {
                             // records will be delivered again.
                             resets = tracker.resets();
                             held.clear();
+                            tasks.restore_after_abort(&mut *consumer).await?;
                         }
                         while let Some(raw) = held.pop_front() {
-                            ingest(raw, tracker, &engine, &mut *consumer, &mut paused, cfg).await?;
+                            ingest(
+                                raw,
+                                tracker,
+                                &engine,
+                                &mut *consumer,
+                                &mut paused,
+                                cfg,
+                                &mut tasks,
+                            )
+                            .await?;
                         }
                         spawn_lag_update(&mut lag_update, &*consumer, tracker, &metrics, cfg);
                     } else if !drain_warned && since.elapsed() >= cfg.drain_timeout {
@@ -391,12 +527,18 @@ impl Runtime {
                 tracker,
                 &metrics,
                 &durable,
+                &mut tasks,
                 cfg.exactly_once,
             )
             .await
         } else {
             Ok(())
         };
+        // Checkpointed only when everything they hold is committed (with exactly-once, a
+        // failed final commit leaves state of aborted work: restored from the changelog).
+        tasks
+            .close_all(result.is_ok() && committed.is_ok() && summary.abandoned == 0)
+            .await;
         if let Some(running) = lag_update.take() {
             running.abort();
         }
@@ -417,8 +559,16 @@ async fn ingest(
     consumer: &mut dyn crate::transport::SourceConsumer,
     paused: &mut HashSet<TopicPartition>,
     cfg: &RuntimeConfig,
+    tasks: &mut TaskManager,
 ) -> Result<(), RuntimeError> {
     let (partition, offset) = (raw.partition, raw.offset);
+    if tasks.is_stateful()
+        && let Some(task) = tasks.task_of(&raw.topic, partition)
+        && !tasks.is_running(task)
+    {
+        // Its stores are being restored: nothing of it runs before they are.
+        return tasks.hold(task, raw, consumer);
+    }
     let Some(ack) = tracker.begin(raw) else {
         // A record of a partition the tracker does not hold (revoked between fetch and
         // delivery): the next owner reads it again.
@@ -442,6 +592,43 @@ async fn ingest(
         }
     }
     Ok(())
+}
+
+/// Checks, before joining the group, that every sub-topology with stores reads co-partitioned
+/// topics (those that exist: a missing one is checked again when its tasks are assigned).
+async fn check_layout(
+    topology: &Topology,
+    log: Arc<dyn crate::transport::StateLog>,
+) -> Result<(), RuntimeError> {
+    let subtopologies: Vec<(usize, Vec<String>)> = topology
+        .subtopologies()
+        .iter()
+        .filter(|s| s.is_stateful() && s.source_topics.len() > 1)
+        .map(|s| (s.id, s.source_topics.clone()))
+        .collect();
+    if subtopologies.is_empty() {
+        return Ok(());
+    }
+    tokio::task::spawn_blocking(move || {
+        for (id, topics) in subtopologies {
+            let mut counts = Vec::new();
+            for topic in topics {
+                if let Some(n) = log.partitions(&topic)? {
+                    counts.push((topic, n));
+                }
+            }
+            tasks::check_copartitioned(id, &counts)?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| RuntimeError::Restore {
+        task: TaskId {
+            subtopology: 0,
+            partition: -1,
+        },
+        message: format!("layout check task: {e}"),
+    })?
 }
 
 fn unreachable_metrics() -> Arc<Metrics> {
@@ -495,6 +682,7 @@ async fn commit(
     tracker: &OffsetTracker,
     metrics: &Metrics,
     durable: &Durable,
+    tasks: &mut TaskManager,
     exactly_once: bool,
 ) -> Result<(), RuntimeError> {
     let pending = tracker.pending_commits();
@@ -502,8 +690,10 @@ async fn commit(
         return Ok(());
     }
     let started = Instant::now();
-    // State and changelog first: an input offset is never committed ahead of them.
+    // State and changelog first: an input offset is never committed ahead of them. (Task
+    // stores' changelog records hold their source record's offset back by themselves.)
     durable.flush().await?;
+    tasks.checkpoint().await?;
     let resets = tracker.resets();
     match consumer.commit(pending.clone()).await {
         Ok(()) => {}

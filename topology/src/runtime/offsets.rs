@@ -177,6 +177,19 @@ pub struct OffsetTracker {
     inner: Mutex<TrackerInner>,
     gate: RwLock<()>,
     resets: AtomicU64,
+    /// Assignment changes not yet taken by the runtime, in the order they happened.
+    changes: Mutex<Vec<AssignmentChange>>,
+    /// Bumped with every change: the runtime's per-loop check is one atomic load.
+    generation: AtomicU64,
+}
+
+/// A change of this member's assignment, as the rebalance callbacks saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssignmentChange {
+    /// These partitions were assigned.
+    Assigned(Vec<TopicPartition>),
+    /// These partitions were revoked (or lost).
+    Revoked(Vec<TopicPartition>),
 }
 
 /// Where a partition kept across a rebalance must be read again from after its uncommitted
@@ -202,8 +215,32 @@ impl OffsetTracker {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn changed(&self, change: AssignmentChange) {
+        self.changes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(change);
+        self.generation.fetch_add(1, AtomicOrdering::AcqRel);
+    }
+
+    /// How many assignment changes happened so far (see [`take_changes`](Self::take_changes)).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(AtomicOrdering::Acquire)
+    }
+
+    /// The assignment changes since the last call, oldest first.
+    pub fn take_changes(&self) -> Vec<AssignmentChange> {
+        std::mem::take(
+            &mut *self
+                .changes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
     /// Partitions were assigned.
     pub fn assign(&self, tps: &[TopicPartition]) {
+        self.changed(AssignmentChange::Assigned(tps.to_vec()));
         let mut g = self.lock();
         for tp in tps {
             g.partitions.entry(tp.clone()).or_insert_with(|| Assigned {
@@ -265,6 +302,7 @@ impl OffsetTracker {
     /// Partitions are being revoked: cancels their in-flight work, forgets them and returns the
     /// offsets that may still be committed for them (never past unfinished work).
     pub fn revoke(&self, tps: &[TopicPartition]) -> Vec<(TopicPartition, i64)> {
+        self.changed(AssignmentChange::Revoked(tps.to_vec()));
         let _gate = self.write_gate();
         let mut g = self.lock();
         let mut out = Vec::new();

@@ -22,8 +22,8 @@ use futures::future::BoxFuture;
 use tokio::sync::Notify;
 
 use super::{
-    ConnectSpec, Connection, DeliveryFuture, RecordSink, SourceConsumer, TopicPartition, Transport,
-    TransportError,
+    ConnectSpec, Connection, Delivered, DeliveryFuture, RecordSink, SourceConsumer, StateLog,
+    TopicPartition, Transport, TransportError,
 };
 use crate::{Header, Headers, RawRecord};
 
@@ -562,6 +562,12 @@ impl EmbeddedTransport {
 }
 
 impl Transport for EmbeddedTransport {
+    fn state_log(&self) -> Result<Arc<dyn StateLog>, TransportError> {
+        Ok(Arc::new(EmbeddedStateLog {
+            log: self.log.clone(),
+        }))
+    }
+
     fn connect(&self, spec: ConnectSpec) -> BoxFuture<'_, Result<Connection, TransportError>> {
         Box::pin(async move {
             let mut assigned = Vec::new();
@@ -724,11 +730,69 @@ struct EmbeddedSink {
 
 impl RecordSink for EmbeddedSink {
     fn send(&self, record: &RawRecord) -> Result<DeliveryFuture, TransportError> {
-        self.log.append(record)?;
+        let (partition, offset) = self.log.append(record)?;
         let log = self.log.clone();
         Ok(Box::pin(async move {
             log.flush().await?;
-            Ok(())
+            Ok(Delivered { partition, offset })
         }))
+    }
+}
+
+/// The embedded log's [`StateLog`]: topics are created with their partitions (the log keeps
+/// every record of a topic no group consumes, so a changelog is never trimmed).
+struct EmbeddedStateLog {
+    log: Arc<EmbeddedLog>,
+}
+
+impl StateLog for EmbeddedStateLog {
+    fn partitions(&self, topic: &str) -> Result<Option<i32>, TransportError> {
+        Ok(self.log.partitions(topic)?.map(|n| n as i32))
+    }
+
+    fn ensure_compacted(&self, topic: &str, partitions: i32) -> Result<(), TransportError> {
+        match self.log.partitions(topic)? {
+            Some(n) if (n as i32) < partitions => Err(TransportError::Layout {
+                topic: topic.to_owned(),
+                message: format!("has {n} partitions, the tasks need {partitions}"),
+            }),
+            Some(_) => Ok(()),
+            None => Ok(self
+                .log
+                .create_topic(topic, u32::try_from(partitions.max(1)).unwrap_or(1))?),
+        }
+    }
+
+    fn bounds(&self, tp: &TopicPartition) -> Result<(i64, i64), TransportError> {
+        Ok((
+            self.log.start_offset(&tp.topic, tp.partition)?,
+            self.log.end_offset(&tp.topic, tp.partition)?,
+        ))
+    }
+
+    fn read_range(
+        &self,
+        tp: &TopicPartition,
+        from: i64,
+        until: i64,
+        apply: &mut dyn FnMut(&[u8], Option<&[u8]>) -> Result<(), String>,
+    ) -> Result<u64, TransportError> {
+        let mut next = from;
+        let mut read = 0u64;
+        while next < until {
+            let batch = self.log.read(&tp.topic, tp.partition, next, 1024)?;
+            let Some(last) = batch.last() else { break };
+            next = last.offset + 1;
+            for r in batch.iter().filter(|r| r.offset < until) {
+                read += 1;
+                if let Some(key) = &r.key {
+                    apply(key, r.value.as_deref()).map_err(|message| TransportError::Restore {
+                        tp: tp.clone(),
+                        message,
+                    })?;
+                }
+            }
+        }
+        Ok(read)
     }
 }

@@ -28,8 +28,8 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::{
-    ConnectSpec, Connection, DeliveryFuture, OnDelivery, Queued, RecordSink, SourceConsumer,
-    TopicPartition, Transport, TransportError,
+    ConnectSpec, Connection, Delivered, DeliveryFuture, OnDelivery, Queued, RecordSink,
+    SourceConsumer, StateLog, TopicPartition, Transport, TransportError,
 };
 use crate::runtime::{OffsetTracker, Rewind};
 use crate::{Header, Headers, RawRecord};
@@ -330,7 +330,189 @@ impl ConsumerContext for StreamsContext {
     }
 }
 
+/// The Kafka [`StateLog`]: an admin client for topics, a consumer without a group (assigned
+/// partitions, `read_committed`) for watermarks and restores.
+struct KafkaStateLog {
+    admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
+    reader: rdkafka::consumer::BaseConsumer,
+    /// How long one restore may take before it fails.
+    restore_timeout: Duration,
+}
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl KafkaStateLog {
+    fn new(transport: &KafkaTransport) -> Result<Self, TransportError> {
+        let admin = transport
+            .base(&[])
+            .create()
+            .map_err(kafka("create admin client"))?;
+        let mut reader = transport.base(&["consumer"]);
+        reader
+            // Never joins it (partitions are assigned), but librdkafka wants one.
+            .set("group.id", "topology-state-restore")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("isolation.level", "read_committed")
+            .set("fetch.max.bytes", "52428800")
+            .set("max.partition.fetch.bytes", "10485760");
+        let reader = reader
+            .create()
+            .map_err(kafka("create the restore consumer"))?;
+        Ok(KafkaStateLog {
+            admin,
+            reader,
+            restore_timeout: Duration::from_secs(600),
+        })
+    }
+}
+
+impl StateLog for KafkaStateLog {
+    fn partitions(&self, topic: &str) -> Result<Option<i32>, TransportError> {
+        let meta = self
+            .reader
+            .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+            .map_err(kafka(format!("metadata of {topic}")))?;
+        Ok(meta
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| t.partitions().len() as i32))
+    }
+
+    fn ensure_compacted(&self, topic: &str, partitions: i32) -> Result<(), TransportError> {
+        if let Some(existing) = self.partitions(topic)? {
+            if existing < partitions {
+                return Err(TransportError::Layout {
+                    topic: topic.to_owned(),
+                    message: format!(
+                        "has {existing} partitions, the tasks need {partitions} (one per source partition)"
+                    ),
+                });
+            }
+            return Ok(());
+        }
+        let new = rdkafka::admin::NewTopic::new(
+            topic,
+            partitions.max(1),
+            rdkafka::admin::TopicReplication::Fixed(-1),
+        )
+        .set("cleanup.policy", "compact");
+        let options = rdkafka::admin::AdminOptions::new()
+            .operation_timeout(Some(Duration::from_secs(30)))
+            .request_timeout(Some(Duration::from_secs(30)));
+        let results = futures::executor::block_on(self.admin.create_topics(&[new], &options))
+            .map_err(kafka(format!("create topic {topic}")))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(TransportError::Layout {
+                        topic,
+                        message: format!("cannot be created: {code}"),
+                    });
+                }
+            }
+        }
+        // The new topic's leaders may take a moment: wait until its metadata shows them.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.partitions(topic)?.is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    fn bounds(&self, tp: &TopicPartition) -> Result<(i64, i64), TransportError> {
+        self.reader
+            .fetch_watermarks(&tp.topic, tp.partition, METADATA_TIMEOUT)
+            .map_err(kafka(format!("watermarks of {tp}")))
+    }
+
+    fn read_range(
+        &self,
+        tp: &TopicPartition,
+        from: i64,
+        until: i64,
+        apply: &mut dyn FnMut(&[u8], Option<&[u8]>) -> Result<(), String>,
+    ) -> Result<u64, TransportError> {
+        if from >= until {
+            return Ok(0);
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(from))
+            .map_err(kafka(format!("assignment of {tp}")))?;
+        self.reader
+            .assign(&tpl)
+            .map_err(kafka(format!("assign {tp}")))?;
+        let result = self.read_assigned(tp, until, apply);
+        // The reader serves every restore of this runtime, one at a time.
+        let _ = self.reader.unassign();
+        result
+    }
+}
+
+impl KafkaStateLog {
+    fn read_assigned(
+        &self,
+        tp: &TopicPartition,
+        until: i64,
+        apply: &mut dyn FnMut(&[u8], Option<&[u8]>) -> Result<(), String>,
+    ) -> Result<u64, TransportError> {
+        let deadline = std::time::Instant::now() + self.restore_timeout;
+        let mut read = 0u64;
+        loop {
+            match self.reader.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    if m.offset() >= until {
+                        return Ok(read);
+                    }
+                    read += 1;
+                    if let Some(key) = m.key() {
+                        apply(key, m.payload()).map_err(|message| TransportError::Restore {
+                            tp: tp.clone(),
+                            message,
+                        })?;
+                    }
+                    if m.offset() + 1 >= until {
+                        return Ok(read);
+                    }
+                }
+                Some(Err(e)) => return Err(kafka(format!("read {tp}"))(e)),
+                None => {
+                    // Compaction and transaction markers leave offsets without a record: the
+                    // position tells when the end was passed.
+                    let passed = self
+                        .reader
+                        .position()
+                        .ok()
+                        .and_then(|p| {
+                            p.find_partition(&tp.topic, tp.partition)
+                                .and_then(|e| e.offset().to_raw())
+                        })
+                        .is_some_and(|position| position >= until);
+                    if passed {
+                        return Ok(read);
+                    }
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(TransportError::Restore {
+                    tp: tp.clone(),
+                    message: format!(
+                        "end offset {until} not reached after {:?}",
+                        self.restore_timeout
+                    ),
+                });
+            }
+        }
+    }
+}
+
 impl Transport for KafkaTransport {
+    fn state_log(&self) -> Result<Arc<dyn StateLog>, TransportError> {
+        Ok(Arc::new(KafkaStateLog::new(self)?))
+    }
+
     fn connect(&self, spec: ConnectSpec) -> BoxFuture<'_, Result<Connection, TransportError>> {
         Box::pin(async move {
             let context = StreamsContext {
@@ -710,7 +892,10 @@ impl ProducerContext for SinkContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, done: Self::DeliveryOpaque) {
         let outcome = match result {
-            Ok(_) => Ok(()),
+            Ok(m) => Ok(Delivered {
+                partition: m.partition(),
+                offset: m.offset(),
+            }),
             Err((e, m)) => Err(TransportError::Delivery {
                 topic: m.topic().to_owned(),
                 message: e.to_string(),

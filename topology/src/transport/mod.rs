@@ -74,6 +74,22 @@ pub enum TransportError {
         /// Why.
         message: String,
     },
+    /// A changelog or source topic is not laid out as task stores need.
+    #[error("topic {topic}: {message}")]
+    Layout {
+        /// Topic.
+        topic: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Reading a changelog back failed or took too long.
+    #[error("restoring from {tp}: {message}")]
+    Restore {
+        /// The changelog partition.
+        tp: TopicPartition,
+        /// Why.
+        message: String,
+    },
 }
 
 /// What a runtime asks a transport to open.
@@ -142,12 +158,21 @@ pub trait SourceConsumer: Send + Sync {
 /// The group's committed offset per partition (`None`: nothing committed).
 pub type CommittedOffsets = Vec<(TopicPartition, Option<i64>)>;
 
+/// Where a written record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+}
+
 /// The acknowledgement of one sent record.
-pub type DeliveryFuture = BoxFuture<'static, Result<(), TransportError>>;
+pub type DeliveryFuture = BoxFuture<'static, Result<Delivered, TransportError>>;
 
 /// Called once with the outcome of a write queued by [`RecordSink::send_then`], on whichever
 /// thread learns it (for Kafka, the producer's delivery-report thread): keep it short.
-pub type OnDelivery = Box<dyn FnOnce(Result<(), TransportError>) + Send + Sync>;
+pub type OnDelivery = Box<dyn FnOnce(Result<Delivered, TransportError>) + Send + Sync>;
 
 /// What [`RecordSink::send_then`] did with a record it queued.
 pub enum Queued {
@@ -193,4 +218,35 @@ pub struct Connection {
 pub trait Transport: Send + Sync {
     /// Opens a consumer (subscribed to `spec.topics` in `spec.group_id`) and a producer.
     fn connect(&self, spec: ConnectSpec) -> BoxFuture<'_, Result<Connection, TransportError>>;
+
+    /// What task stores need of the log: topic layout, and reading a changelog partition
+    /// back. Blocking calls: the runtime makes them on blocking threads.
+    fn state_log(&self) -> Result<Arc<dyn StateLog>, TransportError>;
+}
+
+/// What task stores need of the log beside the consumer and producer: the runtime checks
+/// co-partitioning, creates compacted changelog topics and restores tasks through it. Every
+/// call blocks (network or disk); the runtime makes them on blocking threads.
+pub trait StateLog: Send + Sync {
+    /// The number of partitions of `topic`, `None` when it does not exist.
+    fn partitions(&self, topic: &str) -> Result<Option<i32>, TransportError>;
+
+    /// Creates the compacted topic `topic` with `partitions` partitions unless it exists; an
+    /// existing one with fewer partitions is an error (a task could not write its own).
+    fn ensure_compacted(&self, topic: &str, partitions: i32) -> Result<(), TransportError>;
+
+    /// The first and the next offset of a partition (its log start and end).
+    fn bounds(&self, tp: &TopicPartition) -> Result<(i64, i64), TransportError>;
+
+    /// Reads `tp` from `from` until `until` (exclusive), handing each record's key and value
+    /// (`None`: a tombstone) to `apply` in order, and returns how many records it read.
+    /// Records without a key are skipped (a changelog never writes one). Committed records
+    /// only: an aborted transaction's writes are never restored.
+    fn read_range(
+        &self,
+        tp: &TopicPartition,
+        from: i64,
+        until: i64,
+        apply: &mut dyn FnMut(&[u8], Option<&[u8]>) -> Result<(), String>,
+    ) -> Result<u64, TransportError>;
 }

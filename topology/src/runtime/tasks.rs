@@ -1,0 +1,901 @@
+//! The tasks of one runtime and their stores: opened and restored when their partitions are
+//! assigned, checkpointed at commits, flushed, checkpointed and closed when revoked. See the
+//! [`task`](crate::task) module for the model.
+//!
+//! Everything here runs on the runtime's loop, between polls: assignment changes arrive as
+//! [`AssignmentChange`]s taken from the offset tracker (the rebalance callbacks only record
+//! them), restores run on blocking threads, and records of a task still restoring are held
+//! (its partitions paused) and processed once it runs.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use state::{ChangelogSink, SinkError, StateConfig, StateDir};
+
+use super::RuntimeError;
+use super::offsets::{Ack, AssignmentChange};
+use crate::changelog::{STORE_HEADER, changelog_topic};
+use crate::graph::{StoreSpec, Topology};
+use crate::task::{Checkpoint, TaskId, TaskStores, task_dir};
+use crate::transport::{
+    OnDelivery, Queued, RecordSink, SourceConsumer, StateLog, TopicPartition, TransportError,
+};
+use crate::{Headers, Metrics, RawRecord};
+
+tokio::task_local! {
+    /// The source record whose processing is running: store writes made in its future tie
+    /// their changelog records to its offset.
+    pub(crate) static CURRENT_RECORD: Ack;
+}
+
+/// The running tasks' stores, shared with the engine (which hands them to processors).
+#[derive(Default)]
+pub(crate) struct TaskRegistry {
+    running: RwLock<HashMap<TaskId, Arc<TaskStores>>>,
+}
+
+impl TaskRegistry {
+    pub(crate) fn get(&self, task: TaskId) -> Option<Arc<TaskStores>> {
+        self.running
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&task)
+            .cloned()
+    }
+
+    fn insert(&self, stores: Arc<TaskStores>) {
+        self.running
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(stores.id, stores);
+    }
+
+    fn remove(&self, task: TaskId) {
+        self.running
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&task);
+    }
+}
+
+/// The changelog of one task: every committed write of its changelogged stores, produced to
+/// the task's partition of `<application_id>-<store>-changelog` through the runtime's
+/// producer, tied to the record being processed.
+struct TaskChangelog {
+    partition: i32,
+    topics: HashMap<String, Arc<str>>,
+    sink: Arc<dyn RecordSink>,
+    /// Per store, the highest offset acknowledged so far.
+    delivered: Arc<Mutex<HashMap<String, i64>>>,
+    /// Writes since the last checkpoint.
+    written: AtomicU64,
+    /// The first write that failed for good: the task's state is no longer in its changelog.
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+impl TaskChangelog {
+    fn delivered(&self) -> HashMap<String, i64> {
+        self.delivered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// How long a store write waits for room in the producer's queue before it fails (and the
+/// processor's record is retried).
+const QUEUE_FULL_WAIT: Duration = Duration::from_secs(30);
+
+impl ChangelogSink for TaskChangelog {
+    fn append(&self, store: &str, key: &[u8], value: Option<&[u8]>) -> Result<(), SinkError> {
+        let Some(topic) = self.topics.get(store) else {
+            return Ok(());
+        };
+        let mut headers = Headers::default();
+        headers.insert(STORE_HEADER, store.to_owned());
+        let raw = RawRecord {
+            topic: topic.clone(),
+            partition: self.partition,
+            offset: -1,
+            key: Some(bytes::Bytes::copy_from_slice(key)),
+            value: value.map(bytes::Bytes::copy_from_slice),
+            headers,
+            timestamp: None,
+        };
+        let record = CURRENT_RECORD.try_with(Ack::clone).ok();
+        let (delivered, failure, name) = (
+            self.delivered.clone(),
+            self.failure.clone(),
+            store.to_owned(),
+        );
+        let held = record.clone();
+        let mut done: OnDelivery = Box::new(move |outcome| match outcome {
+            Ok(d) => {
+                let mut g = delivered
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let max = g.entry(name).or_insert(d.offset);
+                *max = (*max).max(d.offset);
+                drop(held);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "changelog write failed for good");
+                failure
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .get_or_insert_with(|| e.to_string());
+                // The record's offset must not be committed: its state change is not in
+                // the changelog.
+                if let Some(ack) = held {
+                    ack.fail();
+                }
+            }
+        });
+        let deadline = Instant::now() + QUEUE_FULL_WAIT;
+        loop {
+            // Like outputs: the write of work cancelled by a revocation (or an aborted
+            // transaction) never reaches the producer.
+            let gate = match &record {
+                Some(ack) => match ack.live_send_gate() {
+                    Some(gate) => Some(gate),
+                    None => return Ok(()),
+                },
+                None => None,
+            };
+            match self.sink.send_then(&raw, done) {
+                Ok(Queued::Notifies) => break,
+                Ok(Queued::Await(delivery, then)) => {
+                    drop(gate);
+                    match tokio::runtime::Handle::try_current() {
+                        Ok(handle) => {
+                            handle.spawn(async move { then(delivery.await) });
+                        }
+                        Err(_) => then(futures::executor::block_on(delivery)),
+                    }
+                    break;
+                }
+                Err((TransportError::QueueFull, back)) if Instant::now() < deadline => {
+                    drop(gate);
+                    done = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => return Err(format!("changelog {topic}: {e}").into()),
+            }
+        }
+        self.written.fetch_add(1, AtomicOrdering::Relaxed);
+        Ok(())
+    }
+}
+
+/// A task whose stores are open and which processes records.
+struct RunningTask {
+    stores: Arc<TaskStores>,
+    changelog: Option<Arc<TaskChangelog>>,
+    /// Its directory (`None`: a temporary database).
+    path: Option<PathBuf>,
+    /// Per store, the changelog offset the local store held everything below when it was
+    /// restored (a store never written since keeps it as its checkpoint).
+    restored: BTreeMap<String, i64>,
+    /// The source partitions it reads.
+    partitions: Vec<TopicPartition>,
+}
+
+struct Restoring {
+    handle: tokio::task::JoinHandle<Result<RunningTask, RuntimeError>>,
+    cancel: Arc<AtomicBool>,
+    partitions: Vec<TopicPartition>,
+}
+
+/// What a restored task hands back to the loop.
+pub(crate) struct Resumed {
+    /// Its partitions, to resume.
+    pub(crate) partitions: Vec<TopicPartition>,
+    /// Records polled while it restored, to process now, in order.
+    pub(crate) held: VecDeque<RawRecord>,
+}
+
+/// The runtime's settings for task stores.
+#[derive(Clone)]
+pub(crate) struct TaskSettings {
+    pub(crate) application_id: String,
+    /// `state_dir/<application_id>`; `None`: temporary databases.
+    pub(crate) root: Option<PathBuf>,
+    pub(crate) exactly_once: bool,
+    pub(crate) changelogs: bool,
+    pub(crate) page_cache_bytes: u64,
+}
+
+pub(crate) struct TaskManager {
+    settings: TaskSettings,
+    topology: Arc<Topology>,
+    registry: Arc<TaskRegistry>,
+    sink: Arc<dyn RecordSink>,
+    state_log: Option<Arc<dyn StateLog>>,
+    metrics: Arc<Metrics>,
+    running: HashMap<TaskId, RunningTask>,
+    restoring: HashMap<TaskId, Restoring>,
+    held: HashMap<TaskId, VecDeque<RawRecord>>,
+    /// Partitions paused until their task runs.
+    waiting: HashSet<TopicPartition>,
+    rebalance_started: Option<Instant>,
+    generation: u64,
+    last_stats: Instant,
+}
+
+impl TaskManager {
+    pub(crate) fn new(
+        settings: TaskSettings,
+        topology: Arc<Topology>,
+        registry: Arc<TaskRegistry>,
+        sink: Arc<dyn RecordSink>,
+        state_log: Option<Arc<dyn StateLog>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        TaskManager {
+            settings,
+            topology,
+            registry,
+            sink,
+            state_log,
+            metrics,
+            running: HashMap::new(),
+            restoring: HashMap::new(),
+            held: HashMap::new(),
+            waiting: HashSet::new(),
+            rebalance_started: None,
+            generation: 0,
+            last_stats: Instant::now(),
+        }
+    }
+
+    /// Whether the topology has any task stores at all.
+    pub(crate) fn is_stateful(&self) -> bool {
+        self.topology
+            .subtopologies()
+            .iter()
+            .any(|s| s.is_stateful())
+    }
+
+    /// The stateful task that reads `topic`'s `partition`.
+    pub(crate) fn task_of(&self, topic: &str, partition: i32) -> Option<TaskId> {
+        self.topology
+            .subtopology_for_topic(topic)
+            .filter(|s| s.is_stateful())
+            .map(|s| TaskId {
+                subtopology: s.id,
+                partition,
+            })
+    }
+
+    /// Whether records of `task` may be processed now.
+    pub(crate) fn is_running(&self, task: TaskId) -> bool {
+        self.running.contains_key(&task)
+    }
+
+    /// Whether `tp` stays paused until its task is restored (back-pressure must not resume it).
+    pub(crate) fn is_waiting(&self, tp: &TopicPartition) -> bool {
+        self.waiting.contains(tp)
+    }
+
+    /// Keeps a record of a task that is not running yet; pauses its partition.
+    pub(crate) fn hold(
+        &mut self,
+        task: TaskId,
+        raw: RawRecord,
+        consumer: &mut dyn SourceConsumer,
+    ) -> Result<(), RuntimeError> {
+        let tp = TopicPartition {
+            topic: raw.topic.clone(),
+            partition: raw.partition,
+        };
+        if !self.restoring.contains_key(&task) {
+            // Neither restoring nor running: its partition is not (or no longer) ours.
+            tracing::debug!(%task, %tp, offset = raw.offset, "record of a task not assigned here dropped");
+            return Ok(());
+        }
+        self.held.entry(task).or_default().push_back(raw);
+        if self.waiting.insert(tp.clone()) {
+            consumer.pause(std::slice::from_ref(&tp))?;
+        }
+        Ok(())
+    }
+
+    /// Applies the assignment changes the rebalance callbacks recorded since the last call:
+    /// revoked tasks are flushed, checkpointed and closed; assigned ones start restoring with
+    /// their partitions paused.
+    pub(crate) async fn on_changes(
+        &mut self,
+        generation: u64,
+        changes: Vec<AssignmentChange>,
+        consumer: &mut dyn SourceConsumer,
+    ) -> Result<(), RuntimeError> {
+        self.generation = generation;
+        for change in changes {
+            match change {
+                AssignmentChange::Revoked(tps) => {
+                    self.metrics
+                        .forget_partitions(&self.settings.application_id, &tps);
+                    self.rebalance_started.get_or_insert_with(Instant::now);
+                    for task in self.tasks_of(&tps) {
+                        self.close(task, true).await;
+                    }
+                    for tp in &tps {
+                        self.waiting.remove(tp);
+                    }
+                }
+                AssignmentChange::Assigned(tps) => {
+                    self.rebalance_started.get_or_insert_with(Instant::now);
+                    for task in self.tasks_of(&tps) {
+                        if self.running.contains_key(&task) || self.restoring.contains_key(&task) {
+                            continue;
+                        }
+                        let partitions: Vec<TopicPartition> = tps
+                            .iter()
+                            .filter(|tp| self.task_of(&tp.topic, tp.partition) == Some(task))
+                            .cloned()
+                            .collect();
+                        consumer.pause(&partitions)?;
+                        self.waiting.extend(partitions.iter().cloned());
+                        self.start_restore(task, partitions);
+                    }
+                }
+            }
+        }
+        self.update_task_gauges();
+        self.note_rebalance_done();
+        Ok(())
+    }
+
+    /// Exactly-once: the open transaction was aborted, so every running task's stores may
+    /// hold writes of aborted work. Each is closed without a checkpoint and restored again
+    /// from its changelog (committed records only), its partitions paused meanwhile.
+    pub(crate) async fn restore_after_abort(
+        &mut self,
+        consumer: &mut dyn SourceConsumer,
+    ) -> Result<(), RuntimeError> {
+        let tasks: Vec<TaskId> = self.running.keys().copied().collect();
+        for task in tasks {
+            let partitions = self
+                .running
+                .get(&task)
+                .map(|t| t.partitions.clone())
+                .unwrap_or_default();
+            self.close(task, false).await;
+            consumer.pause(&partitions)?;
+            self.waiting.extend(partitions.iter().cloned());
+            self.start_restore(task, partitions);
+        }
+        for held in self.held.values_mut() {
+            // Rewound: they will be polled again.
+            held.clear();
+        }
+        self.update_task_gauges();
+        Ok(())
+    }
+
+    fn tasks_of(&self, tps: &[TopicPartition]) -> Vec<TaskId> {
+        let mut tasks: Vec<TaskId> = tps
+            .iter()
+            .filter_map(|tp| self.task_of(&tp.topic, tp.partition))
+            .collect();
+        tasks.sort();
+        tasks.dedup();
+        tasks
+    }
+
+    fn start_restore(&mut self, task: TaskId, partitions: Vec<TopicPartition>) {
+        let Some(sub) = self.topology.subtopologies().get(task.subtopology).cloned() else {
+            return;
+        };
+        let cancel = Arc::new(AtomicBool::new(false));
+        let plan = RestorePlan {
+            task,
+            settings: self.settings.clone(),
+            source_topics: sub.source_topics.clone(),
+            stores: sub.stores.clone(),
+            state_log: self.state_log.clone(),
+            sink: self.sink.clone(),
+            metrics: self.metrics.clone(),
+            cancel: cancel.clone(),
+            partitions: partitions.clone(),
+        };
+        tracing::info!(%task, "task assigned: restoring its stores");
+        let handle = tokio::task::spawn_blocking(move || plan.run());
+        self.restoring.insert(
+            task,
+            Restoring {
+                handle,
+                cancel,
+                partitions,
+            },
+        );
+    }
+
+    /// Tasks whose restore finished since the last call, now running: their partitions to
+    /// resume and the records held meanwhile. A failed restore stops the runtime.
+    pub(crate) async fn take_restored(&mut self) -> Result<Vec<Resumed>, RuntimeError> {
+        let finished: Vec<TaskId> = self
+            .restoring
+            .iter()
+            .filter(|(_, r)| r.handle.is_finished())
+            .map(|(t, _)| *t)
+            .collect();
+        let mut out = Vec::new();
+        for task in finished {
+            let Some(restoring) = self.restoring.remove(&task) else {
+                continue;
+            };
+            let running = match restoring.handle.await {
+                Ok(Ok(running)) => running,
+                Ok(Err(e)) => return Err(e),
+                Err(e) => {
+                    return Err(RuntimeError::Restore {
+                        task,
+                        message: format!("restore task failed: {e}"),
+                    });
+                }
+            };
+            tracing::info!(%task, "task restored: running");
+            self.registry.insert(running.stores.clone());
+            for tp in &restoring.partitions {
+                self.waiting.remove(tp);
+            }
+            self.running.insert(task, running);
+            out.push(Resumed {
+                partitions: restoring.partitions,
+                held: self.held.remove(&task).unwrap_or_default(),
+            });
+        }
+        if !out.is_empty() {
+            self.update_task_gauges();
+            self.note_rebalance_done();
+        }
+        Ok(out)
+    }
+
+    fn note_rebalance_done(&mut self) {
+        if self.restoring.is_empty()
+            && let Some(started) = self.rebalance_started.take()
+        {
+            self.metrics
+                .rebalance_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+    }
+
+    fn update_task_gauges(&self) {
+        self.metrics
+            .tasks
+            .with_label_values(&["running"])
+            .set(self.running.len() as i64);
+        self.metrics
+            .tasks
+            .with_label_values(&["restoring"])
+            .set(self.restoring.len() as i64);
+    }
+
+    /// Flushes, checkpoints (when `clean`) and closes one task; a restoring one is abandoned.
+    async fn close(&mut self, task: TaskId, clean: bool) {
+        if let Some(restoring) = self.restoring.remove(&task) {
+            restoring.cancel.store(true, AtomicOrdering::Release);
+            self.held.remove(&task);
+            tracing::info!(%task, "task revoked while restoring");
+            return;
+        }
+        self.held.remove(&task);
+        let Some(running) = self.running.remove(&task) else {
+            return;
+        };
+        self.registry.remove(task);
+        let names: Vec<String> = running
+            .stores
+            .specs
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        self.metrics.forget_task(&task.to_string(), &names);
+        let checkpoint = clean && !self.settings.exactly_once;
+        let closed = tokio::task::spawn_blocking(move || running.close(checkpoint)).await;
+        match closed {
+            Ok(Ok(())) => tracing::info!(%task, "task closed"),
+            Ok(Err(e)) => {
+                tracing::warn!(%task, error = %e, "closing the task failed; it restores from its changelog next time")
+            }
+            Err(e) => tracing::warn!(%task, error = %e, "closing the task failed"),
+        }
+    }
+
+    /// Before offsets are committed: a changelog write that failed for good stops the
+    /// runtime; with at-least-once, every task written since its last checkpoint is flushed
+    /// and checkpointed.
+    pub(crate) async fn checkpoint(&mut self) -> Result<(), RuntimeError> {
+        for (task, running) in &self.running {
+            if let Some(failure) = running.changelog.as_ref().and_then(|c| c.failure()) {
+                return Err(RuntimeError::Restore {
+                    task: *task,
+                    message: format!("a changelog write failed: {failure}"),
+                });
+            }
+        }
+        let stats_due = self.last_stats.elapsed() >= STATS_EVERY;
+        if stats_due {
+            self.last_stats = Instant::now();
+        }
+        let mut work = Vec::new();
+        for running in self.running.values() {
+            let written = running
+                .changelog
+                .as_ref()
+                .map_or(0, |c| c.written.swap(0, AtomicOrdering::AcqRel));
+            if written > 0 || stats_due {
+                work.push(running.snapshot(written > 0 && !self.settings.exactly_once));
+            }
+        }
+        if work.is_empty() {
+            return Ok(());
+        }
+        let metrics = self.metrics.clone();
+        tokio::task::spawn_blocking(move || {
+            for snapshot in work {
+                snapshot.flush_and_checkpoint();
+                if stats_due {
+                    snapshot.report(&metrics);
+                }
+            }
+        })
+        .await
+        .map_err(|e| RuntimeError::Restore {
+            task: TaskId {
+                subtopology: 0,
+                partition: -1,
+            },
+            message: format!("checkpoint task: {e}"),
+        })
+    }
+
+    /// At shutdown: closes every task (checkpointing them when the final commit succeeded).
+    pub(crate) async fn close_all(&mut self, clean: bool) {
+        let tasks: Vec<TaskId> = self
+            .running
+            .keys()
+            .chain(self.restoring.keys())
+            .copied()
+            .collect();
+        for task in tasks {
+            self.close(task, clean).await;
+        }
+        self.update_task_gauges();
+    }
+}
+
+/// How often store sizes are measured (a scan of every store).
+const STATS_EVERY: Duration = Duration::from_secs(15);
+
+/// What a checkpoint needs, taken on the loop and written on a blocking thread.
+struct Snapshot {
+    stores: Arc<TaskStores>,
+    path: Option<PathBuf>,
+    /// `None`: flush only, no checkpoint.
+    offsets: Option<BTreeMap<String, i64>>,
+}
+
+impl RunningTask {
+    fn checkpoint_offsets(&self) -> BTreeMap<String, i64> {
+        let mut offsets = self.restored.clone();
+        if let Some(changelog) = &self.changelog {
+            // Taken before the flush: every acknowledged changelog record was written to the
+            // store before it was sent, so the flush makes it durable locally too.
+            for (store, offset) in changelog.delivered() {
+                offsets.insert(store, offset + 1);
+            }
+        }
+        offsets
+    }
+
+    fn snapshot(&self, checkpoint: bool) -> Snapshot {
+        Snapshot {
+            stores: self.stores.clone(),
+            path: self.path.clone(),
+            offsets: (checkpoint && self.changelog.is_some()).then(|| self.checkpoint_offsets()),
+        }
+    }
+
+    fn close(self, checkpoint: bool) -> Result<(), String> {
+        let offsets = self.checkpoint_offsets();
+        self.stores.dir.flush().map_err(|e| format!("flush: {e}"))?;
+        if let Some(path) = &self.path {
+            if checkpoint && self.changelog.is_some() {
+                Checkpoint::new(offsets)
+                    .write(path)
+                    .map_err(|e| format!("checkpoint: {e}"))?;
+            } else if self.changelog.is_some() {
+                Checkpoint::remove(path).map_err(|e| format!("checkpoint: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Snapshot {
+    fn flush_and_checkpoint(&self) {
+        if let Err(e) = self.stores.dir.flush() {
+            tracing::warn!(task = %self.stores.id, error = %e, "flushing task stores failed");
+            return;
+        }
+        if let (Some(path), Some(offsets)) = (&self.path, &self.offsets)
+            && let Err(e) = Checkpoint::new(offsets.clone()).write(path)
+        {
+            tracing::warn!(task = %self.stores.id, error = %e, "writing the checkpoint failed");
+        }
+    }
+
+    fn report(&self, metrics: &Metrics) {
+        let task = self.stores.id.to_string();
+        for spec in &self.stores.specs {
+            let stats = self
+                .stores
+                .dir
+                .store_with::<serde_json::Value, serde_json::Value>(
+                    &spec.name,
+                    TaskStores::options(spec, false),
+                )
+                .and_then(|s| s.stats());
+            if let Ok(stats) = stats {
+                metrics
+                    .store_keys
+                    .with_label_values(&[&spec.name, &task])
+                    .set(i64::try_from(stats.keys).unwrap_or(i64::MAX));
+                metrics
+                    .store_bytes
+                    .with_label_values(&[&spec.name, &task])
+                    .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
+            }
+        }
+    }
+}
+
+/// Everything one restore needs, moved to a blocking thread.
+struct RestorePlan {
+    task: TaskId,
+    settings: TaskSettings,
+    source_topics: Vec<String>,
+    stores: Vec<StoreSpec>,
+    state_log: Option<Arc<dyn StateLog>>,
+    sink: Arc<dyn RecordSink>,
+    metrics: Arc<Metrics>,
+    cancel: Arc<AtomicBool>,
+    partitions: Vec<TopicPartition>,
+}
+
+/// How long opening a task's database waits for an earlier handle of the same directory
+/// (work of the task's previous assignment still winding down) to let go of sled's lock.
+const OPEN_WAIT: Duration = Duration::from_secs(30);
+
+impl RestorePlan {
+    fn error(&self, message: impl std::fmt::Display) -> RuntimeError {
+        RuntimeError::Restore {
+            task: self.task,
+            message: message.to_string(),
+        }
+    }
+
+    fn changelogged(&self) -> Vec<&StoreSpec> {
+        if !self.settings.changelogs {
+            return Vec::new();
+        }
+        self.stores.iter().filter(|s| s.changelog).collect()
+    }
+
+    fn run(self) -> Result<RunningTask, RuntimeError> {
+        let task = self.task;
+        let changelogged = self.changelogged();
+        let log = match (&self.state_log, changelogged.is_empty()) {
+            (_, true) => None,
+            (Some(log), false) => Some(log.clone()),
+            (None, false) => return Err(self.error("the transport keeps no changelogs")),
+        };
+        let topics: HashMap<String, Arc<str>> = changelogged
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    Arc::from(changelog_topic(&self.settings.application_id, &s.name)),
+                )
+            })
+            .collect();
+        if let Some(log) = &log {
+            let partitions = self.source_partitions(log.as_ref())?;
+            for topic in topics.values() {
+                log.ensure_compacted(topic, partitions)
+                    .map_err(|e| self.error(e))?;
+            }
+        }
+        let path = self.settings.root.as_ref().map(|root| task_dir(root, task));
+        let checkpoint = path.as_deref().and_then(Checkpoint::read);
+        let mut restored: BTreeMap<String, i64> = BTreeMap::new();
+        let mut from: BTreeMap<String, i64> = BTreeMap::new();
+        let mut ends: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        let mut wipe = false;
+        if let Some(log) = &log {
+            for spec in &changelogged {
+                let tp = TopicPartition::new(&topics[&spec.name], task.partition);
+                let (low, high) = log.bounds(&tp).map_err(|e| self.error(e))?;
+                ends.insert(spec.name.clone(), (low, high));
+                match checkpoint.as_ref().and_then(|c| c.offsets.get(&spec.name)) {
+                    Some(&at) if at >= low && at <= high => {
+                        from.insert(spec.name.clone(), at);
+                    }
+                    Some(&at) => {
+                        tracing::warn!(%task, store = %spec.name, checkpoint = at, low, high, "checkpoint outside the changelog; restoring from the beginning");
+                        wipe = true;
+                    }
+                    None => wipe = true,
+                }
+            }
+        }
+        if let Some(path) = &path {
+            if wipe {
+                // No checkpoint (or a wrong one): what the directory holds cannot be trusted
+                // to match the changelog, so it is rebuilt from it.
+                let sled_dir = path.join("sled");
+                if sled_dir.exists() {
+                    tracing::info!(%task, "no usable checkpoint: local state wiped, restoring from the changelog");
+                    std::fs::remove_dir_all(&sled_dir)
+                        .map_err(|e| self.error(format!("wiping {}: {e}", sled_dir.display())))?;
+                }
+                from.clear();
+            }
+            std::fs::create_dir_all(path)
+                .map_err(|e| self.error(format!("creating {}: {e}", path.display())))?;
+        }
+        let changelog = (!topics.is_empty()).then(|| {
+            Arc::new(TaskChangelog {
+                partition: task.partition,
+                topics: topics.clone(),
+                sink: self.sink.clone(),
+                delivered: Arc::new(Mutex::new(HashMap::new())),
+                written: AtomicU64::new(0),
+                failure: Arc::new(Mutex::new(None)),
+            })
+        });
+        let dir = self.open(path.as_ref(), changelog.clone())?;
+        if let Some(log) = &log {
+            for spec in &changelogged {
+                let started = Instant::now();
+                let (low, high) = ends[&spec.name];
+                let start = from.get(&spec.name).copied().unwrap_or(low);
+                let tp = TopicPartition::new(&topics[&spec.name], task.partition);
+                let task_label = task.to_string();
+                let remaining = self
+                    .metrics
+                    .restore_remaining
+                    .with_label_values(&[&spec.name, &task_label]);
+                let counted = self
+                    .metrics
+                    .restore_records
+                    .with_label_values(&[&spec.name, &task_label]);
+                remaining.set(high - start);
+                let mut batch: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+                let cancel = self.cancel.clone();
+                let read = log
+                    .read_range(&tp, start, high, &mut |key, value| {
+                        if cancel.load(AtomicOrdering::Acquire) {
+                            return Err("revoked while restoring".into());
+                        }
+                        batch.push((key.to_vec(), value.map(<[u8]>::to_vec)));
+                        if batch.len() >= 10_000 {
+                            dir.apply_changelog(&spec.name, batch.drain(..))
+                                .map_err(|e| e.to_string())?;
+                            counted.inc_by(10_000);
+                            remaining.sub(10_000);
+                        }
+                        Ok(())
+                    })
+                    .map_err(|e| self.error(e))?;
+                let rest = batch.len() as u64;
+                dir.apply_changelog(&spec.name, batch)
+                    .map_err(|e| self.error(e))?;
+                counted.inc_by(rest);
+                remaining.set(0);
+                self.metrics
+                    .restore_seconds
+                    .with_label_values(&[&spec.name])
+                    .observe(started.elapsed().as_secs_f64());
+                tracing::info!(%task, store = %spec.name, from = start, to = high, records = read, seconds = started.elapsed().as_secs_f64(), "store restored");
+                restored.insert(spec.name.clone(), high);
+            }
+        }
+        dir.flush().map_err(|e| self.error(e))?;
+        if let Some(path) = &path
+            && changelog.is_some()
+        {
+            if self.settings.exactly_once {
+                // The store will hold writes of open transactions: without a checkpoint, a
+                // crash restores it from the changelog's committed records.
+                Checkpoint::remove(path)
+            } else {
+                Checkpoint::new(restored.clone()).write(path)
+            }
+            .map_err(|e| self.error(format!("checkpoint: {e}")))?;
+        }
+        Ok(RunningTask {
+            stores: Arc::new(TaskStores {
+                id: task,
+                dir,
+                specs: self.stores.clone(),
+            }),
+            changelog,
+            path,
+            restored,
+            partitions: self.partitions.clone(),
+        })
+    }
+
+    /// The partition count of the sub-topology's sources, which must all have the same
+    /// (co-partitioned); sources that do not exist yet are not counted.
+    fn source_partitions(&self, log: &dyn StateLog) -> Result<i32, RuntimeError> {
+        let mut counts = Vec::new();
+        for topic in &self.source_topics {
+            if let Some(n) = log.partitions(topic).map_err(|e| self.error(e))? {
+                counts.push((topic.clone(), n));
+            }
+        }
+        check_copartitioned(self.task.subtopology, &counts)?;
+        Ok(counts
+            .iter()
+            .map(|(_, n)| *n)
+            .max()
+            .unwrap_or(self.task.partition + 1))
+    }
+
+    fn open(
+        &self,
+        path: Option<&PathBuf>,
+        changelog: Option<Arc<TaskChangelog>>,
+    ) -> Result<StateDir, RuntimeError> {
+        let mut config = match path {
+            Some(path) => StateConfig::new(path.join("sled")),
+            None => StateConfig::temporary(),
+        }
+        .page_cache_bytes(self.settings.page_cache_bytes)
+        .flush_every_ms(Some(1000));
+        if let Some(changelog) = changelog {
+            config = config.changelog(changelog);
+        }
+        let deadline = Instant::now() + OPEN_WAIT;
+        loop {
+            match config.clone().open() {
+                Ok(dir) => return Ok(dir),
+                Err(e) if Instant::now() < deadline && e.to_string().contains("lock") => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(self.error(e)),
+            }
+        }
+    }
+}
+
+/// Fails unless every topic in `counts` has the same number of partitions.
+pub(crate) fn check_copartitioned(
+    subtopology: usize,
+    counts: &[(String, i32)],
+) -> Result<(), RuntimeError> {
+    let distinct: HashSet<i32> = counts.iter().map(|(_, n)| *n).collect();
+    if distinct.len() > 1 {
+        return Err(RuntimeError::NotCopartitioned {
+            subtopology,
+            partitions: counts.to_vec(),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,341 @@
+//! Tasks and their state stores.
+//!
+//! As in Kafka Streams, a **task** is one sub-topology working on one partition of its source
+//! topics ([`TaskId`], written `<subtopology>_<partition>`). A sub-topology whose processors
+//! use stores ([`StoreSpec`](crate::StoreSpec)) owns one instance of each store per task, in
+//! its own sled database under `state_dir/<application_id>/<task>/`. The runtime opens a
+//! task's stores when the task's partitions are assigned to this instance, restores them from
+//! their changelog partitions *before* the task processes a record, and flushes, checkpoints
+//! and closes them when the partitions are revoked or the runtime stops. A processor reaches
+//! its task's stores through the [`ProcessorContext`] it is handed with each record; there is
+//! no other way to them.
+//!
+//! **Changelogs.** Every write to a store with a changelog is also produced, through the
+//! runtime's own producer, to partition *p* of the compacted topic
+//! `<application_id>-<store>-changelog` for task `…_p`. The write is tied to the source record
+//! being processed: its offset is not committed before the changelog record is acknowledged
+//! (and with exactly-once, the changelog record is in the same transaction as the outputs and
+//! the offsets).
+//!
+//! **Checkpoints.** `<task>/.checkpoint` holds, per store, the changelog offset up to which
+//! the local store is known to hold everything (written after the store is flushed, at every
+//! commit with at-least-once, and only at a clean shutdown with exactly-once). On assignment a
+//! task reads its changelog from the checkpoint to the partition's end; without a checkpoint,
+//! or with one past the end (the topic was recreated), the local store is wiped and restored
+//! from the beginning.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use state::{KvStore, StateDir, StoreOptions};
+
+use crate::graph::StoreSpec;
+
+/// A task: one sub-topology on one partition of its source topics.
+///
+/// # Example
+/// ```
+/// let task = topology::TaskId { subtopology: 1, partition: 4 };
+/// assert_eq!(task.to_string(), "1_4");
+/// assert_eq!("1_4".parse::<topology::TaskId>(), Ok(task));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId {
+    /// The sub-topology ([`crate::Subtopology::id`]).
+    pub subtopology: usize,
+    /// The partition of its source topics.
+    pub partition: i32,
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}_{}", self.subtopology, self.partition)
+    }
+}
+
+impl std::str::FromStr for TaskId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (sub, partition) = s
+            .split_once('_')
+            .ok_or_else(|| format!("`{s}` is not a task id (<subtopology>_<partition>)"))?;
+        Ok(TaskId {
+            subtopology: sub.parse().map_err(|e| format!("`{s}`: {e}"))?,
+            partition: partition.parse().map_err(|e| format!("`{s}`: {e}"))?,
+        })
+    }
+}
+
+/// Why a processor could not open a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreAccessError {
+    /// The processor did not declare the store (`with_stores`, or `stores:` in the file).
+    #[error("processor `{node}` did not declare store `{store}`")]
+    NotDeclared {
+        /// The processor.
+        node: String,
+        /// The store.
+        store: String,
+    },
+    /// The record is not processed inside a task with stores (a processor called directly,
+    /// or its task was revoked meanwhile).
+    #[error("store `{0}` is not available: no task owns this record")]
+    NoTask(String),
+    /// The store could not be opened.
+    #[error(transparent)]
+    State(#[from] state::StateError),
+}
+
+/// One task's open stores.
+pub(crate) struct TaskStores {
+    pub(crate) id: TaskId,
+    pub(crate) dir: StateDir,
+    pub(crate) specs: Vec<StoreSpec>,
+}
+
+impl TaskStores {
+    pub(crate) fn options(spec: &StoreSpec, changelogs: bool) -> StoreOptions {
+        let options = StoreOptions::cached(spec.cache_entries);
+        if spec.changelog && changelogs {
+            options
+        } else {
+            options.without_changelog()
+        }
+    }
+}
+
+/// What a processor is handed with each record: the task it runs in and that task's stores.
+///
+/// # Example
+/// ```
+/// use futures::future::BoxFuture;
+/// use topology::{ProcessError, Processor, ProcessorContext, Record};
+///
+/// /// Counts records per key in the task's `counts` store.
+/// struct Count;
+/// impl Processor for Count {
+///     fn process(&self, record: Record, ctx: ProcessorContext)
+///         -> BoxFuture<'_, Result<Vec<Record>, ProcessError>> {
+///         Box::pin(async move {
+///             let counts = ctx.store::<String, u64>("counts")
+///                 .map_err(|e| ProcessError::transient(e.to_string()))?;
+///             let key = record.key.as_ref().and_then(|k| k.as_str()).unwrap_or_default().to_owned();
+///             counts.update(&key, |n| Some(n.copied().unwrap_or(0) + 1))
+///                 .map_err(|e| ProcessError::transient(e.to_string()))?;
+///             Ok(vec![record])
+///         })
+///     }
+/// }
+/// ```
+#[derive(Clone)]
+pub struct ProcessorContext {
+    node: Arc<str>,
+    declared: Arc<[String]>,
+    task: Option<Arc<TaskStores>>,
+    changelogs: bool,
+}
+
+impl fmt::Debug for ProcessorContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessorContext")
+            .field("node", &self.node)
+            .field("task", &self.task_id())
+            .finish()
+    }
+}
+
+impl ProcessorContext {
+    pub(crate) fn new(
+        node: Arc<str>,
+        declared: Arc<[String]>,
+        task: Option<Arc<TaskStores>>,
+        changelogs: bool,
+    ) -> Self {
+        ProcessorContext {
+            node,
+            declared,
+            task,
+            changelogs,
+        }
+    }
+
+    /// A context without a task: for calling a processor outside a runtime (benchmarks,
+    /// unit tests of stateless processors). Every [`store`](Self::store) call fails.
+    pub fn detached(node: &str) -> Self {
+        ProcessorContext::new(node.into(), Arc::from(Vec::new()), None, false)
+    }
+
+    /// A context over stores in `dir`, for calling a processor outside a runtime (unit tests
+    /// of stateful processors). Writes are local only (no changelog).
+    pub fn with_local_stores(
+        node: &str,
+        task: TaskId,
+        dir: StateDir,
+        stores: &[StoreSpec],
+    ) -> Self {
+        let declared: Vec<String> = stores.iter().map(|s| s.name.clone()).collect();
+        ProcessorContext::new(
+            node.into(),
+            Arc::from(declared),
+            Some(Arc::new(TaskStores {
+                id: task,
+                dir,
+                specs: stores.to_vec(),
+            })),
+            false,
+        )
+    }
+
+    /// The task this record is processed in (`None` when detached).
+    pub fn task_id(&self) -> Option<TaskId> {
+        self.task.as_ref().map(|t| t.id)
+    }
+
+    /// The processor's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// This task's instance of store `name`, with keys `K` and values `V` (encoded with the
+    /// `state` crate's codec). The processor must have declared it.
+    pub fn store<K, V>(&self, name: &str) -> Result<KvStore<K, V>, StoreAccessError>
+    where
+        K: Serialize + DeserializeOwned,
+        V: Serialize + DeserializeOwned,
+    {
+        if !self.declared.iter().any(|s| s == name) {
+            return Err(StoreAccessError::NotDeclared {
+                node: self.node.to_string(),
+                store: name.to_owned(),
+            });
+        }
+        let task = self
+            .task
+            .as_ref()
+            .ok_or_else(|| StoreAccessError::NoTask(name.to_owned()))?;
+        let spec = task
+            .specs
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| StoreAccessError::NoTask(name.to_owned()))?;
+        Ok(task
+            .dir
+            .store_with(name, TaskStores::options(spec, self.changelogs))?)
+    }
+}
+
+/// A task's directory: `root/<task>`.
+pub(crate) fn task_dir(root: &Path, task: TaskId) -> PathBuf {
+    root.join(task.to_string())
+}
+
+const CHECKPOINT_FILE: &str = ".checkpoint";
+const CHECKPOINT_VERSION: u32 = 1;
+
+/// A task's checkpoint: per store, the changelog offset the local store holds everything
+/// below.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    version: u32,
+    /// Store name → next changelog offset.
+    pub offsets: BTreeMap<String, i64>,
+}
+
+impl Checkpoint {
+    /// A checkpoint of `offsets`.
+    pub fn new(offsets: BTreeMap<String, i64>) -> Self {
+        Checkpoint {
+            version: CHECKPOINT_VERSION,
+            offsets,
+        }
+    }
+
+    /// Reads the checkpoint in `dir`; `None` when there is none or it cannot be read (a torn
+    /// or foreign file means the same as none: restore from the beginning).
+    pub fn read(dir: &Path) -> Option<Checkpoint> {
+        let path = dir.join(CHECKPOINT_FILE);
+        let text = std::fs::read_to_string(&path).ok()?;
+        match serde_json::from_str::<Checkpoint>(&text) {
+            Ok(c) if c.version == CHECKPOINT_VERSION => Some(c),
+            Ok(c) => {
+                tracing::warn!(path = %path.display(), version = c.version, "checkpoint of another version ignored");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "unreadable checkpoint ignored");
+                None
+            }
+        }
+    }
+
+    /// Writes it to `dir` atomically (a temporary file renamed over the old one).
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        let text = serde_json::to_string(self).map_err(std::io::Error::other)?;
+        let tmp = dir.join(".checkpoint.tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(tmp, dir.join(CHECKPOINT_FILE))
+    }
+
+    /// Removes the checkpoint in `dir`, if any.
+    pub fn remove(dir: &Path) -> std::io::Result<()> {
+        match std::fs::remove_file(dir.join(CHECKPOINT_FILE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_survives_a_write_and_a_torn_one_reads_as_none() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        assert_eq!(Checkpoint::read(tmp.path()), None);
+        let c = Checkpoint::new(BTreeMap::from([("counts".to_owned(), 42)]));
+        c.write(tmp.path()).expect("write");
+        assert_eq!(Checkpoint::read(tmp.path()), Some(c));
+        std::fs::write(tmp.path().join(CHECKPOINT_FILE), "{\"version\":1,\"offs").expect("write");
+        assert_eq!(Checkpoint::read(tmp.path()), None);
+        Checkpoint::remove(tmp.path()).expect("remove");
+        Checkpoint::remove(tmp.path()).expect("remove twice");
+    }
+
+    #[test]
+    fn task_ids_parse_back_and_bad_ones_say_why() {
+        assert!("x_1".parse::<TaskId>().is_err());
+        assert!(
+            "12".parse::<TaskId>()
+                .unwrap_err()
+                .contains("not a task id")
+        );
+    }
+
+    #[test]
+    fn a_processor_reaches_only_the_stores_it_declared() {
+        let dir = state::StateConfig::temporary().open().expect("dir");
+        let task = TaskId {
+            subtopology: 0,
+            partition: 0,
+        };
+        let ctx = ProcessorContext::with_local_stores("p", task, dir, &[StoreSpec::new("a")]);
+        ctx.store::<String, u64>("a")
+            .expect("declared")
+            .put("k", &1)
+            .expect("put");
+        assert!(matches!(
+            ctx.store::<String, u64>("b"),
+            Err(StoreAccessError::NotDeclared { .. })
+        ));
+        assert!(matches!(
+            ProcessorContext::detached("p").store::<String, u64>("a"),
+            Err(StoreAccessError::NotDeclared { .. })
+        ));
+    }
+}
