@@ -144,7 +144,10 @@ impl ChangeSink for TransportSink {
             .map_err(|e| transport_error(&self.topic, e))?;
         let topic = self.topic.clone();
         Ok(Box::pin(async move {
-            delivery.await.map_err(|e| transport_error(&topic, e))
+            delivery
+                .await
+                .map(|_| ())
+                .map_err(|e| transport_error(&topic, e))
         }))
     }
 }

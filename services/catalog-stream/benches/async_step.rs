@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use catalog_stream::pipeline::{ImageCollector, ImageMetrics, ImageWork, PipelineState};
+use catalog_stream::pipeline::{ImageCollector, ImageMetrics, ImageWork, PRODUCT_IMAGES_STORE};
 use connectors::debezium::{ChangeEvent, Op, SourceInfo};
 use connectors::mongo_source::ChangeEncoder;
 use futures::StreamExt;
@@ -46,8 +46,8 @@ use futures::future::BoxFuture;
 use serde_json::{Value as Json, json};
 use topology::serdes::{AvroSerde, JsonSerde, MemorySchemaRegistry, SchemaRegistry, StringSerde};
 use topology::{
-    AsyncOptions, Headers, Ordering, ProcessError, Processor, Record, RetryPolicy, RuntimeConfig,
-    TopologyBuilder, TopologyTestDriver,
+    AsyncOptions, Headers, Ordering, ProcessError, Processor, ProcessorContext, Record,
+    RetryPolicy, RuntimeConfig, StoreSpec, TopologyBuilder, TopologyTestDriver,
 };
 
 const TOPIC: &str = "bench.catalog.products";
@@ -216,9 +216,13 @@ struct Recording {
 }
 
 impl Processor for Recording {
-    fn process(&self, record: Record) -> BoxFuture<'_, Result<Vec<Record>, ProcessError>> {
+    fn process(
+        &self,
+        record: Record,
+        ctx: ProcessorContext,
+    ) -> BoxFuture<'_, Result<Vec<Record>, ProcessError>> {
         Box::pin(async move {
-            let out = self.inner.process(record).await?;
+            let out = self.inner.process(record, ctx).await?;
             for r in &out {
                 if let Some(event) = r.value.as_ref().map(topology::Value::to_json) {
                     let key = format!("{}/{}", event["mallId"], event["productId"]);
@@ -230,10 +234,6 @@ impl Processor for Recording {
             }
             Ok(out)
         })
-    }
-
-    fn stores(&self) -> Vec<String> {
-        self.inner.stores()
     }
 }
 
@@ -313,7 +313,6 @@ async fn run_pipeline(mode: &str, port: u16, p: &Params) -> anyhow::Result<Json>
             .map_err(|e| anyhow::anyhow!("fetch config: {e}"))?,
         fetch_retry: images::RetryPolicy::default(),
         objects,
-        state: PipelineState::open(&state_dir.path().join("state"))?,
         metrics: ImageMetrics::new(&metrics_registry)?,
     };
     let applied = Arc::new(Mutex::new(HashMap::new()));
@@ -322,6 +321,7 @@ async fn run_pipeline(mode: &str, port: u16, p: &Params) -> anyhow::Result<Json>
         applied: applied.clone(),
     });
     let builder = TopologyBuilder::new();
+    builder.store(StoreSpec::new(PRODUCT_IMAGES_STORE));
     builder
         .source(
             "upserts-source",
@@ -343,6 +343,7 @@ async fn run_pipeline(mode: &str, port: u16, p: &Params) -> anyhow::Result<Json>
                 },
             },
         )
+        .with_stores(&[PRODUCT_IMAGES_STORE])
         .to(
             "collected-events",
             OUT,
@@ -374,6 +375,8 @@ async fn run_pipeline(mode: &str, port: u16, p: &Params) -> anyhow::Result<Json>
 
     let mut config = RuntimeConfig::new("async-bench");
     config.commit_interval = Duration::from_millis(100);
+    config.state_dir = Some(state_dir.path().to_path_buf());
+    config.changelogs = false;
     let driver = TopologyTestDriver::with_config(topology, 4, config)?;
     let cpu_before = cpu_seconds("self");
     let started = Instant::now();

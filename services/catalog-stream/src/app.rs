@@ -9,14 +9,13 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
-use topology::changelog::KafkaChangelog;
 use topology::serdes::{HttpSchemaRegistry, SchemaRegistry};
 use topology::transport::{KafkaProbe, KafkaTransport, Transport};
 use topology::{Metrics, Runtime, RuntimeConfig, Topology};
 
 use crate::complete_products::{self, CompleteProducts};
 use crate::http::{ReadinessCheck, fallback, method_not_allowed, ops_routes};
-use crate::pipeline::{self, ImageMetrics, ImageWork, PipelineState};
+use crate::pipeline::{self, ImageMetrics, ImageWork};
 use crate::product_collector::{self, ProductCollector};
 use crate::settings::Settings;
 use crate::store::{MongoProductStore, MongoViewStore, ProductStore, ViewStore};
@@ -324,11 +323,10 @@ async fn image_links(settings: &Settings) -> anyhow::Result<Arc<dyn images::Obje
     Ok(Arc::new(store))
 }
 
-/// Builds the image work (fetcher, object store, state, metrics) from settings.
+/// Builds the image work (fetcher, object store, metrics) from settings.
 pub async fn image_work(
     settings: &Settings,
     objects: Arc<dyn images::ObjectStore>,
-    state: PipelineState,
     registry: &prometheus::Registry,
 ) -> anyhow::Result<ImageWork> {
     let fetcher = images::ImageFetcher::new(settings.fetch.clone())
@@ -337,50 +335,8 @@ pub async fn image_work(
         fetcher,
         fetch_retry: settings.fetch_retry.clone(),
         objects,
-        state,
         metrics: ImageMetrics::new(registry)?,
     })
-}
-
-/// Opens the image pipeline's state; with `state_changelog`, backed by the compacted topic
-/// `{application_id}-image-pipeline.products-changelog` and restored from it when the local
-/// directory is empty (a new pod).
-async fn pipeline_state(
-    settings: &Settings,
-    application_id: &str,
-) -> anyhow::Result<(PipelineState, Option<Arc<KafkaChangelog>>)> {
-    let open_error = || format!("cannot open the state in {}", settings.state_dir.display());
-    if !settings.state_changelog {
-        let state = PipelineState::open(&settings.state_dir).with_context(open_error)?;
-        return Ok((state, None));
-    }
-    let mut client: Vec<(&str, &str)> = vec![("bootstrap.servers", &settings.kafka.bootstrap)];
-    client.extend(
-        settings
-            .kafka
-            .properties
-            .iter()
-            .map(|(key, value)| (key.as_str(), value.as_str())),
-    );
-    let changelog = Arc::new(
-        KafkaChangelog::with_settings(application_id, &client)
-            .context("cannot create the state changelog producer")?,
-    );
-    changelog
-        .ensure_topic(pipeline::PRODUCTS_STORE)
-        .await
-        .context("cannot create the state changelog topic")?;
-    let dir = state::StateConfig::new(&settings.state_dir)
-        .changelog(changelog.clone())
-        .open()
-        .with_context(open_error)?;
-    let restored = changelog
-        .restore(&dir, pipeline::PRODUCTS_STORE)
-        .await
-        .context("cannot restore the image state from its changelog")?;
-    tracing::info!(?restored, "image state ready");
-    let state = PipelineState::with_dir(dir).with_context(open_error)?;
-    Ok((state, Some(changelog)))
 }
 
 /// `image-pipeline`: the diff-checker, the image collector and the image remover over Kafka
@@ -402,9 +358,7 @@ pub async fn image_pipeline(settings: Settings) -> anyhow::Result<()> {
         None => pipeline::application_id(&template, &settings.topics)?
             .unwrap_or_else(|| "catalog-stream-image-pipeline".to_owned()),
     };
-    let (state, changelog) = pipeline_state(&settings, &application_id).await?;
-    let state_dir = state.dir();
-    let work = image_work(&settings, objects.clone(), state, &registry).await?;
+    let work = image_work(&settings, objects.clone(), &registry).await?;
     let schema_registry: Arc<dyn SchemaRegistry> = Arc::new(HttpSchemaRegistry::new(
         settings.schema_registry_url.clone(),
     ));
@@ -418,14 +372,17 @@ pub async fn image_pipeline(settings: Settings) -> anyhow::Result<()> {
         object_store_readiness(objects, Some(kafka)),
     );
     let application_id = settings.kafka.group_id.clone().unwrap_or(application_id);
+    // The collector's and remover's per-product state is a task store: one per partition
+    // under `state_dir/<application_id>/`, restored from its changelog partition when the
+    // partition is assigned here.
+    let mut config = kafka_runtime_config(&settings, &application_id);
+    config.state_dir = Some(settings.state_dir.clone());
+    config.changelogs = settings.state_changelog;
     let stream = run_topology(
         topology,
-        kafka_runtime_config(&settings, &application_id),
+        config,
         kafka_transport(&settings),
-        Durability {
-            state: Some(state_dir),
-            changelog: changelog.map(|sink| sink as Arc<dyn state::ChangelogSink>),
-        },
+        Durability::default(),
         &registry,
         shutdown.clone(),
     );

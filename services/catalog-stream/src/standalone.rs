@@ -33,7 +33,7 @@ use topology::{Headers, RawRecord, RuntimeConfig};
 use crate::app::{self, run_topology, service_router};
 use crate::complete_products::{self, CompleteProducts};
 use crate::http::ApiError;
-use crate::pipeline::{self, ImageMetrics, ImageWork, PipelineState};
+use crate::pipeline::{self, ImageMetrics, ImageWork};
 use crate::product_collector::{self, ProductCollector};
 use crate::settings::Topics;
 use crate::store::{
@@ -136,7 +136,8 @@ pub struct Standalone {
     log: Arc<EmbeddedLog>,
     registry: Arc<dyn SchemaRegistry>,
     images: Arc<images::LocalDirObjectStore>,
-    state: PipelineState,
+    /// The task stores' root (`<application_id>/<task>/` below it).
+    state_dir: std::path::PathBuf,
     topics: Topics,
     /// The services' own metrics and the image pipeline's engine metrics.
     metrics: prometheus::Registry,
@@ -198,18 +199,13 @@ impl Standalone {
                 .with_context(|| format!("cannot open {}/registry", data_dir.display()))?;
         let images = images::LocalDirObjectStore::new(data_dir.join("images"), base_url)
             .map_err(|error| anyhow::anyhow!("cannot prepare the image directory: {error}"))?;
-        let state = state::StateConfig::new(data_dir.join("state"))
-            .page_cache_bytes(STATE_CACHE_BYTES)
-            .open()
-            .and_then(PipelineState::with_dir)
-            .with_context(|| format!("cannot open {}/state", data_dir.display()))?;
         Ok(Self {
             products,
             view,
             log,
             registry: Arc::new(InProcessRegistry::new(Arc::new(registry))),
             images: Arc::new(images),
-            state,
+            state_dir: data_dir.join("state"),
             topics,
             metrics: prometheus::Registry::new(),
             sink_metrics: prometheus::Registry::new_custom(
@@ -266,7 +262,6 @@ impl Standalone {
                 .map_err(|error| anyhow::anyhow!("fetch settings: {error}"))?,
             fetch_retry: images::RetryPolicy::default(),
             objects: self.images.clone(),
-            state: self.state.clone(),
             metrics: ImageMetrics::new(&self.metrics)?,
         };
         let processors = pipeline::registry(
@@ -304,12 +299,9 @@ impl Standalone {
             relay.run(shutdown.clone()),
             run_topology(
                 image_pipeline,
-                runtime_config(&pipeline_id),
+                pipeline_runtime_config(&pipeline_id, &self.state_dir),
                 transport.clone(),
-                app::Durability {
-                    state: Some(self.state.dir()),
-                    changelog: None,
-                },
+                app::Durability::default(),
                 &self.metrics,
                 shutdown.clone(),
             ),
@@ -551,6 +543,18 @@ fn runtime_config(group: &str) -> RuntimeConfig {
     let mut config = RuntimeConfig::new(group);
     config.max_in_flight_per_partition = MAX_IN_FLIGHT_PER_PARTITION;
     config.max_unacked_per_partition = MAX_UNACKED_PER_PARTITION;
+    config
+}
+
+/// The image pipeline's runtime: its task stores under `state_dir`, local only. One process
+/// owns every partition for good and its disk is durable, so a changelog would only be a
+/// second copy.
+fn pipeline_runtime_config(group: &str, state_dir: &Path) -> RuntimeConfig {
+    let mut config = runtime_config(group);
+    config.state_dir = Some(state_dir.to_path_buf());
+    config.changelogs = false;
+    // Shared by the tasks: one database per partition.
+    config.store_page_cache_bytes = STATE_CACHE_BYTES / u64::from(PARTITIONS);
     config
 }
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use catalog_stream::app;
-use catalog_stream::pipeline::{self, ImageMetrics, ImageWork, PipelineState};
+use catalog_stream::pipeline::{self, ImageMetrics, ImageWork};
 use catalog_stream::settings::Topics;
 use catalog_stream::standalone::{InProcessRegistry, fetch_config};
 use catalog_stream::store::{SledViewStore, ViewStore};
@@ -281,13 +281,11 @@ async fn broker_outage_pauses_and_resumes_without_loss_or_duplicates() {
         Some([("topology".to_owned(), "complete-products".to_owned())].into()),
     )
     .expect("registry");
-    let state = PipelineState::open(&dir.path().join("state")).expect("state");
-    let state_dir = state.dir();
+    let state_dir = dir.path().join("state");
     let work = ImageWork {
         fetcher: images::ImageFetcher::new(fetch_config(None)).expect("fetcher"),
         fetch_retry: images::RetryPolicy::default(),
         objects: objects.clone(),
-        state,
         metrics: ImageMetrics::new(&metrics).expect("metrics"),
     };
     let processors = pipeline::registry(Some(work), Some(view.clone()), schemas.clone());
@@ -318,12 +316,13 @@ async fn broker_outage_pauses_and_resumes_without_loss_or_duplicates() {
         streams.spawn(async move {
             app::run_topology(
                 image_pipeline,
-                topology::RuntimeConfig::new(&pipeline_id),
-                transport,
-                app::Durability {
-                    state: Some(state_dir),
-                    changelog: None,
+                topology::RuntimeConfig {
+                    state_dir: Some(state_dir),
+                    changelogs: true,
+                    ..topology::RuntimeConfig::new(&pipeline_id)
                 },
+                transport,
+                app::Durability::default(),
                 &metrics,
                 shutdown,
             )

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use catalog_stream::pipeline::{
     self, IMAGE_PIPELINE_TOPOLOGY, ImageEvent, ImageEventKind, ImageMetrics, ImageWork,
-    PipelineState,
 };
 use catalog_stream::settings::Topics;
 use catalog_stream::standalone::InProcessRegistry;
@@ -311,7 +310,6 @@ async fn run_case(label: &str, bus: Bus, registry: Arc<dyn SchemaRegistry>, topi
         .expect("fetcher"),
         fetch_retry: images::RetryPolicy::default(),
         objects: objects.clone(),
-        state: PipelineState::open(&dir.path().join("state")).expect("state"),
         metrics: ImageMetrics::new(&metrics).expect("image metrics"),
     };
     let processors = pipeline::registry(Some(work), None, registry.clone());
@@ -324,6 +322,7 @@ async fn run_case(label: &str, bus: Bus, registry: Arc<dyn SchemaRegistry>, topi
     let engine_metrics = Metrics::new(&metrics).expect("engine metrics");
     let mut config = RuntimeConfig::new(&unique_name("poison-pipeline"));
     config.commit_interval = Duration::from_millis(300);
+    config.state_dir = Some(dir.path().join("state"));
     let shutdown = CancellationToken::new();
     let runtime = tokio::spawn(
         Runtime::new(topology, transport, config)

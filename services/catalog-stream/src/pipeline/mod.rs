@@ -17,7 +17,9 @@ pub use change::{ProductChange, change_event, product_change};
 pub use events::{IMAGE_EVENT_SCHEMA, ImageEvent, ImageEventKind, ProductFields, event_key};
 pub use metrics::ImageMetrics;
 pub use processors::{CompleteProductsSink, ImageCollector, ImageRemover, ImageWork};
-pub use state::{PRODUCTS_STORE, PipelineState, ProductImageState};
+pub use state::{
+    ChangePosition, CollectionFailure, PRODUCT_IMAGES_STORE, ProductImageState, ProductImages,
+};
 
 use crate::settings::Topics;
 use crate::store::ViewStore;

@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use images::{FetchFailure, ImageFetcher, ObjectStore, RetryPolicy as FetchRetryPolicy, image_key};
-use topology::{ProcessError, Processor, Record, Value};
+use topology::{ProcessError, Processor, ProcessorContext, Record, Value};
 
 use super::change::{ProductChange, product_change};
 use super::events::{ImageEvent, ImageEventKind, ProductFields, event_key};
 use super::metrics::ImageMetrics;
-use super::state::{PipelineState, ProductImageState};
+use super::state::{CollectionFailure, ProductImageState, ProductImages};
 use crate::product::{Product, ProductKey};
 use crate::store::{CollectedImage, ViewStore, now_ms};
 
@@ -42,7 +42,8 @@ fn product_prefix(key: &ProductKey) -> Result<String, ProcessError> {
         .unwrap_or(probe))
 }
 
-/// What the collector and remover share.
+/// What the collector and remover share. Their per-product state is not here: it is the
+/// record's task store ([`ProductImages::of`]), which follows its partition.
 #[derive(Clone)]
 pub struct ImageWork {
     /// Fetches images under the SSRF guard and limits.
@@ -51,48 +52,50 @@ pub struct ImageWork {
     pub fetch_retry: FetchRetryPolicy,
     /// Where images are stored.
     pub objects: Arc<dyn ObjectStore>,
-    /// Per-product state.
-    pub state: PipelineState,
     /// Counters.
     pub metrics: ImageMetrics,
 }
 
 /// `image-collector`: for an upsert, fetch the image, store it under a content-addressed key,
 /// record it, delete the replaced object, emit `COLLECTED` (or `FAILED` with the reason).
+/// Uses the task store `product-images`.
 pub struct ImageCollector(pub ImageWork);
 
 impl Processor for ImageCollector {
-    fn process(&self, record: Record) -> BoxFuture<'_, Result<Vec<Record>, ProcessError>> {
+    fn process(
+        &self,
+        record: Record,
+        ctx: ProcessorContext,
+    ) -> BoxFuture<'_, Result<Vec<Record>, ProcessError>> {
         Box::pin(async move {
             let change = product_change(&record)?;
-            let Some(event) = self.0.collect(&change).await? else {
+            let states = ProductImages::of(&ctx)?;
+            let Some(event) = self.0.collect(&states, &change).await? else {
                 return Ok(Vec::new());
             };
             Ok(vec![output(&record, &change.key, &event)?])
         })
-    }
-
-    fn stores(&self) -> Vec<String> {
-        vec![super::state::PRODUCTS_STORE.into()]
     }
 }
 
 /// `image-remover`: for a delete, remove every stored object of the product, emit `REMOVED`.
+/// Uses the task store `product-images`.
 pub struct ImageRemover(pub ImageWork);
 
 impl Processor for ImageRemover {
-    fn process(&self, record: Record) -> BoxFuture<'_, Result<Vec<Record>, ProcessError>> {
+    fn process(
+        &self,
+        record: Record,
+        ctx: ProcessorContext,
+    ) -> BoxFuture<'_, Result<Vec<Record>, ProcessError>> {
         Box::pin(async move {
             let change = product_change(&record)?;
-            let Some(event) = self.0.remove(&change).await? else {
+            let states = ProductImages::of(&ctx)?;
+            let Some(event) = self.0.remove(&states, &change).await? else {
                 return Ok(Vec::new());
             };
             Ok(vec![output(&record, &change.key, &event)?])
         })
-    }
-
-    fn stores(&self) -> Vec<String> {
-        vec![super::state::PRODUCTS_STORE.into()]
     }
 }
 
@@ -123,7 +126,7 @@ fn collected_event(
     }
 }
 
-fn failed_event(key: &ProductKey, version: i64, failure: &(String, String, i64)) -> ImageEvent {
+fn failed_event(key: &ProductKey, version: i64, failure: &CollectionFailure) -> ImageEvent {
     ImageEvent {
         kind: ImageEventKind::Failed,
         mall_id: key.mall_id.clone(),
@@ -131,9 +134,9 @@ fn failed_event(key: &ProductKey, version: i64, failure: &(String, String, i64))
         version,
         product: None,
         image: None,
-        reason_code: Some(failure.0.clone()),
-        reason: Some(failure.1.clone()),
-        attempts: failure.2,
+        reason_code: Some(failure.code.clone()),
+        reason: Some(failure.reason.clone()),
+        attempts: failure.attempts,
         removed_keys: Vec::new(),
         occurred_at_ms: now_ms(),
     }
@@ -165,23 +168,42 @@ impl ImageWork {
         }
     }
 
-    async fn collect(&self, change: &ProductChange) -> Result<Option<ImageEvent>, ProcessError> {
+    /// Deletes objects a recorded change meant to delete: a replay after a crash between the
+    /// state write and the deletions finishes them (deleting a missing object is a no-op).
+    async fn finish_removals(&self, state: &ProductImageState) -> Result<(), ProcessError> {
+        let keep = state.image.as_ref().map(|image| image.key.as_str());
+        for old in state
+            .removed_keys
+            .iter()
+            .filter(|k| Some(k.as_str()) != keep)
+        {
+            self.objects
+                .delete(old)
+                .await
+                .map_err(|e| transient("object store delete", e))?;
+        }
+        Ok(())
+    }
+
+    async fn collect(
+        &self,
+        states: &ProductImages,
+        change: &ProductChange,
+    ) -> Result<Option<ImageEvent>, ProcessError> {
         let Some((product, version)) = &change.after else {
             return Err(ProcessError::permanent("the image collector got a delete"));
         };
         let key = &change.key;
         let state_key = event_key(key);
-        let current = self
-            .state
-            .get(&state_key)
-            .map_err(|e| transient("image state", e))?
-            .unwrap_or_default();
+        let current = states.get(&state_key)?.unwrap_or_default();
         if current.position > change.position {
             self.metrics.stale.inc();
             return Ok(None);
         }
         if current.position == change.position && current.version == *version {
-            // The same change again: what it did is recorded; say it again, do nothing twice.
+            // The same change again: what it did is recorded; finish what it may not have
+            // done, say it again, do nothing twice.
+            self.finish_removals(&current).await?;
             return Ok(self.replay(key, &current, Some(product)));
         }
 
@@ -191,7 +213,9 @@ impl ImageWork {
             .await
         {
             Ok(fetched) => fetched,
-            Err(failure) => return self.record_failure(change, *version, &current, &failure),
+            Err(failure) => {
+                return self.record_failure(states, change, *version, &current, &failure);
+            }
         };
         let image = fetched.image;
         let previous = current.image.clone().filter(|_| !current.deleted);
@@ -260,15 +284,13 @@ impl ImageWork {
             deleted: false,
             removed_keys: removed_keys.clone(),
         };
-        let (_, written) = self
-            .state
-            .advance(&state_key, &next)
-            .map_err(|e| transient("image state", e))?;
+        let written = states.advance(&state_key, &next)?;
         if !written {
             // A newer change (a deletion, or a later update) won while we fetched: what we
             // uploaded is nobody's, unless it is the very object recorded now.
             if !unchanged {
-                self.delete_unless_recorded(&state_key, &object_key).await?;
+                self.delete_unless_recorded(states, &state_key, &object_key)
+                    .await?;
             }
             self.metrics.stale.inc();
             return Ok(None);
@@ -294,16 +316,17 @@ impl ImageWork {
 
     fn record_failure(
         &self,
+        states: &ProductImages,
         change: &ProductChange,
         version: i64,
         current: &ProductImageState,
         failure: &FetchFailure,
     ) -> Result<Option<ImageEvent>, ProcessError> {
-        let reason = (
-            failure.code().to_owned(),
-            failure.reason(),
-            i64::from(failure.attempts),
-        );
+        let reason = CollectionFailure {
+            code: failure.code().to_owned(),
+            reason: failure.reason(),
+            attempts: i64::from(failure.attempts),
+        };
         // The previous image stays recorded (and stored) until the product is deleted or a
         // later version is collected; only the view hides the product.
         let next = ProductImageState {
@@ -315,11 +338,7 @@ impl ImageWork {
             removed_keys: Vec::new(),
         };
         let state_key = event_key(&change.key);
-        let (_, written) = self
-            .state
-            .advance(&state_key, &next)
-            .map_err(|e| transient("image state", e))?;
-        if !written {
+        if !states.advance(&state_key, &next)? {
             self.metrics.stale.inc();
             return Ok(None);
         }
@@ -332,13 +351,12 @@ impl ImageWork {
 
     async fn delete_unless_recorded(
         &self,
+        states: &ProductImages,
         state_key: &str,
         object_key: &str,
     ) -> Result<(), ProcessError> {
-        let recorded = self
-            .state
-            .get(state_key)
-            .map_err(|e| transient("image state", e))?
+        let recorded = states
+            .get(state_key)?
             .and_then(|state| state.image)
             .is_some_and(|image| image.key == object_key);
         if !recorded {
@@ -351,14 +369,14 @@ impl ImageWork {
         Ok(())
     }
 
-    async fn remove(&self, change: &ProductChange) -> Result<Option<ImageEvent>, ProcessError> {
+    async fn remove(
+        &self,
+        states: &ProductImages,
+        change: &ProductChange,
+    ) -> Result<Option<ImageEvent>, ProcessError> {
         let key = &change.key;
         let state_key = event_key(key);
-        let current = self
-            .state
-            .get(&state_key)
-            .map_err(|e| transient("image state", e))?
-            .unwrap_or_default();
+        let current = states.get(&state_key)?.unwrap_or_default();
         if current.position > change.position {
             self.metrics.stale.inc();
             return Ok(None);
@@ -373,11 +391,7 @@ impl ImageWork {
             deleted: true,
             removed_keys: Vec::new(),
         };
-        let (_, written) = self
-            .state
-            .advance(&state_key, &next)
-            .map_err(|e| transient("image state", e))?;
-        if !written {
+        if !states.advance(&state_key, &next)? {
             self.metrics.stale.inc();
             return Ok(None);
         }
@@ -403,9 +417,7 @@ impl ImageWork {
         }
         if !doomed.is_empty() || !current.removed_keys.is_empty() {
             next.removed_keys = doomed;
-            self.state
-                .advance(&state_key, &next)
-                .map_err(|e| transient("image state", e))?;
+            states.advance(&state_key, &next)?;
         }
         self.metrics.removed.inc();
         Ok(Some(removed_event(key, &next)))
@@ -437,7 +449,11 @@ pub struct CompleteProductsSink {
 }
 
 impl Processor for CompleteProductsSink {
-    fn process(&self, record: Record) -> BoxFuture<'_, Result<Vec<Record>, ProcessError>> {
+    fn process(
+        &self,
+        record: Record,
+        _ctx: ProcessorContext,
+    ) -> BoxFuture<'_, Result<Vec<Record>, ProcessError>> {
         Box::pin(async move {
             let value = record
                 .value

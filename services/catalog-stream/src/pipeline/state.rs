@@ -1,87 +1,85 @@
-//! What the image pipeline remembers per product, in sled: the source position of the last
-//! change applied, the product version, and the image stored for it. The collector and the
-//! remover share it, so a deletion processed while a collection is in flight wins and the
-//! late collection removes what it uploaded: never an orphan.
-
-use std::path::Path;
+//! What the image pipeline remembers per product: the source position of the last change
+//! applied, the product version, and the image stored for it. It lives in the task store
+//! [`PRODUCT_IMAGES_STORE`], which the collector and the remover share (so upserts and deletes
+//! of one product are one task's, on co-partitioned topics): a deletion processed while a
+//! collection is in flight wins, and the late collection removes what it uploaded. The store
+//! moves with its partitions when instances scale (restored from its changelog partition).
 
 use serde::{Deserialize, Serialize};
-use state::{KvStore, StateDir, StateError};
+use state::{KvStore, StateError};
+use topology::{ProcessError, ProcessorContext};
 
 use crate::store::CollectedImage;
 
-/// The store's name (its sled tree, and its changelog topic `{group}-{store}-changelog`).
-pub const PRODUCTS_STORE: &str = "image-pipeline.products";
+/// The task store's name (declared in the topology file; its changelog topic is
+/// `{application_id}-product-images-changelog`).
+pub const PRODUCT_IMAGES_STORE: &str = "product-images";
+
+/// The CDC source position of a change: seconds and ordinal (Debezium's `source.ts_ms` /
+/// `ord` pair), ordered as the source emitted them.
+pub type ChangePosition = (i64, i32);
+
+/// Why the last collection failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectionFailure {
+    /// The reason code (`not_found`, `not_an_image`, `timeout`, …).
+    pub code: String,
+    /// The reason, for people.
+    pub reason: String,
+    /// Fetch attempts made.
+    pub attempts: i64,
+}
 
 /// Per-product state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ProductImageState {
-    /// Source position of the last change applied (seconds, ordinal).
-    pub position: (i64, i32),
+    /// Source position of the last change applied.
+    pub position: ChangePosition,
     /// The product version of the last change applied.
     pub version: i64,
     /// The image stored for `version`, if collected.
     pub image: Option<CollectedImage>,
-    /// Why the last collection failed, if it did: (code, reason, attempts).
-    pub failure: Option<(String, String, i64)>,
+    /// Why the last collection failed, if it did.
+    pub failure: Option<CollectionFailure>,
     /// Whether the last change was a deletion.
     pub deleted: bool,
-    /// Object keys deleted by the last change.
+    /// Object keys the last change deletes: recorded before they are deleted, so a replay
+    /// after a crash between the two deletes them again.
     pub removed_keys: Vec<String>,
 }
 
-/// The pipeline's state stores.
+/// One task's instance of the per-product state.
 #[derive(Clone)]
-pub struct PipelineState {
-    dir: StateDir,
+pub struct ProductImages {
     products: KvStore<String, ProductImageState>,
 }
 
-impl PipelineState {
-    /// Opens (or creates) the state under `path`.
-    pub fn open(path: &Path) -> Result<Self, StateError> {
-        let dir = StateDir::open(path)?;
-        Self::with_dir(dir)
-    }
+fn unavailable(error: impl std::fmt::Display) -> ProcessError {
+    ProcessError::transient(format!("image state: {error}"))
+}
 
-    /// Uses an open state directory.
-    pub fn with_dir(dir: StateDir) -> Result<Self, StateError> {
-        let products = dir.store(PRODUCTS_STORE)?;
-        Ok(Self { dir, products })
+impl ProductImages {
+    /// The store of the record's task.
+    pub fn of(ctx: &ProcessorContext) -> Result<Self, ProcessError> {
+        let products = ctx.store(PRODUCT_IMAGES_STORE).map_err(unavailable)?;
+        Ok(ProductImages { products })
     }
 
     /// The state of one product.
-    pub fn get(&self, key: &str) -> Result<Option<ProductImageState>, StateError> {
-        self.products.get(key)
+    pub fn get(&self, key: &str) -> Result<Option<ProductImageState>, ProcessError> {
+        self.products.get(key).map_err(unavailable)
     }
 
-    /// Writes `next` unless the stored position is already past `next.position`; returns the
-    /// state that holds afterwards and whether `next` was written.
-    pub fn advance(
-        &self,
-        key: &str,
-        next: &ProductImageState,
-    ) -> Result<(ProductImageState, bool), StateError> {
-        let (current, written) = self.products.update(key, |current| match current {
-            Some(current) if current.position > next.position => None,
-            _ => Some(next.clone()),
-        })?;
-        Ok((current.unwrap_or_else(|| next.clone()), written))
-    }
-
-    /// The state directory, for the runtime to flush before it commits offsets past the work
-    /// recorded here.
-    pub fn dir(&self) -> StateDir {
-        self.dir.clone()
-    }
-
-    /// Products tracked.
-    pub fn len(&self) -> usize {
-        self.products.len()
-    }
-
-    /// Whether none is tracked.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Writes `next` unless the stored position is already past `next.position`; returns
+    /// whether `next` was written.
+    pub fn advance(&self, key: &str, next: &ProductImageState) -> Result<bool, ProcessError> {
+        let (_, written) = self
+            .products
+            .update(key, |current| match current {
+                Some(current) if current.position > next.position => None,
+                _ => Some(next.clone()),
+            })
+            .map_err(|e: StateError| unavailable(e))?;
+        Ok(written)
     }
 }
