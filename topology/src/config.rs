@@ -9,6 +9,10 @@
 //! ```yaml
 //! application_id: diff-checker
 //! schema_registry_url: http://127.0.0.1:8081   # needed by `avro` serdes
+//! stores:                          # state stores, one instance per task of the processors using them
+//!   - name: seen                   # [A-Za-z0-9_.-], at most 200 bytes
+//!     changelog: true              # default true: topic <application_id>-seen-changelog
+//!     cache_entries: 1024          # default 0: no read cache
 //! nodes:
 //!   - name: cdc
 //!     type: source                 # source | filter | map | flat_map | branch | process | sink
@@ -32,6 +36,7 @@
 //!     concurrency: 64
 //!     ordering: key                # key | partition | unordered
 //!     retry: {max_attempts: 5, initial_backoff_ms: 100, max_backoff_ms: 10000, jitter: 0.2}
+//!     stores: [seen]               # declared above; only process nodes use stores
 //!   - name: events
 //!     type: sink
 //!     from: collect
@@ -39,6 +44,11 @@
 //!     key: string
 //!     value: json
 //! ```
+//!
+//! A store is a key-value table a processor reads and writes through its context; each task
+//! has its own instance, and unless `changelog: false` every write also goes to the compacted
+//! topic `<application_id>-<store>-changelog`, from which another instance restores it.
+//! Processors sharing a store run in one sub-topology.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -48,7 +58,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::graph::{FlatMapFn, MapFn, NodeKind, Predicate, Topology, TopologyBuilder};
+use crate::graph::{FlatMapFn, MapFn, NodeKind, Predicate, StoreSpec, Topology, TopologyBuilder};
 use crate::processor::{AsyncOptions, Ordering, Processor, RetryPolicy};
 use crate::serdes::{
     AvroSerde, BytesSerde, HttpSchemaRegistry, JsonSerde, SchemaRegistry, SerdeFormat, SerdeRef,
@@ -374,6 +384,60 @@ pub struct NodeConfig {
     /// Retries (process).
     #[serde(default)]
     pub retry: Option<RetryConfig>,
+    /// Stores the processor uses, by name (process; declared under the top-level `stores`).
+    #[serde(default)]
+    pub stores: Option<Vec<String>>,
+}
+
+/// A state store as written in the top-level `stores` list.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Unique name: the store's sled tree and part of its changelog topic's name.
+    // Defaulted so a missing name is reported by `validate` with its place, like a node's.
+    #[serde(default)]
+    pub name: String,
+    /// Whether writes go to `<application_id>-<name>-changelog` (default true: without it a
+    /// task moved to another instance starts with an empty store).
+    #[serde(default = "changelog_default")]
+    pub changelog: bool,
+    /// Entries kept in a read cache in front of sled (default 0: none).
+    #[serde(default)]
+    pub cache_entries: usize,
+}
+
+fn changelog_default() -> bool {
+    true
+}
+
+impl StoreConfig {
+    /// The store as the builder takes it.
+    pub fn to_spec(&self) -> StoreSpec {
+        let spec = StoreSpec::new(&self.name).cache_entries(self.cache_entries);
+        if self.changelog {
+            spec
+        } else {
+            spec.without_changelog()
+        }
+    }
+}
+
+/// Why `name` cannot name a store, if it cannot: the `state` crate's rule (its store names
+/// become sled tree names and part of a Kafka topic name), checked here so a bad name is
+/// reported with its line before any task opens a store.
+fn store_name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("a store name is required")
+    } else if name.len() > 200 {
+        Some("longer than 200 bytes")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        Some("only [A-Za-z0-9_.-] allowed")
+    } else {
+        None
+    }
 }
 
 /// A topology file.
@@ -386,6 +450,9 @@ pub struct TopologyConfig {
     /// Schema registry for `avro` serdes.
     #[serde(default)]
     pub schema_registry_url: Option<String>,
+    /// State stores, used by process nodes through their `stores`.
+    #[serde(default)]
+    pub stores: Vec<StoreConfig>,
     /// The nodes.
     #[serde(default)]
     pub nodes: Vec<NodeConfig>,
@@ -443,11 +510,28 @@ impl TopologyConfig {
     }
 
     fn line_of(&self, node: usize, key: Option<&str>) -> Option<usize> {
+        self.line_in("nodes", node, key)
+    }
+
+    /// The line (1-based) of item `index` of the top-level list `section`, or of its `key`
+    /// (the item's first line when the key is not written out).
+    fn line_in(&self, section: &str, index: usize, key: Option<&str>) -> Option<usize> {
         let text = self.source_text.as_deref()?;
         let lines: Vec<&str> = text.lines().collect();
+        let indent = |l: &str| l.len() - l.trim_start().len();
+        // Only the top-level key: a process node's own `stores:` must not be taken for the
+        // top-level list, whichever comes first.
+        let top = lines
+            .iter()
+            .find(|l| {
+                let t = l.trim_start();
+                !(t.is_empty() || t.starts_with('#') || t.starts_with("---"))
+            })
+            .map(|l| indent(l))?;
+        let header = format!("{section}:");
         let start = lines
             .iter()
-            .position(|l| l.trim_start().starts_with("nodes:"))?;
+            .position(|l| indent(l) == top && l.trim_start().starts_with(&header))?;
         let mut items = Vec::new();
         let mut indent = None;
         for (i, l) in lines.iter().enumerate().skip(start + 1) {
@@ -466,8 +550,8 @@ impl TopologyConfig {
                 _ => {}
             }
         }
-        let first = *items.get(node)?;
-        let end = items.get(node + 1).copied().unwrap_or(lines.len());
+        let first = *items.get(index)?;
+        let end = items.get(index + 1).copied().unwrap_or(lines.len());
         let Some(key) = key else {
             return Some(first + 1);
         };
@@ -481,6 +565,42 @@ impl TopologyConfig {
             })
             .or(Some(first))
             .map(|i| i + 1)
+    }
+
+    /// The line of entry `j` of the list under `key` in node `node`: the entry's own line when
+    /// the list is written as a block (`- a` lines), else the key's line.
+    fn line_of_entry(&self, node: usize, key: &str, j: usize) -> Option<usize> {
+        let line = self.line_of(node, Some(key))?;
+        let text = self.source_text.as_deref()?;
+        let lines: Vec<&str> = text.lines().collect();
+        let needle = format!("{key}:");
+        let key_line = lines.get(line - 1)?;
+        let Some(col) = key_line.find(&needle) else {
+            return Some(line);
+        };
+        let rest = key_line[col + needle.len()..].trim();
+        if !(rest.is_empty() || rest.starts_with('#')) {
+            return Some(line); // a flow list (`[a, b]`) on the key's line
+        }
+        let mut seen = 0;
+        for (i, l) in lines.iter().enumerate().skip(line) {
+            let t = l.trim_start();
+            if t.is_empty() || t.starts_with('#') {
+                continue;
+            }
+            let ind = l.len() - t.len();
+            let entry = t.starts_with("- ") || t == "-";
+            if ind < col || (ind == col && !entry) {
+                break;
+            }
+            if entry {
+                if seen == j {
+                    return Some(i + 1);
+                }
+                seen += 1;
+            }
+        }
+        Some(line)
     }
 
     fn err(&self, errors: &mut Vec<ConfigError>, node: usize, field: Option<&str>, msg: String) {
@@ -817,6 +937,7 @@ impl TopologyConfig {
                 _ => {}
             }
         }
+        self.validate_stores(&mut errors);
         // Serde mismatches between a sink and the source reading the same topic.
         for (i, t, f) in &writers {
             if let Some((r, rf)) = readers.get(t)
@@ -857,6 +978,100 @@ impl TopologyConfig {
                 file: self.file.clone(),
                 errors,
             })
+        }
+    }
+
+    /// Stores: each declared once, under a name the `state` crate accepts; every store a process
+    /// node lists declared; every declared store used. The builder rejects unknown, unused and
+    /// duplicate stores too, but without a place in the file; here each gets its path and line.
+    fn validate_stores(&self, errors: &mut Vec<ConfigError>) {
+        let mut declared: HashMap<&str, usize> = HashMap::new();
+        for (k, s) in self.stores.iter().enumerate() {
+            let line = self.line_in("stores", k, Some("name"));
+            let path = format!("stores[{k}].name");
+            if let Some(reason) = store_name_problem(&s.name) {
+                let message = if s.name.is_empty() {
+                    reason.to_owned()
+                } else {
+                    format!(
+                        "invalid store name `{}`: {reason} (a store's name is its sled tree's \
+                         and part of its topic `<application_id>-<store>-changelog`)",
+                        s.name
+                    )
+                };
+                errors.push(ConfigError {
+                    path: path.clone(),
+                    line,
+                    message,
+                });
+            }
+            if s.name.is_empty() {
+                continue;
+            }
+            // An invalid name still counts as declared, so the nodes using it are not also
+            // told it is unknown.
+            match declared.get(s.name.as_str()) {
+                Some(first) => errors.push(ConfigError {
+                    path,
+                    line,
+                    message: format!(
+                        "duplicate store `{}` (first declared by stores[{first}])",
+                        s.name
+                    ),
+                }),
+                None => {
+                    declared.insert(&s.name, k);
+                }
+            }
+        }
+        let known = {
+            let mut k: Vec<&str> = declared.keys().copied().collect();
+            k.sort_unstable();
+            k.join(", ")
+        };
+        let mut used: HashSet<&str> = HashSet::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let Some(stores) = &n.stores else { continue };
+            if n.kind != "process" {
+                // An unknown type is reported already; its stores say nothing more.
+                if KINDS.contains(&n.kind.as_str()) {
+                    self.err(
+                        errors,
+                        i,
+                        Some("stores"),
+                        format!("only process nodes use stores (this is a {} node)", n.kind),
+                    );
+                }
+                continue;
+            }
+            for (j, name) in stores.iter().enumerate() {
+                let message = if !declared.contains_key(name.as_str()) {
+                    if known.is_empty() {
+                        format!("unknown store `{name}` (no stores are declared under `stores`)")
+                    } else {
+                        format!("unknown store `{name}` (declared: {known})")
+                    }
+                } else if stores[..j].contains(name) {
+                    format!("store `{name}` is listed twice")
+                } else {
+                    used.insert(name);
+                    continue;
+                };
+                errors.push(ConfigError {
+                    path: format!("nodes[{i}].stores[{j}]"),
+                    line: self.line_of_entry(i, "stores", j),
+                    message,
+                });
+            }
+        }
+        for (k, s) in self.stores.iter().enumerate() {
+            if declared.get(s.name.as_str()) == Some(&k) && !used.contains(s.name.as_str()) {
+                errors.push(ConfigError {
+                    path: format!("stores[{k}]"),
+                    line: self.line_in("stores", k, None),
+                    message: format!("store `{}` is not used by any processor", s.name),
+                });
+            }
         }
     }
 
@@ -941,6 +1156,9 @@ impl TopologyConfig {
             }
         };
         let b = TopologyBuilder::new();
+        for s in &self.stores {
+            b.store(s.to_spec());
+        }
         let mut added: HashSet<String> = HashSet::new();
         let mut errors = Vec::new();
         // Add nodes once their upstream exists (the file may list them in any order).
@@ -1038,7 +1256,7 @@ impl TopologyConfig {
                                     .unwrap_or(AsyncOptions::default().concurrency),
                                 retry,
                             },
-                            stores: Vec::new(),
+                            stores: n.stores.clone().unwrap_or_default(),
                         }
                     }
                     _ => NodeKind::Sink {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use topology::config::{Registry, TopologyConfig};
 use topology::serdes::{JsonSerde, StringSerde};
-use topology::{AsyncOptions, Predicate, TopologyBuilder, processor_fn};
+use topology::{AsyncOptions, Predicate, StoreSpec, TopologyBuilder, processor_fn};
 
 fn pipeline() -> topology::Topology {
     let b = TopologyBuilder::new();
@@ -287,4 +287,142 @@ fn config_parse_error_has_line() {
     let errs =
         TopologyConfig::from_yaml("nodes:\n  - name: a\n    typo_field: 1\n").expect_err("bad");
     assert_eq!(errs.errors[0].line, Some(3), "{errs}");
+}
+
+/// Two sources, each feeding a processor; both processors use the store `seen` (one written as
+/// a flow list, one as a block list).
+const SHARED_STORE: &str = r#"
+application_id: dedupe
+stores:
+  - name: seen
+    cache_entries: 16
+nodes:
+  - {name: in-a, type: source, topic: a, key: string, value: json}
+  - {name: in-b, type: source, topic: b, key: string, value: json}
+  - name: dedupe-a
+    type: process
+    from: in-a
+    processor: image-collector
+    stores: [seen]
+  - name: dedupe-b
+    type: process
+    from: in-b
+    processor: image-collector
+    stores:
+      - seen
+  - {name: out, type: sink, from: dedupe-a, topic: out, key: string, value: json}
+"#;
+
+#[test]
+fn config_store_shared_by_two_processors_joins_one_subtopology() {
+    let cfg = TopologyConfig::from_yaml(SHARED_STORE).expect("parses");
+    let t = cfg.build(&registry()).expect("valid");
+    let text = t.describe();
+    assert_eq!(t.subtopologies().len(), 1, "{text}");
+    assert_eq!(text.matches("Sub-topology:").count(), 1, "{text}");
+    assert!(
+        text.contains("Processor: dedupe-a (stores: [seen])"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Processor: dedupe-b (stores: [seen])"),
+        "{text}"
+    );
+    let st = &t.subtopologies()[0];
+    assert_eq!(st.source_topics, ["a", "b"]);
+    assert_eq!(st.stores, [StoreSpec::new("seen").cache_entries(16)]);
+    // Defaults: a changelog, and the cache size as written.
+    assert_eq!(t.stores(), [StoreSpec::new("seen").cache_entries(16)]);
+}
+
+#[test]
+fn config_store_without_changelog() {
+    let yaml = r#"
+stores:
+  - {name: scratch, changelog: false}
+nodes:
+  - {name: in, type: source, topic: a, value: json}
+  - {name: p, type: process, from: in, processor: image-collector, stores: [scratch]}
+"#;
+    let t = TopologyConfig::from_yaml(yaml)
+        .expect("parses")
+        .build(&registry())
+        .expect("valid");
+    assert_eq!(t.stores(), [StoreSpec::new("scratch").without_changelog()]);
+    assert!(!t.stores()[0].changelog);
+    assert_eq!(t.stores()[0].cache_entries, 0);
+}
+
+#[test]
+fn config_store_errors_have_path_and_line() {
+    // The top-level `stores:` comes after the nodes, so a node's own `stores:` line precedes it.
+    let long = "x".repeat(201);
+    let yaml = format!(
+        r#"
+application_id: app
+nodes:
+  - name: in
+    type: source
+    topic: a
+    value: json
+    stores: [seen]
+  - name: p
+    type: process
+    from: in
+    processor: image-collector
+    stores:
+      - seen
+      - missing
+      - bad/name
+      - {long}
+  - {{name: q, type: process, from: in, processor: image-collector, stores: [seen, seen]}}
+stores:
+  - name: seen
+  - name: spare
+  - name: seen
+    changelog: false
+  - name: bad/name
+  - name: {long}
+  - cache_entries: 4
+"#
+    );
+    let errs = TopologyConfig::from_yaml(&yaml)
+        .expect("parses")
+        .validate(&registry())
+        .expect_err("invalid");
+    let text = errs.to_string();
+    let want: [(&str, &str, usize); 8] = [
+        ("nodes[0].stores", "only process nodes use stores", 8),
+        ("nodes[1].stores[1]", "unknown store `missing`", 15),
+        ("nodes[2].stores[1]", "store `seen` is listed twice", 18),
+        (
+            "stores[1]",
+            "store `spare` is not used by any processor",
+            21,
+        ),
+        ("stores[2].name", "duplicate store `seen`", 22),
+        ("stores[3].name", "invalid store name `bad/name`", 24),
+        ("stores[4].name", "longer than 200 bytes", 25),
+        ("stores[5].name", "a store name is required", 26),
+    ];
+    for (path, msg, line) in want {
+        let e = errs
+            .errors
+            .iter()
+            .find(|e| e.path == path && e.message.contains(msg))
+            .unwrap_or_else(|| panic!("missing {path}: {msg} in\n{text}"));
+        assert_eq!(e.line, Some(line), "{path}: {msg} in\n{text}");
+        assert!(text.contains(&format!("line {line}: {path}: ")), "{text}");
+    }
+    // One error per problem: the invalid name is declared (and used), so it is neither unknown
+    // nor unused; the duplicate is not reported unused either.
+    assert_eq!(errs.errors.len(), want.len(), "{text}");
+}
+
+#[test]
+fn config_store_unknown_field_is_rejected_with_line() {
+    let yaml = "stores:\n  - name: seen\n    changelgo: false\nnodes: []\n";
+    let errs = TopologyConfig::from_yaml(yaml).expect_err("unknown field");
+    assert_eq!(errs.errors[0].line, Some(3), "{errs}");
+    assert!(errs.errors[0].message.contains("changelgo"), "{errs}");
 }
