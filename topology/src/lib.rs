@@ -26,13 +26,13 @@ pub use processor::{
 };
 pub mod task;
 pub use record::{Header, Headers, RawRecord, Record, Value, avro_to_json};
-pub use task::{ProcessorContext, StoreAccessError, TaskId};
+pub use task::{ProcessorContext, ReadOnlyStore, StoreAccessError, TaskId};
 pub mod metrics;
 pub mod runtime;
 pub mod transport;
 
 pub use changelog::{EmbeddedChangelog, KafkaChangelog};
 pub use metrics::Metrics;
-pub use runtime::{RunSummary, Runtime, RuntimeConfig, RuntimeError};
+pub use runtime::{RunSummary, Runtime, RuntimeConfig, RuntimeError, StoreReader};
 mod driver;
-pub use driver::{DriverError, TopologyTestDriver};
+pub use driver::{DriverError, RebalanceKind, TopologyTestDriver};

@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use state::{KvStore, StateDir, StoreOptions};
+use state::{KvStore, StateDir, StateError, StoreOptions};
 
 use crate::graph::StoreSpec;
 
@@ -96,16 +96,101 @@ pub(crate) struct TaskStores {
     pub(crate) id: TaskId,
     pub(crate) dir: StateDir,
     pub(crate) specs: Vec<StoreSpec>,
+    /// Whether stores with a changelog write it here.
+    pub(crate) changelogs: bool,
 }
 
 impl TaskStores {
-    pub(crate) fn options(spec: &StoreSpec, changelogs: bool) -> StoreOptions {
+    fn options(spec: &StoreSpec, changelogs: bool) -> StoreOptions {
         let options = StoreOptions::cached(spec.cache_entries);
         if spec.changelog && changelogs {
             options
         } else {
             options.without_changelog()
         }
+    }
+
+    /// Store `name` of this task (`None`: the task has no such store), opened with the
+    /// options of its spec. Everything that opens a task's store goes through here: the
+    /// options of a store's first opening in a database are the ones it keeps, so a store
+    /// first opened by a reader (the stats, a query) with other options would, for
+    /// example, stop writing its changelog.
+    pub(crate) fn store<K, V>(&self, name: &str) -> Option<Result<KvStore<K, V>, StateError>>
+    where
+        K: Serialize + DeserializeOwned,
+        V: Serialize + DeserializeOwned,
+    {
+        let spec = self.specs.iter().find(|s| s.name == name)?;
+        Some(
+            self.dir
+                .store_with(name, Self::options(spec, self.changelogs)),
+        )
+    }
+}
+
+/// A task's store opened for reading, from outside its processors (tests, queries): see
+/// [`StoreReader`](crate::runtime::StoreReader).
+///
+/// It keeps the task's database open while it lives: drop it before the task moves (a new
+/// owner in this process waits for the database to be closed), and do not expect it to
+/// follow the task once it was revoked.
+pub struct ReadOnlyStore<K, V> {
+    inner: KvStore<K, V>,
+}
+
+impl<K, V> fmt::Debug for ReadOnlyStore<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadOnlyStore")
+            .field("store", &self.inner)
+            .finish()
+    }
+}
+
+impl<K, V> ReadOnlyStore<K, V>
+where
+    K: Serialize + DeserializeOwned,
+    V: Serialize + DeserializeOwned,
+{
+    pub(crate) fn new(inner: KvStore<K, V>) -> Self {
+        ReadOnlyStore { inner }
+    }
+
+    /// The store's name.
+    pub fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    /// The value at `key` (`&str` for `String` keys).
+    pub fn get<Q>(&self, key: &Q) -> Result<Option<V>, StateError>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Serialize + ?Sized,
+    {
+        self.inner.get(key)
+    }
+
+    /// Whether `key` holds a value.
+    pub fn contains_key<Q>(&self, key: &Q) -> Result<bool, StateError>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Serialize + ?Sized,
+    {
+        self.inner.contains_key(key)
+    }
+
+    /// Every entry, in encoded-key order; writes of the running task may or may not be seen.
+    pub fn iter(&self) -> impl Iterator<Item = Result<(K, V), StateError>> + use<K, V> {
+        self.inner.iter()
+    }
+
+    /// Number of entries (scans the store).
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// Whether the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
     }
 }
 
@@ -137,7 +222,6 @@ pub struct ProcessorContext {
     node: Arc<str>,
     declared: Arc<[String]>,
     task: Option<Arc<TaskStores>>,
-    changelogs: bool,
 }
 
 impl fmt::Debug for ProcessorContext {
@@ -154,20 +238,18 @@ impl ProcessorContext {
         node: Arc<str>,
         declared: Arc<[String]>,
         task: Option<Arc<TaskStores>>,
-        changelogs: bool,
     ) -> Self {
         ProcessorContext {
             node,
             declared,
             task,
-            changelogs,
         }
     }
 
     /// A context without a task: for calling a processor outside a runtime (benchmarks,
     /// unit tests of stateless processors). Every [`store`](Self::store) call fails.
     pub fn detached(node: &str) -> Self {
-        ProcessorContext::new(node.into(), Arc::from(Vec::new()), None, false)
+        ProcessorContext::new(node.into(), Arc::from(Vec::new()), None)
     }
 
     /// A context over stores in `dir`, for calling a processor outside a runtime (unit tests
@@ -186,8 +268,8 @@ impl ProcessorContext {
                 id: task,
                 dir,
                 specs: stores.to_vec(),
+                changelogs: false,
             })),
-            false,
         )
     }
 
@@ -218,14 +300,9 @@ impl ProcessorContext {
             .task
             .as_ref()
             .ok_or_else(|| StoreAccessError::NoTask(name.to_owned()))?;
-        let spec = task
-            .specs
-            .iter()
-            .find(|s| s.name == name)
-            .ok_or_else(|| StoreAccessError::NoTask(name.to_owned()))?;
         Ok(task
-            .dir
-            .store_with(name, TaskStores::options(spec, self.changelogs))?)
+            .store(name)
+            .ok_or_else(|| StoreAccessError::NoTask(name.to_owned()))??)
     }
 }
 
@@ -312,7 +389,7 @@ mod tests {
         assert!("x_1".parse::<TaskId>().is_err());
         assert!(
             "12".parse::<TaskId>()
-                .unwrap_err()
+                .expect_err("no underscore")
                 .contains("not a task id")
         );
     }

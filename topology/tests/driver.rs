@@ -5,9 +5,11 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use topology::serdes::{JsonSerde, StringSerde};
+use topology::transport::EmbeddedLog;
 use topology::{
-    AsyncOptions, Ordering, Predicate, ProcessError, RetryPolicy, TopologyBuilder,
-    TopologyTestDriver, Value, processor_fn,
+    AsyncOptions, DriverError, Ordering, Predicate, ProcessError, RebalanceKind, RetryPolicy,
+    RuntimeConfig, RuntimeError, StoreSpec, TaskId, TopologyBuilder, TopologyTestDriver, Value,
+    processor_fn,
 };
 
 fn op_is(ops: &'static [&'static str]) -> Predicate {
@@ -461,4 +463,252 @@ async fn registry_outage_is_retried_not_dead_lettered() {
         "the lookup was retried"
     );
     driver.close().await.expect("close");
+}
+
+/// Counts records per key in the task's `counts` store and emits the key's new count.
+fn counter() -> Arc<dyn topology::Processor> {
+    topology::processor_with_context(|record, ctx| async move {
+        let counts = ctx
+            .store::<String, u64>("counts")
+            .map_err(|e| ProcessError::transient(e.to_string()))?;
+        let key = record
+            .key
+            .as_ref()
+            .and_then(|k| k.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let (count, _) = counts
+            .update(&key, |n| Some(n.copied().unwrap_or(0) + 1))
+            .map_err(|e| ProcessError::transient(e.to_string()))?;
+        Ok(vec![record.with_value(Some(Value::Json(
+            serde_json::json!(count.unwrap_or(0)),
+        )))])
+    })
+}
+
+fn counting_topology() -> topology::Topology {
+    let b = TopologyBuilder::new();
+    b.store(StoreSpec::new("counts"));
+    b.source("in", "words", Arc::new(StringSerde), Arc::new(StringSerde))
+        .process_async("count", counter(), AsyncOptions::default())
+        .with_stores(&["counts"])
+        .to("out", "counted", Arc::new(StringSerde), Arc::new(JsonSerde));
+    b.build().expect("valid")
+}
+
+/// Every `(task, key, count)` of the `counts` store, sorted by key: comparable between
+/// instances, which assign a key to the task of its partition alike.
+fn counts(driver: &TopologyTestDriver) -> Vec<(TaskId, String, u64)> {
+    let mut entries = driver
+        .store_entries::<String, u64>("counts")
+        .expect("store entries");
+    entries.sort_by(|a, b| a.1.cmp(&b.1));
+    entries
+}
+
+async fn pipe_words(driver: &TopologyTestDriver, words: &[&str]) {
+    for w in words {
+        driver
+            .pipe("words", Some((*w).into()), Some((*w).into()))
+            .await
+            .expect("pipe");
+    }
+}
+
+/// A store's contents survive a move to a new instance (restored from the changelog) and a
+/// return to the same one (nothing to restore past the checkpoint), and counting goes on from
+/// the restored values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_are_restored_across_rebalances() {
+    let mut driver = TopologyTestDriver::with_partitions(counting_topology(), 2).expect("driver");
+    pipe_words(&driver, &["a", "b", "a", "c", "a", "b"]).await;
+    driver.settle().await.expect("settle");
+
+    let before = counts(&driver);
+    let as_map = |entries: &[(TaskId, String, u64)]| {
+        entries
+            .iter()
+            .map(|(_, k, v)| (k.clone(), *v))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        as_map(&before),
+        [
+            ("a".to_owned(), 3),
+            ("b".to_owned(), 2),
+            ("c".to_owned(), 1)
+        ]
+    );
+    // Each key lives in the task of its input partition.
+    let inputs = driver.read_raw("words").expect("read");
+    for (task, key, _) in &before {
+        assert!(
+            inputs
+                .iter()
+                .filter(|r| r.key.as_deref() == Some(key.as_bytes()))
+                .all(|r| r.partition == task.partition),
+            "{key} outside task {task}"
+        );
+    }
+    assert_eq!(
+        driver
+            .store_get::<String, u64, _>("counts", "a")
+            .expect("get"),
+        Some(3)
+    );
+    assert_eq!(
+        driver
+            .store_get::<String, u64, _>("counts", "zz")
+            .expect("get"),
+        None
+    );
+    assert!(matches!(
+        driver.store_entries::<String, u64>("nope"),
+        Err(DriverError::NotAStore(_))
+    ));
+    // One changelog record per write, in the task's partition.
+    let changelog = driver
+        .read_raw("test-driver-counts-changelog")
+        .expect("changelog");
+    assert_eq!(changelog.len(), 6);
+    assert!(
+        driver
+            .state_dir()
+            .join("test-driver")
+            .join(before[0].0.to_string())
+            .join("sled")
+            .exists(),
+        "stores live in the driver's state directory"
+    );
+
+    let restored = driver
+        .rebalance(RebalanceKind::NewInstance)
+        .await
+        .expect("rebalance to a new instance");
+    assert_eq!(restored, changelog.len() as u64);
+    assert_eq!(driver.restored_records(), restored);
+    assert_eq!(counts(&driver), before);
+
+    pipe_words(&driver, &["a", "c", "d"]).await;
+    driver.settle().await.expect("settle");
+    assert_eq!(
+        as_map(&counts(&driver)),
+        [
+            ("a".to_owned(), 4),
+            ("b".to_owned(), 2),
+            ("c".to_owned(), 2),
+            ("d".to_owned(), 1)
+        ]
+    );
+    let last_a = driver
+        .read_output("counted")
+        .await
+        .expect("read")
+        .into_iter()
+        .rfind(|r| r.key.as_ref().and_then(|k| k.as_str()) == Some("a"))
+        .expect("an output for a");
+    assert_eq!(last_a.value, Some(Value::Json(serde_json::json!(4))));
+
+    let after = counts(&driver);
+    let restored = driver
+        .rebalance(RebalanceKind::SameInstance)
+        .await
+        .expect("rebalance to the same instance");
+    assert_eq!(restored, 0, "the checkpoints were current");
+    assert_eq!(counts(&driver), after);
+
+    // A new instance again restores everything written so far, not just the first run's.
+    let restored = driver
+        .rebalance(RebalanceKind::NewInstance)
+        .await
+        .expect("rebalance to a new instance");
+    assert_eq!(restored, 9);
+    assert_eq!(counts(&driver), after);
+    driver.close().await.expect("close");
+}
+
+/// Two topics feeding two processors that share a store run as one sub-topology, whose task
+/// sees the records of both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sources_share_one_store() {
+    let b = TopologyBuilder::new();
+    b.store(StoreSpec::new("counts"));
+    b.source("left", "left", Arc::new(StringSerde), Arc::new(StringSerde))
+        .process_async("count-left", counter(), AsyncOptions::default())
+        .with_stores(&["counts"]);
+    b.source(
+        "right",
+        "right",
+        Arc::new(StringSerde),
+        Arc::new(StringSerde),
+    )
+    .process_async("count-right", counter(), AsyncOptions::default())
+    .with_stores(&["counts"]);
+    let topology = b.build().expect("valid");
+    assert_eq!(topology.subtopologies().len(), 1);
+    let driver = TopologyTestDriver::new(topology).expect("driver");
+    for (topic, key) in [("left", "k"), ("right", "k"), ("right", "k"), ("left", "j")] {
+        driver
+            .pipe(topic, Some(key.into()), Some("x".into()))
+            .await
+            .expect("pipe");
+    }
+    driver.settle().await.expect("settle");
+    let task = TaskId {
+        subtopology: 0,
+        partition: 0,
+    };
+    assert_eq!(driver.stores().tasks(), [task]);
+    assert_eq!(
+        counts(&driver),
+        [(task, "j".to_owned(), 1), (task, "k".to_owned(), 3)]
+    );
+    driver.close().await.expect("close");
+}
+
+/// Sources of one stateful sub-topology with different partition counts: the runtime refuses
+/// to start.
+#[tokio::test]
+async fn a_store_shared_across_topics_not_copartitioned_fails_to_start() {
+    let b = TopologyBuilder::new();
+    b.store(StoreSpec::new("counts"));
+    b.source("left", "left", Arc::new(StringSerde), Arc::new(StringSerde))
+        .process_async("count-left", counter(), AsyncOptions::default())
+        .with_stores(&["counts"]);
+    b.source(
+        "right",
+        "right",
+        Arc::new(StringSerde),
+        Arc::new(StringSerde),
+    )
+    .process_async("count-right", counter(), AsyncOptions::default())
+    .with_stores(&["counts"]);
+    let log = Arc::new(EmbeddedLog::temporary().expect("log"));
+    log.create_topic("left", 1).expect("left");
+    log.create_topic("right", 2).expect("right");
+    let driver = TopologyTestDriver::with_log(
+        b.build().expect("valid"),
+        log,
+        1,
+        RuntimeConfig::new("test-driver"),
+    )
+    .expect("driver");
+    let settled = driver.settle().await;
+    assert!(
+        matches!(&settled, Err(DriverError::Stopped(m)) if m.contains("co-partitioned")),
+        "{settled:?}"
+    );
+    match driver.close().await {
+        Err(RuntimeError::NotCopartitioned {
+            subtopology,
+            partitions,
+        }) => {
+            assert_eq!(subtopology, 0);
+            assert_eq!(
+                partitions,
+                [("left".to_owned(), 1), ("right".to_owned(), 2)]
+            );
+        }
+        other => panic!("expected NotCopartitioned, got {other:?}"),
+    }
 }

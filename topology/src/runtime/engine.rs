@@ -51,8 +51,6 @@ pub(crate) struct Engine {
     counters: Vec<[OnceLock<IntCounter>; 3]>,
     /// The running tasks' stores.
     tasks: Arc<TaskRegistry>,
-    /// Whether stores write their changelogs ([`RuntimeConfig::changelogs`](super::RuntimeConfig)).
-    changelogs: bool,
 }
 
 /// The per-record outcomes counted for every node (`records_total{node,outcome}`).
@@ -175,7 +173,6 @@ impl Engine {
         sink: Arc<dyn RecordSink>,
         metrics: Arc<Metrics>,
         tasks: Arc<TaskRegistry>,
-        changelogs: bool,
     ) -> Arc<Self> {
         let stages = topology
             .nodes()
@@ -226,7 +223,6 @@ impl Engine {
             deliveries,
             counters,
             tasks,
-            changelogs,
         })
     }
 
@@ -738,12 +734,7 @@ impl Engine {
                 partition: ack.origin.partition,
             })
         });
-        ProcessorContext::new(
-            stage.node_name.clone(),
-            stage.stores.clone(),
-            task,
-            self.changelogs,
-        )
+        ProcessorContext::new(stage.node_name.clone(), stage.stores.clone(), task)
     }
 
     async fn process(self: &Arc<Self>, node: usize, stage: &AsyncStage, record: Record, ack: &Ack) {

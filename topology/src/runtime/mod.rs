@@ -29,6 +29,7 @@ use crate::task::TaskId;
 use crate::transport::{ConnectSpec, TopicPartition, Transport, TransportError};
 use crate::{Metrics, RawRecord};
 use engine::Engine;
+pub use tasks::StoreReader;
 use tasks::{TaskManager, TaskRegistry, TaskSettings};
 
 /// Runtime settings.
@@ -208,6 +209,9 @@ pub struct Runtime {
     tracker: Arc<OffsetTracker>,
     changelog: Option<Arc<dyn state::ChangelogSink>>,
     state_dir: Option<state::StateDir>,
+    /// The running tasks' stores: created here, not in `run`, so a [`StoreReader`] taken
+    /// before `run` sees them.
+    registry: Arc<TaskRegistry>,
 }
 
 impl Runtime {
@@ -223,6 +227,7 @@ impl Runtime {
             tracker: Arc::new(OffsetTracker::default()),
             changelog: None,
             state_dir: None,
+            registry: Arc::new(TaskRegistry::default()),
         }
     }
 
@@ -251,6 +256,12 @@ impl Runtime {
         self.tracker.clone()
     }
 
+    /// Read access to the stores of this runtime's running tasks (take it before
+    /// [`run`](Self::run), which consumes the runtime).
+    pub fn stores(&self) -> StoreReader {
+        StoreReader::new(self.registry.clone())
+    }
+
     /// Runs until `shutdown` is cancelled or a fatal error happens.
     pub async fn run(self, shutdown: CancellationToken) -> Result<RunSummary, RuntimeError> {
         let metrics = self.metrics.clone();
@@ -276,13 +287,12 @@ impl Runtime {
         };
         let conn = self.transport.connect(spec).await?;
         let mut consumer = conn.consumer;
-        let registry = Arc::new(TaskRegistry::default());
+        let registry = self.registry.clone();
         let engine = Engine::new(
             self.topology.clone(),
             conn.sink.clone(),
             metrics.clone(),
             registry.clone(),
-            self.config.changelogs,
         );
         let mut tasks = TaskManager::new(
             TaskSettings {
@@ -334,12 +344,6 @@ impl Runtime {
                 }
                 if stateful {
                     for resumed in tasks.take_restored().await? {
-                        let assigned: HashSet<_> = tracker.assigned().into_iter().collect();
-                        let live: Vec<_> = resumed
-                            .partitions
-                            .into_iter()
-                            .filter(|tp| assigned.contains(tp) && !paused.contains(tp))
-                            .collect();
                         for raw in resumed.held {
                             ingest(
                                 raw,
@@ -352,6 +356,14 @@ impl Runtime {
                             )
                             .await?;
                         }
+                        // After the held records: one that paused its partition for
+                        // back-pressure keeps it paused.
+                        let assigned: HashSet<_> = tracker.assigned().into_iter().collect();
+                        let live: Vec<_> = resumed
+                            .partitions
+                            .into_iter()
+                            .filter(|tp| assigned.contains(tp) && !paused.contains(tp))
+                            .collect();
                         if !live.is_empty() {
                             consumer.resume(&live)?;
                         }
@@ -401,6 +413,17 @@ impl Runtime {
                     resets = tracker.resets();
                     held.clear();
                     tasks.restore_after_abort(&mut *consumer).await?;
+                }
+                if polled.is_some() && tracker.generation() != tasks_generation {
+                    // The rebalance callbacks ran inside this poll, which may return a record
+                    // of a partition it just assigned: its task must be restoring before the
+                    // record is ingested, or `hold` would take it for a record of a partition
+                    // that is not ours and drop it (and the offsets after it would commit).
+                    tasks_generation = tracker.generation();
+                    let changes = tracker.take_changes();
+                    tasks
+                        .on_changes(tasks_generation, changes, &mut *consumer)
+                        .await?;
                 }
                 if let Some(raw) = polled {
                     summary.consumed += 1;

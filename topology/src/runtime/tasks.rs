@@ -13,13 +13,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use state::{ChangelogSink, SinkError, StateConfig, StateDir};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use state::{ChangelogSink, SinkError, StateConfig, StateDir, StateError};
 
 use super::RuntimeError;
 use super::offsets::{Ack, AssignmentChange};
 use crate::changelog::{STORE_HEADER, changelog_topic};
 use crate::graph::{StoreSpec, Topology};
-use crate::task::{Checkpoint, TaskId, TaskStores, task_dir};
+use crate::task::{Checkpoint, ReadOnlyStore, TaskId, TaskStores, task_dir};
 use crate::transport::{
     OnDelivery, Queued, RecordSink, SourceConsumer, StateLog, TopicPartition, TransportError,
 };
@@ -58,6 +60,96 @@ impl TaskRegistry {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&task);
+    }
+
+    fn tasks(&self) -> Vec<TaskId> {
+        let mut tasks: Vec<TaskId> = self
+            .running
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .copied()
+            .collect();
+        tasks.sort();
+        tasks
+    }
+}
+
+/// Read access to the stores of a runtime's running tasks, from outside its processors: for
+/// tests ([`TopologyTestDriver`](crate::TopologyTestDriver) reads stores through it) and, later,
+/// interactive queries.
+///
+/// Take it from [`Runtime::stores`](super::Runtime::stores) before
+/// [`run`](super::Runtime::run); it is cheap to clone and follows the runtime's tasks as they
+/// are assigned and revoked. Only *running* tasks are listed: a task still restoring its stores
+/// is not readable yet, and a revoked or closed one no longer is. Reads are not a snapshot:
+/// they may or may not see the writes of records being processed meanwhile.
+///
+/// # Example
+/// ```
+/// # fn f(topology: topology::Topology, transport: std::sync::Arc<dyn topology::transport::Transport>) {
+/// use topology::{Runtime, RuntimeConfig};
+/// let runtime = Runtime::new(topology, transport, RuntimeConfig::new("counter"));
+/// let stores = runtime.stores();
+/// // … runtime.run(shutdown) on a task; then, while it runs:
+/// for task in stores.tasks() {
+///     if let Ok(Some(counts)) = stores.store::<String, u64>(task, "counts") {
+///         println!("{task}: {:?}", counts.get("k"));
+///     }
+/// }
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct StoreReader {
+    registry: Arc<TaskRegistry>,
+}
+
+impl std::fmt::Debug for StoreReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreReader")
+            .field("tasks", &self.tasks())
+            .finish()
+    }
+}
+
+impl StoreReader {
+    pub(crate) fn new(registry: Arc<TaskRegistry>) -> Self {
+        StoreReader { registry }
+    }
+
+    /// The tasks with stores running in this runtime now, sorted.
+    pub fn tasks(&self) -> Vec<TaskId> {
+        self.registry.tasks()
+    }
+
+    /// The names of `task`'s stores (empty when it is not running here).
+    pub fn store_names(&self, task: TaskId) -> Vec<String> {
+        self.registry
+            .get(task)
+            .map(|t| t.specs.iter().map(|s| s.name.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// `task`'s store `name`, read-only, with keys `K` and values `V` (as its processors
+    /// type it). `None` when the task is not running here or has no such store.
+    ///
+    /// The handle keeps the task's database open: drop it soon (see [`ReadOnlyStore`]).
+    pub fn store<K, V>(
+        &self,
+        task: TaskId,
+        name: &str,
+    ) -> Result<Option<ReadOnlyStore<K, V>>, StateError>
+    where
+        K: Serialize + DeserializeOwned,
+        V: Serialize + DeserializeOwned,
+    {
+        let Some(stores) = self.registry.get(task) else {
+            return Ok(None);
+        };
+        stores
+            .store(name)
+            .transpose()
+            .map(|s| s.map(ReadOnlyStore::new))
     }
 }
 
@@ -642,15 +734,14 @@ impl Snapshot {
     fn report(&self, metrics: &Metrics) {
         let task = self.stores.id.to_string();
         for spec in &self.stores.specs {
+            // Opened like the processors open it: were this the store's first opening, the
+            // options used here would be the ones it keeps (stats once opened it without
+            // its changelog, and the processors' later writes were not changelogged).
             let stats = self
                 .stores
-                .dir
-                .store_with::<serde_json::Value, serde_json::Value>(
-                    &spec.name,
-                    TaskStores::options(spec, false),
-                )
-                .and_then(|s| s.stats());
-            if let Ok(stats) = stats {
+                .store::<serde_json::Value, serde_json::Value>(&spec.name)
+                .map(|s| s.and_then(|s| s.stats()));
+            if let Some(Ok(stats)) = stats {
                 metrics
                     .store_keys
                     .with_label_values(&[&spec.name, &task])
@@ -833,6 +924,7 @@ impl RestorePlan {
                 id: task,
                 dir,
                 specs: self.stores.clone(),
+                changelogs: self.settings.changelogs,
             }),
             changelog,
             path,
@@ -898,4 +990,64 @@ pub(crate) fn check_copartitioned(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The store-size stats may be the first to open a store (a task that has not processed
+    /// a record yet): they must open it as the processors do, or its writes would never reach
+    /// the changelog.
+    #[test]
+    fn stats_opening_a_store_first_keep_its_changelog() {
+        let log = Arc::new(state::MemoryChangelog::default());
+        let dir = StateConfig::temporary()
+            .changelog(log.clone())
+            .open()
+            .expect("dir");
+        let task = TaskId {
+            subtopology: 0,
+            partition: 0,
+        };
+        let stores = Arc::new(TaskStores {
+            id: task,
+            dir,
+            specs: vec![StoreSpec::new("counts")],
+            changelogs: true,
+        });
+        let snapshot = Snapshot {
+            stores: stores.clone(),
+            path: None,
+            offsets: None,
+        };
+        snapshot.report(&Metrics::unregistered().expect("metrics"));
+        let registry = Arc::new(TaskRegistry::default());
+        registry.insert(stores.clone());
+        let ctx = crate::ProcessorContext::new(
+            "count".into(),
+            Arc::from(["counts".to_owned()]),
+            stores.into(),
+        );
+        ctx.store::<String, u64>("counts")
+            .expect("store")
+            .put("a", &1)
+            .expect("put");
+        assert_eq!(log.len(), 1, "the write reached the changelog");
+
+        let reader = StoreReader::new(registry);
+        assert_eq!(reader.tasks(), [task]);
+        assert_eq!(reader.store_names(task), ["counts"]);
+        let counts = reader
+            .store::<String, u64>(task, "counts")
+            .expect("open")
+            .expect("a store of the task");
+        assert_eq!(counts.get("a").expect("get"), Some(1));
+        assert!(
+            reader
+                .store::<String, u64>(task, "other")
+                .expect("open")
+                .is_none()
+        );
+    }
 }

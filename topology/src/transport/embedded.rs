@@ -22,8 +22,8 @@ use futures::future::BoxFuture;
 use tokio::sync::Notify;
 
 use super::{
-    ConnectSpec, Connection, Delivered, DeliveryFuture, RecordSink, SourceConsumer, StateLog,
-    TopicPartition, Transport, TransportError,
+    ApplyChangelogRecord, ConnectSpec, Connection, Delivered, DeliveryFuture, RecordSink,
+    SourceConsumer, StateLog, TopicPartition, Transport, TransportError,
 };
 use crate::{Header, Headers, RawRecord};
 
@@ -775,7 +775,7 @@ impl StateLog for EmbeddedStateLog {
         tp: &TopicPartition,
         from: i64,
         until: i64,
-        apply: &mut dyn FnMut(&[u8], Option<&[u8]>) -> Result<(), String>,
+        apply: &mut ApplyChangelogRecord<'_>,
     ) -> Result<u64, TransportError> {
         let mut next = from;
         let mut read = 0u64;

@@ -28,8 +28,8 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::{
-    ConnectSpec, Connection, Delivered, DeliveryFuture, OnDelivery, Queued, RecordSink,
-    SourceConsumer, StateLog, TopicPartition, Transport, TransportError,
+    ApplyChangelogRecord, ConnectSpec, Connection, Delivered, DeliveryFuture, OnDelivery, Queued,
+    RecordSink, SourceConsumer, StateLog, TopicPartition, Transport, TransportError,
 };
 use crate::runtime::{OffsetTracker, Rewind};
 use crate::{Header, Headers, RawRecord};
@@ -433,7 +433,7 @@ impl StateLog for KafkaStateLog {
         tp: &TopicPartition,
         from: i64,
         until: i64,
-        apply: &mut dyn FnMut(&[u8], Option<&[u8]>) -> Result<(), String>,
+        apply: &mut ApplyChangelogRecord<'_>,
     ) -> Result<u64, TransportError> {
         if from >= until {
             return Ok(0);
@@ -456,7 +456,7 @@ impl KafkaStateLog {
         &self,
         tp: &TopicPartition,
         until: i64,
-        apply: &mut dyn FnMut(&[u8], Option<&[u8]>) -> Result<(), String>,
+        apply: &mut ApplyChangelogRecord<'_>,
     ) -> Result<u64, TransportError> {
         let deadline = std::time::Instant::now() + self.restore_timeout;
         let mut read = 0u64;

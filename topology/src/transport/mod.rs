@@ -224,6 +224,10 @@ pub trait Transport: Send + Sync {
     fn state_log(&self) -> Result<Arc<dyn StateLog>, TransportError>;
 }
 
+/// What [`StateLog::read_range`] hands each changelog record to: its key and value (`None`: a
+/// tombstone); an error stops the read.
+pub type ApplyChangelogRecord<'a> = dyn FnMut(&[u8], Option<&[u8]>) -> Result<(), String> + 'a;
+
 /// What task stores need of the log beside the consumer and producer: the runtime checks
 /// co-partitioning, creates compacted changelog topics and restores tasks through it. Every
 /// call blocks (network or disk); the runtime makes them on blocking threads.
@@ -247,6 +251,6 @@ pub trait StateLog: Send + Sync {
         tp: &TopicPartition,
         from: i64,
         until: i64,
-        apply: &mut dyn FnMut(&[u8], Option<&[u8]>) -> Result<(), String>,
+        apply: &mut ApplyChangelogRecord<'_>,
     ) -> Result<u64, TransportError>;
 }
