@@ -487,3 +487,105 @@ async fn kafka_several_source_topics_are_co_partitioned() {
         handle.await.expect("join").expect("runtime");
     }
 }
+
+/// The lag series of each instance: (partition, lag) for `topic`.
+fn lag_series(registry: &prometheus::Registry, topic: &str) -> Vec<(i32, i64)> {
+    let mut out = Vec::new();
+    for family in registry.gather() {
+        if family.name() != "topology_consumer_lag" {
+            continue;
+        }
+        for metric in family.get_metric() {
+            let label = |name: &str| {
+                metric
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == name)
+                    .map(|l| l.value().to_owned())
+            };
+            if label("topic").as_deref() == Some(topic)
+                && let Some(p) = label("partition").and_then(|p| p.parse().ok())
+            {
+                out.push((p, metric.get_gauge().value() as i64));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Three instances of one group on six partitions, scaled 1 → 3 → 2 under a backlog: an
+/// instance exports lag only for the partitions it owns (revoked partitions' series go away),
+/// so once everything is processed the series over all instances cover each partition once
+/// and sum to the broker's lag for the group: 0. Before the fix an instance kept the series
+/// of partitions it had lost, frozen at their value then, and the sum stayed far above 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kafka_lag_series_follow_their_partitions_across_instances() {
+    let bootstrap = bootstrap();
+    let (input, output) = (unique("lag-scale-in"), unique("lag-scale-out"));
+    create_topics(&bootstrap, &[(&input, 6), (&output, 1)]).await;
+    let records: Vec<_> = (0..1200)
+        .map(|i| (Some(i % 6), format!("k{i}"), format!("v{i}")))
+        .collect();
+    produce(&bootstrap, &input, &records).await;
+    let group = unique("lag-scale-app");
+    let start = |name: &'static str| {
+        let mut config = RuntimeConfig::new(&group);
+        config.commit_interval = Duration::from_millis(200);
+        let registry = prometheus::Registry::new();
+        let metrics = Metrics::new(&registry).expect("metrics");
+        let transport = KafkaTransport::new(&bootstrap).set("session.timeout.ms", "6000");
+        let runtime = Runtime::new(
+            pass_through(
+                &input,
+                &output,
+                Duration::from_millis(5),
+                4,
+                Ordering::Partition,
+            ),
+            Arc::new(transport),
+            config,
+        )
+        .with_metrics(metrics);
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(runtime.run(shutdown.clone()));
+        println!("instance {name} started");
+        (registry, shutdown, handle)
+    };
+    let a = start("a");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let b = start("b");
+    let c = start("c");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Scale in: c leaves cleanly; its partitions move to a and b.
+    c.1.cancel();
+    c.2.await.expect("join").expect("c stops cleanly");
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (i, g, bs) = (input.clone(), group.clone(), bootstrap.clone());
+        let (ends, commits) = tokio::task::spawn_blocking(move || {
+            (end_offsets(&bs, &i, 6), committed(&bs, &g, &i, 6))
+        })
+        .await
+        .expect("broker figures");
+        let broker: i64 = ends.iter().zip(&commits).map(|(e, c)| e - c).sum();
+        let (sa, sb) = (lag_series(&a.0, &input), lag_series(&b.0, &input));
+        let mut partitions: Vec<i32> = sa.iter().chain(&sb).map(|(p, _)| *p).collect();
+        partitions.sort();
+        let sum: i64 = sa.iter().chain(&sb).map(|(_, l)| l).sum();
+        if broker == 0 && sum == 0 && partitions == (0..6).collect::<Vec<_>>() {
+            println!("converged: a {sa:?}, b {sb:?}, broker lag 0");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a {sa:?}, b {sb:?} (sum {sum}); broker lag {broker} (end {ends:?}, committed {commits:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for (_, shutdown, handle) in [a, b] {
+        shutdown.cancel();
+        handle.await.expect("join").expect("runtime");
+    }
+}
