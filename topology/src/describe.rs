@@ -139,6 +139,8 @@ impl TopologyDescription {
         let mut out = String::from("flowchart LR\n");
         let mut topics = BTreeSet::new();
         let mut edges = Vec::new();
+        // A store is drawn once, inside its sub-topology, linked to each processor using it.
+        let mut task_stores = BTreeSet::new();
         for st in &self.subtopologies {
             out.push_str(&format!(
                 "  subgraph sub{}[\"Sub-topology: {}\"]\n",
@@ -154,8 +156,18 @@ impl TopologyDescription {
                             edges.push(format!("  t_{} --> {nid}", id(t)));
                         }
                     }
-                    NodeDescriptionKind::Processor { .. } => {
+                    NodeDescriptionKind::Processor { stores } => {
                         out.push_str(&format!("    {nid}[\"{}\"]\n", n.name));
+                        for store in stores {
+                            if task_stores.insert((st.id, store.clone())) {
+                                out.push_str(&format!(
+                                    "    s{}_{}[(\"store: {store}\")]\n",
+                                    st.id,
+                                    id(store)
+                                ));
+                            }
+                            edges.push(format!("  {nid} -.- s{}_{}", st.id, id(store)));
+                        }
                     }
                     NodeDescriptionKind::Sink { topic } => {
                         out.push_str(&format!("    {nid}[\\\"{}\"\\]\n", n.name));
