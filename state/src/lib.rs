@@ -9,7 +9,14 @@
 //!   per-key [`SourcePosition`] guard that rejects stale (older or equal) updates.
 //! - [`StateDir::transaction`] / [`Transaction`]: atomic writes across stores.
 //! - [`ChangelogSink`]: every committed write, for a compacted changelog topic; `restore_from`
-//!   fills an empty store back from it.
+//!   fills an empty store back from it, [`StateDir::apply_changelog`] applies a changelog's tail
+//!   over a store restored from a checkpoint.
+//!
+//! The engine (`topology`) opens one [`StateDir`] per task and gives it a sink that produces to
+//! the task's changelog partition. The image pipeline needs only [`KvStore::update`] (one
+//! compare-and-swap per change, its source position in the value); [`IdempotencyStore`] and
+//! [`Transaction`] stay for pipelines that key idempotency by record id or write several stores
+//! per record atomically.
 //!
 //! # Example
 //!

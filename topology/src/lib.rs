@@ -5,7 +5,10 @@
 //! Kafka Streams' text shape and as Mermaid ([`Topology::describe`]), and run by the
 //! [`Runtime`] over Kafka ([`transport::KafkaTransport`]) or an embedded sled-backed log
 //! ([`transport::EmbeddedTransport`]). [`TopologyTestDriver`] runs a topology in-process for
-//! tests. Depends on `state` within the workspace; never on `connectors` or the services.
+//! tests. State belongs to tasks (a sub-topology on one partition): stores declared in the
+//! topology are opened per task, backed by partitioned changelog topics and restored before a
+//! task runs ([`task`]). Depends on `state` within the workspace; never on `connectors` or the
+//! services.
 
 pub mod avro;
 pub mod changelog;

@@ -1,0 +1,266 @@
+//! Task stores against the real broker (`infrastructure/up.sh`; `KAFKA_BOOTSTRAP` or
+//! `infrastructure/.env`): what a store with a changelog costs per record, and how fast a task
+//! is restored from its changelog. Prints its figures and `RESULT` lines; run with
+//! `cargo bench -p topology --bench task_state` (`TASK_BENCH_KEYS`, default 100000).
+//!
+//! One run, same broker, same input (KEYS records, one per key, over 4 partitions):
+//! 1. a stateless pass-through (the baseline);
+//! 2. the same with a per-key counter in a task store, local only (`changelogs = false`);
+//! 3. the same with the store's changelog (every write produced, tied to its record's offset);
+//! 4. a new instance with an empty state dir: every task restored from its changelog partition
+//!    (records/s and seconds until every task runs);
+//! 5. the instance of run 3 again, its checkpoints current: what it reads (should be nothing).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use topology::serdes::StringSerde;
+use topology::transport::KafkaTransport;
+use topology::{
+    AsyncOptions, Metrics, Ordering, ProcessError, RetryPolicy, Runtime, RuntimeConfig, StoreSpec,
+    Topology, TopologyBuilder, processor_fn, processor_with_context,
+};
+
+const PARTITIONS: i32 = 4;
+
+fn options() -> AsyncOptions {
+    AsyncOptions {
+        concurrency: 256,
+        ordering: Ordering::Key,
+        retry: RetryPolicy::none(),
+    }
+}
+
+fn topology(input: &str, output: &str, stateful: bool) -> Topology {
+    let b = TopologyBuilder::new();
+    let source = b.source("src", input, Arc::new(StringSerde), Arc::new(StringSerde));
+    let processed = if stateful {
+        b.store(StoreSpec::new("counts"));
+        source
+            .process_async(
+                "count",
+                processor_with_context(|r, ctx| async move {
+                    let counts = ctx
+                        .store::<String, u64>("counts")
+                        .map_err(|e| ProcessError::transient(e.to_string()))?;
+                    let key = r
+                        .key
+                        .as_ref()
+                        .and_then(|k| k.as_str())
+                        .unwrap_or_default()
+                        .to_owned();
+                    counts
+                        .update(&key, |n| Some(n.copied().unwrap_or(0) + 1))
+                        .map_err(|e| ProcessError::transient(e.to_string()))?;
+                    Ok(vec![r])
+                }),
+                options(),
+            )
+            .with_stores(&["counts"])
+    } else {
+        source.process_async(
+            "count",
+            processor_fn(|r| async move { Ok(vec![r]) }),
+            options(),
+        )
+    };
+    processed.to("out", output, Arc::new(StringSerde), Arc::new(StringSerde));
+    match b.build() {
+        Ok(t) => t,
+        Err(errors) => panic!("topology: {errors:?}"),
+    }
+}
+
+struct Run {
+    seconds: f64,
+    restored: u64,
+}
+
+/// Runs `topology` in group `group` until the group's lag on `input` is 0 (`until_caught_up`)
+/// or until every task runs, then stops it cleanly.
+async fn run(
+    bootstrap: &str,
+    topology: Topology,
+    group: &str,
+    input: &str,
+    state_dir: &std::path::Path,
+    changelogs: bool,
+    until_caught_up: bool,
+) -> Run {
+    let mut config = RuntimeConfig::new(group);
+    config.commit_interval = Duration::from_millis(200);
+    config.state_dir = Some(state_dir.to_path_buf());
+    config.changelogs = changelogs;
+    let registry = prometheus::Registry::new();
+    let metrics = match Metrics::new(&registry) {
+        Ok(m) => m,
+        Err(e) => panic!("metrics: {e}"),
+    };
+    let runtime = Runtime::new(topology, Arc::new(KafkaTransport::new(bootstrap)), config)
+        .with_metrics(metrics.clone());
+    let stores = runtime.stores();
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let handle = tokio::spawn(runtime.run(shutdown.clone()));
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let done = if until_caught_up {
+            let (b, g, i) = (bootstrap.to_owned(), group.to_owned(), input.to_owned());
+            let (ends, committed) = match tokio::task::spawn_blocking(move || {
+                (
+                    common::end_offsets(&b, &i, PARTITIONS),
+                    common::committed(&b, &g, &i, PARTITIONS),
+                )
+            })
+            .await
+            {
+                Ok(figures) => figures,
+                Err(e) => panic!("broker figures: {e}"),
+            };
+            ends == committed
+        } else {
+            stores.tasks().len() == PARTITIONS as usize
+        };
+        if done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run did not finish in time");
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    shutdown.cancel();
+    match handle.await {
+        Ok(Ok(_)) => {}
+        other => panic!("runtime: {other:?}"),
+    }
+    let restored = metrics
+        .restore_records
+        .collect()
+        .iter()
+        .flat_map(|f| f.get_metric())
+        .map(|m| m.get_counter().value() as u64)
+        .sum();
+    Run { seconds, restored }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let keys: usize = std::env::var("TASK_BENCH_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let bootstrap = common::bootstrap();
+    let input = common::unique("task-bench-in");
+    let output = common::unique("task-bench-out");
+    common::create_topics(
+        &bootstrap,
+        &[(&input, PARTITIONS), (&output, PARTITIONS)],
+    )
+    .await;
+    let records: Vec<_> = (0..keys)
+        .map(|i| (None, format!("k{i}"), format!("v{i}")))
+        .collect();
+    for chunk in records.chunks(20_000) {
+        common::produce(&bootstrap, &input, chunk).await;
+    }
+    println!("{keys} records (one per key) over {PARTITIONS} partitions of {input}");
+
+    let dirs: Vec<tempfile::TempDir> = (0..4)
+        .map(|_| match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(e) => panic!("tempdir: {e}"),
+        })
+        .collect();
+    let stateless = run(
+        &bootstrap,
+        topology(&input, &output, false),
+        &common::unique("task-bench-stateless"),
+        &input,
+        dirs[0].path(),
+        true,
+        true,
+    )
+    .await;
+    let local = run(
+        &bootstrap,
+        topology(&input, &output, true),
+        &common::unique("task-bench-local"),
+        &input,
+        dirs[1].path(),
+        false,
+        true,
+    )
+    .await;
+    let group = common::unique("task-bench-changelog");
+    let logged = run(
+        &bootstrap,
+        topology(&input, &output, true),
+        &group,
+        &input,
+        dirs[2].path(),
+        true,
+        true,
+    )
+    .await;
+    let rate = |r: &Run| keys as f64 / r.seconds;
+    println!(
+        "processing, records/s (seconds to lag 0, from the start of the runtime):\n  \
+         stateless {:.0} ({:.1} s)\n  store, local only {:.0} ({:.1} s) = {:.2}x of stateless\n  \
+         store + changelog {:.0} ({:.1} s) = {:.2}x of stateless",
+        rate(&stateless),
+        stateless.seconds,
+        rate(&local),
+        local.seconds,
+        rate(&local) / rate(&stateless),
+        rate(&logged),
+        logged.seconds,
+        rate(&logged) / rate(&stateless),
+    );
+    let fresh = run(
+        &bootstrap,
+        topology(&input, &output, true),
+        &group,
+        &input,
+        dirs[3].path(),
+        true,
+        false,
+    )
+    .await;
+    println!(
+        "restore into an empty state dir: {} records in {:.2} s = {:.0} records/s (until all {PARTITIONS} tasks run)",
+        fresh.restored,
+        fresh.seconds,
+        fresh.restored as f64 / fresh.seconds
+    );
+    let warm = run(
+        &bootstrap,
+        topology(&input, &output, true),
+        &group,
+        &input,
+        dirs[2].path(),
+        true,
+        false,
+    )
+    .await;
+    println!(
+        "restart with current checkpoints: {} records read, {:.2} s until all tasks run",
+        warm.restored, warm.seconds
+    );
+    println!(
+        "RESULT task_store_overhead local={:.2} changelog={:.2}",
+        rate(&local) / rate(&stateless),
+        rate(&logged) / rate(&stateless)
+    );
+    println!(
+        "RESULT task_restore records={} seconds={:.2} rate={:.0} warm_records={} warm_seconds={:.2}",
+        fresh.restored,
+        fresh.seconds,
+        fresh.restored as f64 / fresh.seconds,
+        warm.restored,
+        warm.seconds
+    );
+}
