@@ -156,11 +156,7 @@ async fn main() {
     let bootstrap = common::bootstrap();
     let input = common::unique("task-bench-in");
     let output = common::unique("task-bench-out");
-    common::create_topics(
-        &bootstrap,
-        &[(&input, PARTITIONS), (&output, PARTITIONS)],
-    )
-    .await;
+    common::create_topics(&bootstrap, &[(&input, PARTITIONS), (&output, PARTITIONS)]).await;
     let records: Vec<_> = (0..keys)
         .map(|i| (None, format!("k{i}"), format!("v{i}")))
         .collect();

@@ -414,18 +414,35 @@ impl StateLog for KafkaStateLog {
                 }
             }
         }
-        // The new topic's leaders may take a moment: wait until its metadata shows them.
+        // A new topic's partitions get their leaders a moment after it is created (its first
+        // watermark query failed with NotLeaderForPartition): wait until every one has one.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while self.partitions(topic)?.is_none() && std::time::Instant::now() < deadline {
+        while !self.has_leaders(topic)? && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
         }
         Ok(())
     }
 
     fn bounds(&self, tp: &TopicPartition) -> Result<(i64, i64), TransportError> {
-        self.reader
-            .fetch_watermarks(&tp.topic, tp.partition, METADATA_TIMEOUT)
-            .map_err(kafka(format!("watermarks of {tp}")))
+        // Leadership moves (a new topic, a broker restarting) answer with retriable errors
+        // for a while; a restore waits them out instead of stopping the runtime.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match self
+                .reader
+                .fetch_watermarks(&tp.topic, tp.partition, METADATA_TIMEOUT)
+            {
+                Err(KafkaError::MetadataFetch(code) | KafkaError::Global(code))
+                    if (transient_consumer_error(code)
+                        || code == RDKafkaErrorCode::UnknownTopicOrPartition)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!(%tp, %code, "watermarks not available yet; retrying");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                other => return other.map_err(kafka(format!("watermarks of {tp}"))),
+            }
+        }
     }
 
     fn read_range(
@@ -452,6 +469,22 @@ impl StateLog for KafkaStateLog {
 }
 
 impl KafkaStateLog {
+    /// Whether every partition of `topic` has a leader.
+    fn has_leaders(&self, topic: &str) -> Result<bool, TransportError> {
+        let meta = self
+            .reader
+            .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+            .map_err(kafka(format!("metadata of {topic}")))?;
+        Ok(meta.topics().iter().any(|t| {
+            t.name() == topic
+                && t.error().is_none()
+                && !t.partitions().is_empty()
+                && t.partitions()
+                    .iter()
+                    .all(|p| p.error().is_none() && p.leader() >= 0)
+        }))
+    }
+
     fn read_assigned(
         &self,
         tp: &TopicPartition,
