@@ -17,6 +17,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus::core::Collector;
 use tokio_util::sync::CancellationToken;
 use topology::serdes::StringSerde;
 use topology::transport::KafkaTransport;
