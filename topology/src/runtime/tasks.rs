@@ -322,6 +322,8 @@ pub(crate) struct TaskManager {
     rebalance_started: Option<Instant>,
     generation: u64,
     last_stats: Instant,
+    /// Set by `close_all`: the final commit is behind every task.
+    shutting_down: bool,
 }
 
 impl TaskManager {
@@ -347,6 +349,7 @@ impl TaskManager {
             rebalance_started: None,
             generation: 0,
             last_stats: Instant::now(),
+            shutting_down: false,
         }
     }
 
@@ -596,7 +599,10 @@ impl TaskManager {
             .map(|s| s.name.clone())
             .collect();
         self.metrics.forget_task(&task.to_string(), &names);
-        let checkpoint = clean && !self.settings.exactly_once;
+        // Exactly-once: a task closed on a revocation may hold writes of a transaction that is
+        // aborted afterwards, so only the shutdown close (after the final commit succeeded)
+        // checkpoints.
+        let checkpoint = clean && (!self.settings.exactly_once || self.shutting_down);
         let closed = tokio::task::spawn_blocking(move || running.close(checkpoint)).await;
         match closed {
             Ok(Ok(())) => tracing::info!(%task, "task closed"),
@@ -657,6 +663,7 @@ impl TaskManager {
 
     /// At shutdown: closes every task (checkpointing them when the final commit succeeded).
     pub(crate) async fn close_all(&mut self, clean: bool) {
+        self.shutting_down = true;
         let tasks: Vec<TaskId> = self
             .running
             .keys()

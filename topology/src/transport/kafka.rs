@@ -335,11 +335,40 @@ impl ConsumerContext for StreamsContext {
 struct KafkaStateLog {
     admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
     reader: rdkafka::consumer::BaseConsumer,
+    /// Asks for watermarks with `read_uncommitted`: librdkafka answers a watermark query in
+    /// the client's isolation level, and `reader`'s (`read_committed`) gives the last stable
+    /// offset, not the end. A restore read up to the last stable offset stopped short of an
+    /// open transaction, e.g. one a SIGKILLed exactly-once instance left behind, and so
+    /// also of everything committed after it (the next owner's transactions): a task moving
+    /// again before the broker aborted the dead transaction lost that committed state (seen
+    /// in tests/kafka_tasks.rs). Up to the high watermark, the `read_committed` reader waits
+    /// for open transactions to end and skips aborted records.
+    watermarks: rdkafka::consumer::BaseConsumer,
+    /// Held while `reader` is assigned to one restore. The runtime restores the tasks of one
+    /// assignment on a blocking thread each, at the same time: without it, each restore's
+    /// `assign` replaced the others' and their reads never reached their partitions' ends
+    /// (two tasks with non-empty changelogs hung in "restoring"; seen in
+    /// tests/kafka_tasks.rs).
+    reading: Mutex<()>,
     /// How long one restore may take before it fails.
     restore_timeout: Duration,
 }
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a query of a new topic's partition waits for its leader.
+const LEADER_WAIT: Duration = Duration::from_secs(30);
+
+/// Errors of a partition whose leader is not elected or not serving yet (a topic just created).
+fn leader_not_ready(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::NotLeaderForPartition
+            | RDKafkaErrorCode::LeaderNotAvailable
+            | RDKafkaErrorCode::UnknownTopicOrPartition
+            | RDKafkaErrorCode::UnknownPartition
+    )
+}
 
 impl KafkaStateLog {
     fn new(transport: &KafkaTransport) -> Result<Self, TransportError> {
@@ -359,9 +388,18 @@ impl KafkaStateLog {
         let reader = reader
             .create()
             .map_err(kafka("create the restore consumer"))?;
+        let watermarks = transport
+            .base(&["consumer"])
+            .set("group.id", "topology-state-restore")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_uncommitted")
+            .create()
+            .map_err(kafka("create the watermark client"))?;
         Ok(KafkaStateLog {
             admin,
             reader,
+            watermarks,
+            reading: Mutex::new(()),
             restore_timeout: Duration::from_secs(600),
         })
     }
@@ -424,21 +462,23 @@ impl StateLog for KafkaStateLog {
     }
 
     fn bounds(&self, tp: &TopicPartition) -> Result<(i64, i64), TransportError> {
-        // Leadership moves (a new topic, a broker restarting) answer with retriable errors
-        // for a while; a restore waits them out instead of stopping the runtime.
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        // A changelog topic `ensure_compacted` created a moment ago shows its partitions in the
+        // metadata before their leaders answer: the first watermark query then failed with
+        // `NotLeaderForPartition` and stopped the runtime at the first start of an application
+        // (seen in tests/kafka_tasks.rs). Errors of a partition whose leader is not ready yet
+        // are retried for a while.
+        let deadline = std::time::Instant::now() + LEADER_WAIT;
         loop {
             match self
-                .reader
+                .watermarks
                 .fetch_watermarks(&tp.topic, tp.partition, METADATA_TIMEOUT)
             {
-                Err(KafkaError::MetadataFetch(code) | KafkaError::Global(code))
-                    if (transient_consumer_error(code)
-                        || code == RDKafkaErrorCode::UnknownTopicOrPartition)
+                Err(e)
+                    if e.rdkafka_error_code().is_some_and(leader_not_ready)
                         && std::time::Instant::now() < deadline =>
                 {
-                    tracing::debug!(%tp, %code, "watermarks not available yet; retrying");
-                    std::thread::sleep(Duration::from_millis(200));
+                    tracing::debug!(%tp, error = %e, "changelog partition not ready; retrying");
+                    std::thread::sleep(Duration::from_millis(100));
                 }
                 other => return other.map_err(kafka(format!("watermarks of {tp}"))),
             }
@@ -455,6 +495,10 @@ impl StateLog for KafkaStateLog {
         if from >= until {
             return Ok(0);
         }
+        let _reading = self
+            .reading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(from))
             .map_err(kafka(format!("assignment of {tp}")))?;
