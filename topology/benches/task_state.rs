@@ -148,6 +148,35 @@ async fn run(
     Run { seconds, restored }
 }
 
+/// Produces `k0..k{keys}` (values `v…`), queueing every record before awaiting the
+/// acknowledgements (the tests' helper sends one at a time).
+async fn produce_keys(bootstrap: &str, topic: &str, keys: usize) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = match rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "20")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+    {
+        Ok(p) => p,
+        Err(e) => panic!("producer: {e}"),
+    };
+    let mut acks = Vec::with_capacity(keys);
+    for i in 0..keys {
+        let (key, value) = (format!("k{i}"), format!("v{i}"));
+        match producer.send_result(FutureRecord::to(topic).key(&key).payload(&value)) {
+            Ok(ack) => acks.push(ack),
+            Err((e, _)) => panic!("produce: {e}"),
+        }
+    }
+    for ack in acks {
+        match ack.await {
+            Ok(Ok(_)) => {}
+            other => panic!("produce: {other:?}"),
+        }
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let keys: usize = std::env::var("TASK_BENCH_KEYS")
@@ -158,12 +187,7 @@ async fn main() {
     let input = common::unique("task-bench-in");
     let output = common::unique("task-bench-out");
     common::create_topics(&bootstrap, &[(&input, PARTITIONS), (&output, PARTITIONS)]).await;
-    let records: Vec<_> = (0..keys)
-        .map(|i| (None, format!("k{i}"), format!("v{i}")))
-        .collect();
-    for chunk in records.chunks(20_000) {
-        common::produce(&bootstrap, &input, chunk).await;
-    }
+    produce_keys(&bootstrap, &input, keys).await;
     println!("{keys} records (one per key) over {PARTITIONS} partitions of {input}");
 
     let dirs: Vec<tempfile::TempDir> = (0..4)
