@@ -9,7 +9,11 @@
 //! 3. the same with the store's changelog (every write produced, tied to its record's offset);
 //! 4. a new instance with an empty state dir: every task restored from its changelog partition
 //!    (records/s and seconds until every task runs);
-//! 5. the instance of run 3 again, its checkpoints current: what it reads (should be nothing).
+//! 5. the instance of run 3 again, its checkpoints current: what it reads (should be nothing);
+//! 6. a scale step under load: a new group works through KEYS more records with one instance,
+//!    and a second instance joins after 2 s; the records committed per 250 ms window before,
+//!    around and after the join show the pause the rebalance (revoke, checkpoint, restore of
+//!    the moved tasks) costs.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -148,6 +152,126 @@ async fn run(
     Run { seconds, restored }
 }
 
+fn start_instance(
+    bootstrap: &str,
+    topology: Topology,
+    group: &str,
+    state_dir: &std::path::Path,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<Result<topology::RunSummary, topology::RuntimeError>>,
+) {
+    let mut config = RuntimeConfig::new(group);
+    config.commit_interval = Duration::from_millis(200);
+    config.state_dir = Some(state_dir.to_path_buf());
+    let transport = KafkaTransport::new(bootstrap).set("session.timeout.ms", "6000");
+    let runtime = Runtime::new(topology, Arc::new(transport), config);
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(runtime.run(shutdown.clone()));
+    (shutdown, handle)
+}
+
+/// Records/s committed by the group before a second instance joins, in the worst 250 ms
+/// window after, and once both run (the last two seconds before the input is done).
+async fn scale_step(bootstrap: &str, input: &str, output: &str, keys: usize) -> (f64, f64, f64) {
+    let group = common::unique("task-bench-scale");
+    let dirs: Vec<tempfile::TempDir> = (0..2)
+        .map(|_| match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(e) => panic!("tempdir: {e}"),
+        })
+        .collect();
+    // Twice the input: the second half arrives while the step happens.
+    produce_keys(bootstrap, input, keys).await;
+    let committed = |bootstrap: String, group: String, input: String| async move {
+        match tokio::task::spawn_blocking(move || {
+            common::committed(&bootstrap, &group, &input, PARTITIONS)
+                .iter()
+                .map(|c| (*c).max(0))
+                .sum::<i64>()
+        })
+        .await
+        {
+            Ok(n) => n,
+            Err(e) => panic!("committed: {e}"),
+        }
+    };
+    let total = (2 * keys) as i64;
+    let first = start_instance(
+        bootstrap,
+        topology(input, output, true),
+        &group,
+        dirs[0].path(),
+    );
+    let mut samples: Vec<(f64, i64)> = Vec::new();
+    let started = Instant::now();
+    let mut joined_at = None;
+    let mut second = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let n = committed(bootstrap.to_owned(), group.clone(), input.to_owned()).await;
+        let t = started.elapsed().as_secs_f64();
+        samples.push((t, n));
+        if second.is_none()
+            && n > 0
+            && joined_at.is_none()
+            && samples.iter().filter(|(_, c)| *c > 0).count() >= 8
+        {
+            joined_at = Some(t);
+            second = Some(start_instance(
+                bootstrap,
+                topology(input, output, true),
+                &group,
+                dirs[1].path(),
+            ));
+        }
+        if n >= total || t > 600.0 {
+            break;
+        }
+    }
+    for (shutdown, handle) in [Some(first), second].into_iter().flatten() {
+        shutdown.cancel();
+        if let Err(e) = handle.await {
+            panic!("runtime: {e}");
+        }
+    }
+    let rate = |w: &[(f64, i64)]| (w[1].1 - w[0].1) as f64 / (w[1].0 - w[0].0);
+    let joined = joined_at.unwrap_or(f64::MAX);
+    let windows: Vec<(f64, f64)> = samples.windows(2).map(|w| (w[0].0, rate(w))).collect();
+    let mean = |ws: Vec<f64>| ws.iter().sum::<f64>() / ws.len().max(1) as f64;
+    let before = mean(
+        windows
+            .iter()
+            .filter(|(t, r)| *t < joined && *r > 0.0)
+            .map(|(_, r)| *r)
+            .collect(),
+    );
+    let end = samples.last().map_or(0.0, |(t, _)| *t);
+    let worst = windows
+        .iter()
+        .filter(|(t, _)| *t >= joined && *t < end - 0.5)
+        .map(|(_, r)| *r)
+        .fold(f64::MAX, f64::min);
+    let after = mean(
+        windows
+            .iter()
+            .filter(|(t, _)| *t >= end - 2.25 && *t < end - 0.25)
+            .map(|(_, r)| *r)
+            .collect(),
+    );
+    for (t, r) in &windows {
+        println!(
+            "  t={t:5.2}s {r:8.0} records/s{}",
+            if (*t - joined).abs() < 0.2 {
+                "  <- second instance starts"
+            } else {
+                ""
+            }
+        );
+    }
+    (before, if worst == f64::MAX { 0.0 } else { worst }, after)
+}
+
 /// Produces `k0..k{keys}` (values `v…`), queueing every record before awaiting the
 /// acknowledgements (the tests' helper sends one at a time).
 async fn produce_keys(bootstrap: &str, topic: &str, keys: usize) {
@@ -271,6 +395,12 @@ async fn main() {
         "restart with current checkpoints: {} records read, {:.2} s until all tasks run",
         warm.restored, warm.seconds
     );
+    let (before, worst, after) = scale_step(&bootstrap, &input, &output, keys).await;
+    println!(
+        "scale step 1 → 2 instances under load, records committed per second: before the join \
+         {before:.0}, worst 250 ms window after it {worst:.0}, once both run {after:.0}"
+    );
+    println!("RESULT task_scale_step before={before:.0} worst={worst:.0} after={after:.0}");
     println!(
         "RESULT task_store_overhead local={:.2} changelog={:.2}",
         rate(&local) / rate(&stateless),
