@@ -2,7 +2,7 @@
 //!
 //! As in Kafka Streams, a **task** is one sub-topology working on one partition of its source
 //! topics ([`TaskId`], written `<subtopology>_<partition>`). A sub-topology whose processors
-//! use stores ([`StoreSpec`](crate::StoreSpec)) owns one instance of each store per task, in
+//! use stores ([`StoreSpec`]) owns one instance of each store per task, in
 //! its own sled database under `state_dir/<application_id>/<task>/`. The runtime opens a
 //! task's stores when the task's partitions are assigned to this instance, restores them from
 //! their changelog partitions *before* the task processes a record, and flushes, checkpoints
