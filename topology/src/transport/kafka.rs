@@ -335,6 +335,12 @@ impl ConsumerContext for StreamsContext {
 struct KafkaStateLog {
     admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
     reader: rdkafka::consumer::BaseConsumer,
+    /// Held by a restore while it has the reader assigned to its partition. Restores run on
+    /// blocking threads, several at once when an instance takes over several tasks: without
+    /// it, one restore's `assign` replaced another's, which then read the other's changelog
+    /// records into its own store, or never saw its own and waited until `restore_timeout`
+    /// (seen when image-pipeline instances were scaled 3 → 1: tasks stuck restoring).
+    restoring: std::sync::Mutex<()>,
     /// How long one restore may take before it fails.
     restore_timeout: Duration,
 }
@@ -362,6 +368,7 @@ impl KafkaStateLog {
         Ok(KafkaStateLog {
             admin,
             reader,
+            restoring: std::sync::Mutex::new(()),
             restore_timeout: Duration::from_secs(600),
         })
     }
@@ -423,9 +430,27 @@ impl StateLog for KafkaStateLog {
     }
 
     fn bounds(&self, tp: &TopicPartition) -> Result<(i64, i64), TransportError> {
-        self.reader
-            .fetch_watermarks(&tp.topic, tp.partition, METADATA_TIMEOUT)
-            .map_err(kafka(format!("watermarks of {tp}")))
+        // A changelog topic just created (by this task's restore, or by another task's
+        // restoring at the same time, which returns from `ensure_compacted` as soon as the
+        // topic exists) answers `NotLeaderForPartition` / `LeaderNotAvailable` until its
+        // leaders are elected: wait for them instead of stopping the runtime (seen when an
+        // image-pipeline instance first started on fresh 6-partition topics).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match self
+                .reader
+                .fetch_watermarks(&tp.topic, tp.partition, METADATA_TIMEOUT)
+            {
+                Err(e)
+                    if e.rdkafka_error_code().is_some_and(transient_consumer_error)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!(%tp, error = %e, "changelog watermarks not available yet; retrying");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                other => return other.map_err(kafka(format!("watermarks of {tp}"))),
+            }
+        }
     }
 
     fn read_range(
@@ -438,6 +463,11 @@ impl StateLog for KafkaStateLog {
         if from >= until {
             return Ok(0);
         }
+        // One restore at a time on the shared reader (see `restoring`).
+        let _reader = self
+            .restoring
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(from))
             .map_err(kafka(format!("assignment of {tp}")))?;
@@ -462,6 +492,8 @@ impl KafkaStateLog {
         let mut read = 0u64;
         loop {
             match self.reader.poll(Duration::from_millis(100)) {
+                // Never another partition's record into this task's store.
+                Some(Ok(m)) if m.topic() != &*tp.topic || m.partition() != tp.partition => {}
                 Some(Ok(m)) => {
                     if m.offset() >= until {
                         return Ok(read);
