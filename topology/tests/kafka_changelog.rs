@@ -140,3 +140,60 @@ async fn kafka_changelog_restore_time_for_100k_entries() {
     );
     assert!(secs < 120.0, "restore took {secs:.1} s");
 }
+
+/// A runtime restores the tasks it takes over at once, on blocking threads, through one
+/// `StateLog`: each restore must read its own changelog partition, whole, and nothing else
+/// (they once shared the reader's assignment: one read the other's records, the other
+/// waited for its own until the restore timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_restores_each_read_their_own_partition() {
+    use topology::transport::{KafkaTransport, TopicPartition, Transport};
+    const PARTITIONS: i32 = 4;
+    const PER_PARTITION: usize = 300;
+    let bootstrap = bootstrap();
+    let topic = unique("cl-concurrent");
+    let log = KafkaTransport::new(&bootstrap)
+        .state_log()
+        .expect("state log");
+    {
+        let (log, topic) = (log.clone(), topic.clone());
+        tokio::task::spawn_blocking(move || log.ensure_compacted(&topic, PARTITIONS))
+            .await
+            .expect("join")
+            .expect("changelog topic");
+    }
+    let records: Vec<(Option<i32>, String, String)> = (0..PARTITIONS)
+        .flat_map(|p| (0..PER_PARTITION).map(move |i| (Some(p), format!("{p}/{i}"), "v".into())))
+        .collect();
+    common::produce(&bootstrap, &topic, &records).await;
+
+    let (done, finished) = std::sync::mpsc::channel();
+    for p in 0..PARTITIONS {
+        let (log, topic, done) = (log.clone(), topic.clone(), done.clone());
+        std::thread::spawn(move || {
+            let tp = TopicPartition::new(&topic, p);
+            let result = log.bounds(&tp).and_then(|(low, high)| {
+                let mut keys = Vec::new();
+                log.read_range(&tp, low, high, &mut |key, _| {
+                    keys.push(String::from_utf8_lossy(key).into_owned());
+                    Ok(())
+                })
+                .map(|read| (read, keys))
+            });
+            let _ = done.send((p, result));
+        });
+    }
+    for _ in 0..PARTITIONS {
+        let (p, result) = finished
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("every restore finishes");
+        let (read, keys) = result.unwrap_or_else(|e| panic!("restore of partition {p}: {e}"));
+        assert_eq!(read as usize, PER_PARTITION, "partition {p} read whole");
+        let foreign: Vec<&String> = keys
+            .iter()
+            .filter(|k| !k.starts_with(&format!("{p}/")))
+            .collect();
+        assert!(foreign.is_empty(), "partition {p} got {foreign:?}");
+        assert_eq!(keys.len(), PER_PARTITION);
+    }
+}

@@ -308,8 +308,14 @@ impl OffsetTracker {
         let mut out = Vec::new();
         for tp in tps {
             if let Some(a) = g.partitions.remove(tp) {
+                // The offset before the cancel: cancelled work drops its acks at once, on
+                // other threads, and a dropped ack finishes its offset in `a.live` (the very
+                // partition state the acks share), so an offset taken after the cancel could
+                // pass records that were never processed, and commit them as done (seen as
+                // image-pipeline updates never collected after a rebalance).
+                let commit = a.live.offsets().commit_offset();
                 a.live.cancel.cancel();
-                if let Some(o) = a.live.offsets().commit_offset()
+                if let Some(o) = commit
                     && Some(o) != a.committed
                 {
                     out.push((tp.clone(), o));
@@ -651,5 +657,38 @@ mod tests {
         drop(again);
         assert_eq!(tracker.failed_partitions(), vec![tp.clone()]);
         assert_eq!(tracker.total_in_flight(), 0);
+    }
+    /// Work cancelled by a revocation lets go of its acks (which finish their offsets in the
+    /// partition's count) on other threads while `revoke` works out what may still be
+    /// committed: that offset must never pass the cancelled work, or nobody processes it again
+    /// (seen as image-pipeline products whose update was never collected after a rebalance).
+    #[test]
+    fn revoke_never_commits_past_the_work_it_cancels() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let tp = TopicPartition::new("in", 0);
+        for round in 0..200 {
+            let tracker = Arc::new(OffsetTracker::default());
+            tracker.assign(std::slice::from_ref(&tp));
+            let work: Vec<_> = (0..64)
+                .map(|o| {
+                    let ack = tracker.begin(raw(o)).expect("assigned");
+                    // As the engine's work does: give up (and drop the ack) once cancelled.
+                    runtime.spawn(async move {
+                        ack.cancel.cancelled().await;
+                        drop(ack);
+                    })
+                })
+                .collect();
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            let safe = tracker.revoke(std::slice::from_ref(&tp));
+            assert_eq!(safe, vec![(tp.clone(), 0)], "round {round}");
+            for handle in work {
+                runtime.block_on(handle).expect("work");
+            }
+        }
     }
 }

@@ -539,6 +539,9 @@ impl KafkaStateLog {
         let mut read = 0u64;
         loop {
             match self.reader.poll(Duration::from_millis(100)) {
+                // Never another partition's record into this task's store (a record fetched
+                // for the previous restore may still be queued).
+                Some(Ok(m)) if m.topic() != &*tp.topic || m.partition() != tp.partition => {}
                 Some(Ok(m)) => {
                     if m.offset() >= until {
                         return Ok(read);

@@ -589,7 +589,13 @@ impl Services {
     /// Starts `catalog-stream <service> --config <config>` with its output in
     /// `dir/{service}.log`, with nothing from the caller's environment overriding the file.
     pub fn spawn(&mut self, dir: &Path, service: &str, config: &Path) {
-        let log = dir.join(format!("{service}.log"));
+        self.spawn_named(dir, service, service, config);
+    }
+
+    /// Starts `catalog-stream <service> --config <config>` as the child `name` (one of several
+    /// instances of a service), with its output in `dir/{name}.log`.
+    pub fn spawn_named(&mut self, dir: &Path, name: &str, service: &str, config: &Path) {
+        let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_catalog-stream"))
             .arg(service)
@@ -613,9 +619,40 @@ impl Services {
             .stdout(file.try_clone().expect("log file"))
             .stderr(file)
             .spawn()
-            .unwrap_or_else(|error| panic!("cannot start {service}: {error}"));
-        self.running.push((service.to_owned(), child));
-        self.logs.push((service.to_owned(), log));
+            .unwrap_or_else(|error| panic!("cannot start {name}: {error}"));
+        self.running.push((name.to_owned(), child));
+        self.logs.push((name.to_owned(), log));
+    }
+
+    /// Sends `signal` (`-KILL`, `-TERM`) to the child `name` and waits up to `within` for it
+    /// to exit; it is no longer watched (its log still is). Panics when it does not exit.
+    pub fn stop_child(
+        &mut self,
+        name: &str,
+        signal_name: &str,
+        within: Duration,
+    ) -> std::process::ExitStatus {
+        let index = self
+            .running
+            .iter()
+            .position(|(running, _)| running == name)
+            .unwrap_or_else(|| panic!("no running child {name}"));
+        let (_, mut child) = self.running.remove(index);
+        signal(child.id(), signal_name);
+        let deadline = Instant::now() + within;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("{name} did not exit within {within:?} of {signal_name}");
+                }
+            }
+        }
     }
 
     /// A log printed with the children's.
