@@ -324,6 +324,10 @@ pub(crate) struct TaskManager {
     last_stats: Instant,
     /// Set by `close_all`: the final commit is behind every task.
     shutting_down: bool,
+    /// Restores cancelled by a revocation and maybe still running: a new restore of the same
+    /// task waits for its predecessor, which may still have the task's directory open (and
+    /// would otherwise see it wiped under it).
+    abandoned: HashMap<TaskId, tokio::task::JoinHandle<Result<RunningTask, RuntimeError>>>,
 }
 
 impl TaskManager {
@@ -350,6 +354,7 @@ impl TaskManager {
             generation: 0,
             last_stats: Instant::now(),
             shutting_down: false,
+            abandoned: HashMap::new(),
         }
     }
 
@@ -415,6 +420,8 @@ impl TaskManager {
         consumer: &mut dyn SourceConsumer,
     ) -> Result<(), RuntimeError> {
         self.generation = generation;
+        // A finished abandoned restore holds its task's open database until dropped.
+        self.abandoned.retain(|_, restore| !restore.is_finished());
         for change in changes {
             match change {
                 AssignmentChange::Revoked(tps) => {
@@ -493,7 +500,9 @@ impl TaskManager {
             return;
         };
         let cancel = Arc::new(AtomicBool::new(false));
+        let previous = self.abandoned.remove(&task);
         let plan = RestorePlan {
+            previous,
             task,
             settings: self.settings.clone(),
             source_topics: sub.source_topics.clone(),
@@ -583,6 +592,8 @@ impl TaskManager {
     async fn close(&mut self, task: TaskId, clean: bool) {
         if let Some(restoring) = self.restoring.remove(&task) {
             restoring.cancel.store(true, AtomicOrdering::Release);
+            // It stops at its next record; a new restore of the task waits for it first.
+            self.abandoned.insert(task, restoring.handle);
             self.held.remove(&task);
             tracing::info!(%task, "task revoked while restoring");
             return;
@@ -764,6 +775,8 @@ impl Snapshot {
 
 /// Everything one restore needs, moved to a blocking thread.
 struct RestorePlan {
+    /// The task's previous restore, cancelled by a revocation, to wait for.
+    previous: Option<tokio::task::JoinHandle<Result<RunningTask, RuntimeError>>>,
     task: TaskId,
     settings: TaskSettings,
     source_topics: Vec<String>,
@@ -794,7 +807,11 @@ impl RestorePlan {
         self.stores.iter().filter(|s| s.changelog).collect()
     }
 
-    fn run(self) -> Result<RunningTask, RuntimeError> {
+    fn run(mut self) -> Result<RunningTask, RuntimeError> {
+        if let Some(previous) = self.previous.take() {
+            // Its result is moot (cancelled); what matters is that it let go of the directory.
+            let _ = futures::executor::block_on(previous);
+        }
         let task = self.task;
         let changelogged = self.changelogged();
         let log = match (&self.state_log, changelogged.is_empty()) {
