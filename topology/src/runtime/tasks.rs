@@ -625,8 +625,10 @@ impl TaskManager {
     }
 
     /// Before offsets are committed: a changelog write that failed for good stops the
-    /// runtime; with at-least-once, every task written since its last checkpoint is flushed
-    /// and checkpointed.
+    /// runtime; every task's stores are flushed (a store without a changelog has no other
+    /// copy: its writes must be on disk before the offsets of their records are committed),
+    /// and with at-least-once the tasks written since their last checkpoint are checkpointed.
+    /// A failed flush stops the runtime without committing.
     pub(crate) async fn checkpoint(&mut self) -> Result<(), RuntimeError> {
         for (task, running) in &self.running {
             if let Some(failure) = running.changelog.as_ref().and_then(|c| c.failure()) {
@@ -646,9 +648,7 @@ impl TaskManager {
                 .changelog
                 .as_ref()
                 .map_or(0, |c| c.written.swap(0, AtomicOrdering::AcqRel));
-            if written > 0 || stats_due {
-                work.push(running.snapshot(written > 0 && !self.settings.exactly_once));
-            }
+            work.push(running.snapshot(written > 0 && !self.settings.exactly_once));
         }
         if work.is_empty() {
             return Ok(());
@@ -656,11 +656,12 @@ impl TaskManager {
         let metrics = self.metrics.clone();
         tokio::task::spawn_blocking(move || {
             for snapshot in work {
-                snapshot.flush_and_checkpoint();
+                snapshot.flush_and_checkpoint()?;
                 if stats_due {
                     snapshot.report(&metrics);
                 }
             }
+            Ok(())
         })
         .await
         .map_err(|e| RuntimeError::Restore {
@@ -669,7 +670,7 @@ impl TaskManager {
                 partition: -1,
             },
             message: format!("checkpoint task: {e}"),
-        })
+        })?
     }
 
     /// At shutdown: closes every task (checkpointing them when the final commit succeeded).
@@ -737,16 +738,18 @@ impl RunningTask {
 }
 
 impl Snapshot {
-    fn flush_and_checkpoint(&self) {
-        if let Err(e) = self.stores.dir.flush() {
-            tracing::warn!(task = %self.stores.id, error = %e, "flushing task stores failed");
-            return;
-        }
+    fn flush_and_checkpoint(&self) -> Result<(), RuntimeError> {
+        self.stores.dir.flush().map_err(|e| RuntimeError::Restore {
+            task: self.stores.id,
+            message: format!("flushing its stores before a commit: {e}"),
+        })?;
         if let (Some(path), Some(offsets)) = (&self.path, &self.offsets)
             && let Err(e) = Checkpoint::new(offsets.clone()).write(path)
         {
+            // Only a later restore reads more than it needs: not a reason to stop.
             tracing::warn!(task = %self.stores.id, error = %e, "writing the checkpoint failed");
         }
+        Ok(())
     }
 
     fn report(&self, metrics: &Metrics) {
@@ -984,7 +987,8 @@ impl RestorePlan {
             None => StateConfig::temporary(),
         }
         .page_cache_bytes(self.settings.page_cache_bytes)
-        .flush_every_ms(Some(1000));
+        // Flushed before every commit (`checkpoint`): no background flusher thread per task.
+        .flush_every_ms(None);
         if let Some(changelog) = changelog {
             config = config.changelog(changelog);
         }
