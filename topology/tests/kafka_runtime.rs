@@ -198,14 +198,17 @@ async fn kafka_pause_resume_under_load_keeps_group_membership() {
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(runtime.run(shutdown.clone()));
 
-    // Sample the in-flight count of the partition while it runs.
+    // Sample the partition's records being processed while it runs: what
+    // `max_in_flight_per_partition` bounds. (Records whose outputs await the producer's
+    // acknowledgement count in `in_flight` too, bounded by `max_unacked_per_partition`; on a
+    // loaded machine acknowledgements lag and `in_flight` reached 7 with 4 being processed.)
     let peak = Arc::new(AtomicUsize::new(0));
     let sampler = {
         let (peak, tracker, stop) = (peak.clone(), tracker.clone(), shutdown.clone());
         let tp = TopicPartition::new(&input, 0);
         tokio::spawn(async move {
             while !stop.is_cancelled() {
-                peak.fetch_max(tracker.in_flight(&tp), AtomicOrdering::Relaxed);
+                peak.fetch_max(tracker.processing(&tp), AtomicOrdering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         })
