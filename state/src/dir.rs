@@ -283,26 +283,7 @@ impl StateDir {
         KB: AsRef<[u8]>,
         VB: AsRef<[u8]>,
     {
-        let opened = self
-            .inner
-            .stores
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(tree_name)
-            .cloned();
-        match opened {
-            Some(raw) => raw.restore(entries),
-            None => {
-                validate_name(tree_name)?;
-                let tree = self
-                    .inner
-                    .db
-                    .open_tree(tree_name)
-                    .map_err(storage(tree_name, "open_tree"))?;
-                RawStore::new(tree_name.to_owned(), tree, StoreOptions::default(), None)
-                    .restore(entries)
-            }
-        }
+        self.opened_or_unregistered(tree_name)?.restore(entries)
     }
 
     /// Applies changelog entries (`None` deletes) over what the tree `tree_name` holds: how a
@@ -333,6 +314,14 @@ impl StateDir {
         KB: AsRef<[u8]>,
         VB: AsRef<[u8]>,
     {
+        self.opened_or_unregistered(tree_name)?
+            .apply_changelog(entries)
+    }
+
+    /// The store `tree_name` if it was opened here, else a handle on its tree that is not
+    /// registered (without cache or changelog), so that a restore leaves the options of the
+    /// first `store_with` call to come in force.
+    fn opened_or_unregistered(&self, tree_name: &str) -> Result<Arc<RawStore>> {
         let opened = self
             .inner
             .stores
@@ -340,19 +329,21 @@ impl StateDir {
             .unwrap_or_else(|p| p.into_inner())
             .get(tree_name)
             .cloned();
-        match opened {
-            Some(raw) => raw.apply_changelog(entries),
-            None => {
-                validate_name(tree_name)?;
-                let tree = self
-                    .inner
-                    .db
-                    .open_tree(tree_name)
-                    .map_err(storage(tree_name, "open_tree"))?;
-                RawStore::new(tree_name.to_owned(), tree, StoreOptions::default(), None)
-                    .apply_changelog(entries)
-            }
+        if let Some(raw) = opened {
+            return Ok(raw);
         }
+        validate_name(tree_name)?;
+        let tree = self
+            .inner
+            .db
+            .open_tree(tree_name)
+            .map_err(storage(tree_name, "open_tree"))?;
+        Ok(Arc::new(RawStore::new(
+            tree_name.to_owned(),
+            tree,
+            StoreOptions::default(),
+            None,
+        )))
     }
 
     /// Whether the tree `tree_name` holds no entry (a store to restore before processing).
