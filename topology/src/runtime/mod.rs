@@ -332,16 +332,9 @@ impl Runtime {
         let mut summary = RunSummary::default();
         let mut last_commit = Instant::now();
         let mut lag_update: Option<tokio::task::JoinHandle<()>> = None;
-        let mut tasks_generation = 0u64;
         let result: Result<(), RuntimeError> = async {
             loop {
-                if tracker.generation() != tasks_generation {
-                    tasks_generation = tracker.generation();
-                    let changes = tracker.take_changes();
-                    tasks
-                        .on_changes(tasks_generation, changes, &mut *consumer)
-                        .await?;
-                }
+                tasks.follow_assignment(tracker, &mut *consumer).await?;
                 if stateful {
                     for resumed in tasks.take_restored().await? {
                         for raw in resumed.held {
@@ -414,16 +407,12 @@ impl Runtime {
                     held.clear();
                     tasks.restore_after_abort(&mut *consumer).await?;
                 }
-                if polled.is_some() && tracker.generation() != tasks_generation {
+                if polled.is_some() {
                     // The rebalance callbacks ran inside this poll, which may return a record
                     // of a partition it just assigned: its task must be restoring before the
                     // record is ingested, or `hold` would take it for a record of a partition
                     // that is not ours and drop it (and the offsets after it would commit).
-                    tasks_generation = tracker.generation();
-                    let changes = tracker.take_changes();
-                    tasks
-                        .on_changes(tasks_generation, changes, &mut *consumer)
-                        .await?;
+                    tasks.follow_assignment(tracker, &mut *consumer).await?;
                 }
                 if let Some(raw) = polled {
                     summary.consumed += 1;

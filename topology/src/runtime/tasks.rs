@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use state::{ChangelogSink, SinkError, StateConfig, StateDir, StateError};
 
 use super::RuntimeError;
-use super::offsets::{Ack, AssignmentChange};
+use super::offsets::{Ack, AssignmentChange, OffsetTracker};
 use crate::changelog::{STORE_HEADER, changelog_topic};
 use crate::graph::{StoreSpec, Topology};
 use crate::task::{Checkpoint, ReadOnlyStore, TaskId, TaskStores, task_dir};
@@ -410,16 +410,20 @@ impl TaskManager {
         Ok(())
     }
 
-    /// Applies the assignment changes the rebalance callbacks recorded since the last call:
-    /// revoked tasks are flushed, checkpointed and closed; assigned ones start restoring with
-    /// their partitions paused.
-    pub(crate) async fn on_changes(
+    /// Applies the assignment changes the rebalance callbacks recorded in `tracker` since the
+    /// last call, if any: revoked tasks are flushed, checkpointed and closed; assigned ones
+    /// start restoring with their partitions paused. One atomic load when nothing changed.
+    pub(crate) async fn follow_assignment(
         &mut self,
-        generation: u64,
-        changes: Vec<AssignmentChange>,
+        tracker: &OffsetTracker,
         consumer: &mut dyn SourceConsumer,
     ) -> Result<(), RuntimeError> {
+        let generation = tracker.generation();
+        if generation == self.generation {
+            return Ok(());
+        }
         self.generation = generation;
+        let changes = tracker.take_changes();
         // A finished abandoned restore holds its task's open database until dropped.
         self.abandoned.retain(|_, restore| !restore.is_finished());
         for change in changes {
