@@ -40,7 +40,7 @@ fn stored_image(key: u32, version: u64) -> StoredImage {
         sha256: sha,
         size: 20_480 + version % 1000,
         content_type: "image/png".into(),
-        position: SourcePosition::new(1_700_000_000 + version, version % 7),
+        position: SourcePosition::new(1_700_000_000 + version as i64, (version % 7) as i32),
     }
 }
 
@@ -245,7 +245,7 @@ fn bench_reopen() -> BenchResult {
         let idem = dir.idempotency::<u8>("idem")?;
         for key in 0..ENTRIES {
             store.put(&key, &stored_image(key, 1))?;
-            idem.advance_position(key.to_be_bytes(), SourcePosition::new(1, u64::from(key)))?;
+            idem.advance_position(key.to_be_bytes(), SourcePosition::new(1, key as i32))?;
         }
         dir.flush()?;
     }

@@ -14,6 +14,7 @@ use crate::error::{Result, StateError, storage};
 use crate::idempotency::IdempotencyStore;
 use crate::kv::KvStore;
 use crate::raw::{RawStore, StoreOptions, StoreStats};
+use crate::transaction::{Transaction, TxStore, run_transaction};
 
 /// How to open a [`StateDir`]. Defaults suit a service with a 128 MiB memory budget.
 ///
@@ -455,5 +456,55 @@ pub fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
             }
             other => return other,
         }
+    }
+}
+
+impl StateDir {
+    /// Runs `f` atomically over `stores` (all opened from this directory). If `f` returns
+    /// `Err`, nothing it wrote is kept and the error is returned; if it returns `Ok`, all its
+    /// writes commit together, then the caches are invalidated and the changelog is fed.
+    ///
+    /// `f` may run several times on conflicts: keep side effects out of it. Its error type
+    /// only needs `From<StateError>`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use state::{PositionCheck, SourcePosition, StateError};
+    /// # fn main() -> Result<(), StateError> {
+    /// let dir = state::StateConfig::temporary().open()?;
+    /// let products = dir.store::<String, String>("products")?;
+    /// let idem = dir.idempotency::<()>("pipeline")?;
+    ///
+    /// let applied = dir.transaction(&[&products, &idem], |tx| {
+    ///     if !tx.check_and_record(&idem, "topic:0:41", &())? {
+    ///         return Ok(false); // duplicate delivery
+    ///     }
+    ///     if let PositionCheck::Stale { .. } =
+    ///         tx.advance_position(&idem, "p-1", SourcePosition::new(7, 0))?
+    ///     {
+    ///         return Ok(false); // an older change than the one applied: keep the newer
+    ///     }
+    ///     tx.put(&products, "p-1", &"title v7".to_string())?;
+    ///     Ok::<_, StateError>(true)
+    /// })?;
+    /// assert!(applied);
+    /// assert_eq!(products.get("p-1")?, Some("title v7".to_string()));
+    /// # Ok(()) }
+    /// ```
+    pub fn transaction<A, E, F>(&self, stores: &[&dyn TxStore], f: F) -> Result<A, E>
+    where
+        F: Fn(&mut Transaction<'_>) -> Result<A, E>,
+        E: From<StateError>,
+    {
+        let mut raws: Vec<Arc<RawStore>> = Vec::new();
+        for store in stores {
+            for raw in store.tx_raws() {
+                if !raws.iter().any(|r| Arc::ptr_eq(r, &raw)) {
+                    raws.push(raw);
+                }
+            }
+        }
+        run_transaction(&raws, f)
     }
 }

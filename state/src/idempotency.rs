@@ -20,73 +20,15 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
 use crate::blocks;
 use crate::codec::{decode, encode};
 use crate::error::{Result, StateError, show_key};
+use crate::position::SourcePosition;
 use crate::raw::{Decision, RawStore, StoreStats};
-use crate::transaction::run_transaction;
-
-/// Where a change sits in its source, totally ordered: compared as `(major, minor)`.
-///
-/// For MongoDB CDC use the oplog cluster time (`source.ts_ms / 1000` or the timestamp's
-/// seconds) and its increment (`source.ord`); for a Kafka partition, the offset. Stored as 16
-/// big-endian bytes, so stored bytes compare like the positions.
-///
-/// # Example
-///
-/// ```
-/// use state::SourcePosition;
-/// assert!(SourcePosition::new(1_700_000_000, 2) > SourcePosition::new(1_700_000_000, 1));
-/// assert!(SourcePosition::new(1_700_000_001, 0) > SourcePosition::new(1_700_000_000, 9));
-/// let p = SourcePosition::offset(42);
-/// assert_eq!(SourcePosition::from_bytes(&p.to_bytes()), Some(p));
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct SourcePosition {
-    /// The coarse component (cluster-time seconds, or an offset).
-    pub major: u64,
-    /// The fine component (the oplog increment within that second), 0 if unused.
-    pub minor: u64,
-}
-
-impl SourcePosition {
-    /// A position from its two components.
-    pub const fn new(major: u64, minor: u64) -> Self {
-        SourcePosition { major, minor }
-    }
-
-    /// A position that is a single offset (e.g. a Kafka offset).
-    pub const fn offset(offset: u64) -> Self {
-        SourcePosition::new(offset, 0)
-    }
-
-    /// The stored form: 16 big-endian bytes.
-    pub fn to_bytes(self) -> [u8; 16] {
-        let mut b = [0u8; 16];
-        b[..8].copy_from_slice(&self.major.to_be_bytes());
-        b[8..].copy_from_slice(&self.minor.to_be_bytes());
-        b
-    }
-
-    /// Parses the stored form; `None` unless exactly 16 bytes.
-    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        let major: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
-        let minor: [u8; 8] = bytes.get(8..)?.try_into().ok()?;
-        Some(SourcePosition::new(
-            u64::from_be_bytes(major),
-            u64::from_be_bytes(minor),
-        ))
-    }
-}
-
-impl std::fmt::Display for SourcePosition {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.major, self.minor)
-    }
-}
+use crate::transaction::{Transaction, TxStore, run_transaction, sealed};
 
 /// The answer of a position guard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -471,5 +413,70 @@ pub(crate) fn check_position(
                 PositionCheck::Stale { current: cur }
             })
         }
+    }
+}
+
+impl<V> sealed::Sealed for IdempotencyStore<V>
+where
+    V: Serialize + DeserializeOwned,
+{
+    fn tx_raws(&self) -> Vec<Arc<RawStore>> {
+        vec![self.records_raw().clone(), self.positions_raw().clone()]
+    }
+}
+impl<V> TxStore for IdempotencyStore<V> where V: Serialize + DeserializeOwned {}
+
+/// The idempotency store's operations inside a [`StateDir::transaction`](crate::StateDir::transaction).
+impl Transaction<'_> {
+    /// [`IdempotencyStore::check_and_record`] inside the transaction.
+    pub fn check_and_record<V>(
+        &mut self,
+        store: &IdempotencyStore<V>,
+        id: impl AsRef<[u8]>,
+        outcome: &V,
+    ) -> Result<bool>
+    where
+        V: Serialize + DeserializeOwned,
+    {
+        let idx = self.index(store.records_raw())?;
+        let v = store.encode_record(outcome, now_ms())?;
+        self.record_if_absent(idx, id.as_ref(), &v)
+    }
+
+    /// [`IdempotencyStore::position`] inside the transaction.
+    pub fn position<V>(
+        &mut self,
+        store: &IdempotencyStore<V>,
+        key: impl AsRef<[u8]>,
+    ) -> Result<Option<SourcePosition>>
+    where
+        V: Serialize + DeserializeOwned,
+    {
+        let idx = self.index(store.positions_raw())?;
+        let key = key.as_ref();
+        match self.raw_get(idx, key)? {
+            Some(b) => parse_position(store.positions_tree(), key, &b).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// [`IdempotencyStore::advance_position`] inside the transaction.
+    pub fn advance_position<V>(
+        &mut self,
+        store: &IdempotencyStore<V>,
+        key: impl AsRef<[u8]>,
+        position: SourcePosition,
+    ) -> Result<PositionCheck>
+    where
+        V: Serialize + DeserializeOwned,
+    {
+        let idx = self.index(store.positions_raw())?;
+        let key = key.as_ref();
+        let current = self.raw_get(idx, key)?;
+        let check = check_position(store.positions_tree(), key, current.as_deref(), position)?;
+        if check.is_accepted() {
+            self.raw_insert(idx, key.to_vec(), position.to_bytes().to_vec())?;
+        }
+        Ok(check)
     }
 }

@@ -45,6 +45,7 @@ mod dir;
 mod error;
 mod idempotency;
 mod kv;
+mod position;
 mod raw;
 mod transaction;
 
@@ -52,7 +53,8 @@ pub use cache::CacheStats;
 pub use changelog::{ChangelogRecord, ChangelogSink, MemoryChangelog};
 pub use dir::{StateConfig, StateDir, open_sled};
 pub use error::{Result, SinkError, StateError};
-pub use idempotency::{IdempotencyStore, PositionCheck, Recorded, SourcePosition, record_id};
+pub use idempotency::{IdempotencyStore, PositionCheck, Recorded, record_id};
 pub use kv::KvStore;
+pub use position::SourcePosition;
 pub use raw::{StoreOptions, StoreStats};
 pub use transaction::{Transaction, TxStore};

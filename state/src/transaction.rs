@@ -20,15 +20,11 @@ use sled::transaction::{
 
 use crate::blocks;
 use crate::codec::{decode, encode};
-use crate::dir::StateDir;
 use crate::error::{Result, StateError};
-use crate::idempotency::{
-    IdempotencyStore, PositionCheck, SourcePosition, check_position, now_ms, parse_position,
-};
 use crate::kv::KvStore;
 use crate::raw::RawStore;
 
-mod sealed {
+pub(crate) mod sealed {
     use std::sync::Arc;
 
     /// Gives the trees a store spans; not implementable outside this crate.
@@ -37,7 +33,8 @@ mod sealed {
     }
 }
 
-/// A store that can take part in a [`Transaction`]: [`KvStore`] and [`IdempotencyStore`].
+/// A store that can take part in a [`Transaction`]: [`KvStore`] and
+/// [`IdempotencyStore`](crate::IdempotencyStore).
 pub trait TxStore: sealed::Sealed {}
 
 impl<K, V> sealed::Sealed for KvStore<K, V>
@@ -55,16 +52,6 @@ where
     V: Serialize + DeserializeOwned,
 {
 }
-
-impl<V> sealed::Sealed for IdempotencyStore<V>
-where
-    V: Serialize + DeserializeOwned,
-{
-    fn tx_raws(&self) -> Vec<Arc<RawStore>> {
-        vec![self.records_raw().clone(), self.positions_raw().clone()]
-    }
-}
-impl<V> TxStore for IdempotencyStore<V> where V: Serialize + DeserializeOwned {}
 
 /// The view of the listed stores inside [`StateDir::transaction`]. Reads see the
 /// transaction's own writes.
@@ -88,7 +75,7 @@ impl std::fmt::Debug for Transaction<'_> {
 }
 
 impl Transaction<'_> {
-    fn index(&self, raw: &RawStore) -> Result<usize> {
+    pub(crate) fn index(&self, raw: &RawStore) -> Result<usize> {
         self.stores
             .iter()
             .position(|s| std::ptr::eq(Arc::as_ptr(s), raw))
@@ -112,14 +99,19 @@ impl Transaction<'_> {
         err
     }
 
-    fn raw_get(&mut self, idx: usize, key: &[u8]) -> Result<Option<IVec>> {
+    pub(crate) fn raw_get(&mut self, idx: usize, key: &[u8]) -> Result<Option<IVec>> {
         match self.views[idx].get(key) {
             Ok(v) => Ok(v),
             Err(e) => Err(self.fail(idx, e)),
         }
     }
 
-    fn raw_insert(&mut self, idx: usize, key: Vec<u8>, value: Vec<u8>) -> Result<Option<IVec>> {
+    pub(crate) fn raw_insert(
+        &mut self,
+        idx: usize,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    ) -> Result<Option<IVec>> {
         let value = IVec::from(value);
         match self.views[idx].insert(key.as_slice(), value.clone()) {
             Ok(old) => {
@@ -130,7 +122,7 @@ impl Transaction<'_> {
         }
     }
 
-    fn raw_remove(&mut self, idx: usize, key: Vec<u8>) -> Result<Option<IVec>> {
+    pub(crate) fn raw_remove(&mut self, idx: usize, key: Vec<u8>) -> Result<Option<IVec>> {
         match self.views[idx].remove(key.as_slice()) {
             Ok(old) => {
                 if old.is_some() {
@@ -182,21 +174,6 @@ impl Transaction<'_> {
         Ok(self.raw_remove(idx, k)?.is_some())
     }
 
-    /// [`IdempotencyStore::check_and_record`] inside the transaction.
-    pub fn check_and_record<V>(
-        &mut self,
-        store: &IdempotencyStore<V>,
-        id: impl AsRef<[u8]>,
-        outcome: &V,
-    ) -> Result<bool>
-    where
-        V: Serialize + DeserializeOwned,
-    {
-        let idx = self.index(store.records_raw())?;
-        let v = store.encode_record(outcome, now_ms())?;
-        self.record_if_absent(idx, id.as_ref(), &v)
-    }
-
     /// Records `value` for `id` in its block of the records tree `idx`, if absent.
     pub(crate) fn record_if_absent(&mut self, idx: usize, id: &[u8], value: &[u8]) -> Result<bool> {
         let (key, slot) = blocks::locate(id);
@@ -209,93 +186,6 @@ impl Transaction<'_> {
         let new = blocks::with_entry(name, &key, block, slot, value)?;
         self.raw_insert(idx, key, new)?;
         Ok(true)
-    }
-
-    /// [`IdempotencyStore::position`] inside the transaction.
-    pub fn position<V>(
-        &mut self,
-        store: &IdempotencyStore<V>,
-        key: impl AsRef<[u8]>,
-    ) -> Result<Option<SourcePosition>>
-    where
-        V: Serialize + DeserializeOwned,
-    {
-        let idx = self.index(store.positions_raw())?;
-        let key = key.as_ref();
-        match self.raw_get(idx, key)? {
-            Some(b) => parse_position(store.positions_tree(), key, &b).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// [`IdempotencyStore::advance_position`] inside the transaction.
-    pub fn advance_position<V>(
-        &mut self,
-        store: &IdempotencyStore<V>,
-        key: impl AsRef<[u8]>,
-        position: SourcePosition,
-    ) -> Result<PositionCheck>
-    where
-        V: Serialize + DeserializeOwned,
-    {
-        let idx = self.index(store.positions_raw())?;
-        let key = key.as_ref();
-        let current = self.raw_get(idx, key)?;
-        let check = check_position(store.positions_tree(), key, current.as_deref(), position)?;
-        if check.is_accepted() {
-            self.raw_insert(idx, key.to_vec(), position.to_bytes().to_vec())?;
-        }
-        Ok(check)
-    }
-}
-
-impl StateDir {
-    /// Runs `f` atomically over `stores` (all opened from this directory). If `f` returns
-    /// `Err`, nothing it wrote is kept and the error is returned; if it returns `Ok`, all its
-    /// writes commit together, then the caches are invalidated and the changelog is fed.
-    ///
-    /// `f` may run several times on conflicts: keep side effects out of it. Its error type
-    /// only needs `From<StateError>`.
-    ///
-    /// # Example
-    ///
-    /// ```
-    /// use state::{PositionCheck, SourcePosition, StateError};
-    /// # fn main() -> Result<(), StateError> {
-    /// let dir = state::StateConfig::temporary().open()?;
-    /// let products = dir.store::<String, String>("products")?;
-    /// let idem = dir.idempotency::<()>("pipeline")?;
-    ///
-    /// let applied = dir.transaction(&[&products, &idem], |tx| {
-    ///     if !tx.check_and_record(&idem, "topic:0:41", &())? {
-    ///         return Ok(false); // duplicate delivery
-    ///     }
-    ///     if let PositionCheck::Stale { .. } =
-    ///         tx.advance_position(&idem, "p-1", SourcePosition::new(7, 0))?
-    ///     {
-    ///         return Ok(false); // an older change than the one applied: keep the newer
-    ///     }
-    ///     tx.put(&products, "p-1", &"title v7".to_string())?;
-    ///     Ok::<_, StateError>(true)
-    /// })?;
-    /// assert!(applied);
-    /// assert_eq!(products.get("p-1")?, Some("title v7".to_string()));
-    /// # Ok(()) }
-    /// ```
-    pub fn transaction<A, E, F>(&self, stores: &[&dyn TxStore], f: F) -> Result<A, E>
-    where
-        F: Fn(&mut Transaction<'_>) -> Result<A, E>,
-        E: From<StateError>,
-    {
-        let mut raws: Vec<Arc<RawStore>> = Vec::new();
-        for store in stores {
-            for raw in store.tx_raws() {
-                if !raws.iter().any(|r| Arc::ptr_eq(r, &raw)) {
-                    raws.push(raw);
-                }
-            }
-        }
-        run_transaction(&raws, f)
     }
 }
 

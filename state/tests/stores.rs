@@ -188,10 +188,10 @@ fn concurrent_position_updates_keep_the_newest() {
     let dir = StateConfig::temporary().open().unwrap();
     let idem = dir.idempotency::<()>("idem").unwrap();
     std::thread::scope(|s| {
-        for t in 0..4u64 {
+        for t in 0..4i64 {
             let idem = idem.clone();
             s.spawn(move || {
-                for i in 0..300u64 {
+                for i in 0..300i64 {
                     idem.advance_position("k", SourcePosition::offset(i * 4 + t))
                         .unwrap();
                 }

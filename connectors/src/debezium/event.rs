@@ -96,20 +96,9 @@ pub struct SourceInfo {
     pub wall_time: Option<i64>,
 }
 
-/// A comparable position of a change in the source's history: MongoDB's cluster time
-/// `Timestamp(seconds, increment)`, which Debezium writes as `source.ts_ms` (seconds × 1000) and
-/// `source.ord` (increment).
-///
-/// Events of one multi-document transaction share one position; across transactions and single
-/// writes, a greater position is a later change. Debezium keeps the change stream's resume token
-/// in its Connect offsets, not in the record, so the record's position is the cluster time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct SourcePosition {
-    /// Cluster time, whole seconds since the epoch.
-    pub seconds: i64,
-    /// Increment within that second.
-    pub ord: i32,
-}
+/// A change's place in its source: `source.ts_ms` in whole seconds and `source.ord`. The
+/// project's one position type, shared with the state stores and the image pipeline.
+pub use state::SourcePosition;
 
 impl SourceInfo {
     /// The position of this change, for ordering and idempotency checks.
@@ -122,10 +111,7 @@ impl SourceInfo {
     /// assert!(earlier < later);
     /// ```
     pub fn position(&self) -> SourcePosition {
-        SourcePosition {
-            seconds: self.ts_ms.div_euclid(1000),
-            ord: self.ord,
-        }
+        SourcePosition::new(self.ts_ms.div_euclid(1000), self.ord)
     }
 
     /// True when the event was produced by an initial or incremental snapshot.

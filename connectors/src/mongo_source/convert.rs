@@ -21,12 +21,16 @@ use crate::debezium::{ChangeEvent, Op, SourceInfo, TruncatedArray, UpdateDescrip
 /// The `source.version` the native source writes.
 pub const SOURCE_VERSION: &str = concat!("catalog-stream-", env!("CARGO_PKG_VERSION"));
 
-/// Where the event comes from: server name, database, collection.
-#[derive(Debug, Clone)]
-pub(crate) struct Origin {
-    pub(crate) server_name: String,
-    pub(crate) db: String,
-    pub(crate) collection: String,
+/// Where change events come from: the server name (Debezium's `topic.prefix`), database and
+/// collection, as their `source` block names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeOrigin {
+    /// `source.name`: the connector's logical server name (`topic.prefix`).
+    pub server_name: String,
+    /// `source.db`.
+    pub db: String,
+    /// `source.collection`.
+    pub collection: String,
 }
 
 /// What one change-stream event becomes.
@@ -55,7 +59,7 @@ fn canonical(doc: Document) -> Value {
     Bson::Document(doc).into_canonical_extjson()
 }
 
-fn source(origin: &Origin, ts_ms: i64, snapshot: &str, ord: i32) -> SourceInfo {
+fn source(origin: &ChangeOrigin, ts_ms: i64, snapshot: &str, ord: i32) -> SourceInfo {
     SourceInfo {
         version: SOURCE_VERSION.to_owned(),
         connector: "mongodb".to_owned(),
@@ -77,7 +81,7 @@ fn source(origin: &Origin, ts_ms: i64, snapshot: &str, ord: i32) -> SourceInfo {
 
 /// A snapshot read (`op` `r`) of `doc`, read at `now_ms`.
 pub(crate) fn snapshot_event(
-    origin: &Origin,
+    origin: &ChangeOrigin,
     doc: Document,
     flag: &str,
     now_ms: i64,
@@ -105,9 +109,73 @@ fn cluster_ms(ts: Timestamp) -> i64 {
     i64::from(ts.time) * 1000
 }
 
+/// One change to one document, as a change-data-capture source sees it: what becomes a
+/// Debezium envelope. The change-stream reader fills it from a change event; another source of
+/// changes (the standalone mode's outbox) fills it from its own records, so both emit the same
+/// envelopes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocumentChange {
+    /// Create, update or delete (a snapshot read is [`snapshot_event`]'s).
+    pub op: Op,
+    /// The document's `_id`.
+    pub id: Bson,
+    /// The document after the change (create, update); `None` for a delete.
+    pub after: Option<Document>,
+    /// The document before the change, when the source has it.
+    pub before: Option<Document>,
+    /// When the change was made, ms since the epoch (`source.ts_ms`; its seconds with `ord`
+    /// are the change's position).
+    pub ts_ms: i64,
+    /// The server's wall clock at the change (`source.wallTime`), when reported.
+    pub wall_time_ms: Option<i64>,
+    /// Orders changes made in the same second (`source.ord`; the cluster time's increment).
+    pub ord: i32,
+    /// What an update changed (change streams' `updateDescription`), when known.
+    pub update_description: Option<UpdateDescription>,
+    /// The session of a transaction's change (relaxed extended JSON).
+    pub lsid: Option<String>,
+    /// The transaction number within that session.
+    pub txn_number: Option<i64>,
+}
+
+impl DocumentChange {
+    /// The change's records: its envelope, followed by a tombstone after a delete when
+    /// `tombstones` is set. `now_ms` is the envelope's `ts_ms` (when the source processed it).
+    pub fn into_events(
+        self,
+        origin: &ChangeOrigin,
+        tombstones: bool,
+        now_ms: i64,
+    ) -> Vec<ChangeEvent> {
+        let id = self.id.into_canonical_extjson();
+        let mut info = source(origin, self.ts_ms, "false", self.ord);
+        info.wall_time = self.wall_time_ms;
+        info.lsid = self.lsid;
+        info.txn_number = self.txn_number;
+        let op = self.op;
+        let change = ChangeEvent {
+            op,
+            db: Some(origin.db.clone()),
+            collection: Some(origin.collection.clone()),
+            id: id.clone(),
+            after: self.after.map(canonical),
+            before: self.before.map(canonical),
+            update_description: self.update_description,
+            source: Some(info),
+            ts_ms: Some(now_ms),
+            transaction: None,
+        };
+        let mut out = vec![change];
+        if op == Op::Delete && tombstones {
+            out.push(ChangeEvent::tombstone(id));
+        }
+        out
+    }
+}
+
 /// Converts one change-stream event (with `fullDocument: updateLookup`).
 pub(crate) fn convert(
-    origin: &Origin,
+    origin: &ChangeOrigin,
     event: ChangeStreamEvent<Document>,
     tombstones: bool,
     now_ms: i64,
@@ -126,21 +194,10 @@ pub(crate) fn convert(
     let Some(id) = event.document_key.as_ref().and_then(|k| k.get("_id")) else {
         return Converted::Malformed(format!("{} event without documentKey._id", op.code()));
     };
-    let id = id.clone().into_canonical_extjson();
+    let id = id.clone();
     let Some(cluster_time) = event.cluster_time else {
         return Converted::Malformed(format!("{} event without clusterTime", op.code()));
     };
-    let ts_ms = event
-        .wall_time
-        .map(DateTime::timestamp_millis)
-        .unwrap_or_else(|| cluster_ms(cluster_time));
-    let ord = i32::try_from(cluster_time.increment).unwrap_or(i32::MAX);
-    let mut info = source(origin, ts_ms, "false", ord);
-    info.wall_time = event.wall_time.map(DateTime::timestamp_millis);
-    info.lsid = event
-        .lsid
-        .map(|l| Bson::Document(l).into_relaxed_extjson().to_string());
-    info.txn_number = event.txn_number;
     let update_description = match (&event.operation_type, event.update_description) {
         (OperationType::Update, Some(ud)) => Some(UpdateDescription {
             removed_fields: Some(ud.removed_fields).filter(|f| !f.is_empty()),
@@ -159,7 +216,7 @@ pub(crate) fn convert(
     };
     let after = match op {
         Op::Delete => None,
-        _ => event.full_document.map(canonical),
+        _ => event.full_document,
     };
     if after.is_none() && op == Op::Create {
         return Converted::Malformed("insert event without fullDocument".into());
@@ -169,23 +226,24 @@ pub(crate) fn convert(
         // following delete will not say.
         return Converted::Skip("replace whose document is already gone".into());
     }
-    let change = ChangeEvent {
+    let change = DocumentChange {
         op,
-        db: Some(origin.db.clone()),
-        collection: Some(origin.collection.clone()),
-        id: id.clone(),
+        id,
         after,
-        before: event.full_document_before_change.map(canonical),
+        before: event.full_document_before_change,
+        ts_ms: event
+            .wall_time
+            .map(DateTime::timestamp_millis)
+            .unwrap_or_else(|| cluster_ms(cluster_time)),
+        wall_time_ms: event.wall_time.map(DateTime::timestamp_millis),
+        ord: i32::try_from(cluster_time.increment).unwrap_or(i32::MAX),
         update_description,
-        source: Some(info),
-        ts_ms: Some(now_ms),
-        transaction: None,
+        lsid: event
+            .lsid
+            .map(|l| Bson::Document(l).into_relaxed_extjson().to_string()),
+        txn_number: event.txn_number,
     };
-    let mut out = vec![change];
-    if op == Op::Delete && tombstones {
-        out.push(ChangeEvent::tombstone(id));
-    }
-    Converted::Changes(out)
+    Converted::Changes(change.into_events(origin, tombstones, now_ms))
 }
 
 #[cfg(test)]
@@ -193,8 +251,8 @@ mod tests {
     use super::*;
     use mongodb::bson::doc;
 
-    fn origin() -> Origin {
-        Origin {
+    fn origin() -> ChangeOrigin {
+        ChangeOrigin {
             server_name: "catalog".into(),
             db: "catalog".into(),
             collection: "products".into(),

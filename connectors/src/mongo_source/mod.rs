@@ -40,11 +40,12 @@ mod sink;
 mod source;
 
 pub use config::MongoSourceConfig;
-pub use convert::SOURCE_VERSION;
+pub use convert::{ChangeOrigin, DocumentChange, SOURCE_VERSION};
 pub use encoder::ChangeEncoder;
 pub use error::SourceError;
 pub use offsets::{OFFSETS_STORE, StoredOffset};
 pub use sink::{
-    CallbackSink, ChangeSink, Delivery, EmbeddedLogSink, KafkaChangeSink, SinkError, TransportSink,
+    CallbackSink, ChangeRecord, ChangeSink, Delivery, EmbeddedLogSink, KafkaChangeSink, SinkError,
+    TransportSink,
 };
 pub use source::{MongoChangeSource, SourceStats};

@@ -14,9 +14,10 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use topology::RawRecord;
 use topology::transport::{EmbeddedLog, RecordSink, TransportError};
+use topology::{Headers, RawRecord};
 
 /// Why a record could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -60,14 +61,49 @@ pub type Delivery = BoxFuture<'static, Result<(), SinkError>>;
 /// # });
 /// ```
 pub trait ChangeSink: Send + Sync {
-    /// Queues one record (`value` `None` is a tombstone). `Err(SinkError::Full)` asks the caller
-    /// to wait for earlier deliveries and try again.
-    fn send(&self, key: Vec<u8>, value: Option<Vec<u8>>) -> Result<Delivery, SinkError>;
+    /// Queues one record. `Err(SinkError::Full)` asks the caller to wait for earlier
+    /// deliveries and try again.
+    fn send_record(&self, record: ChangeRecord) -> Result<Delivery, SinkError>;
+
+    /// Queues one record without headers (`value` `None` is a tombstone).
+    fn send(&self, key: Vec<u8>, value: Option<Vec<u8>>) -> Result<Delivery, SinkError> {
+        self.send_record(ChangeRecord {
+            key,
+            value,
+            headers: Headers::default(),
+        })
+    }
+}
+
+/// One serialized change record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeRecord {
+    /// The serialized key.
+    pub key: Vec<u8>,
+    /// The serialized value; `None` is a tombstone.
+    pub value: Option<Vec<u8>>,
+    /// Headers the source adds (the standalone outbox relay stamps its sequence number).
+    pub headers: Headers,
+}
+
+impl ChangeRecord {
+    fn into_raw(self, topic: &Arc<str>) -> RawRecord {
+        RawRecord {
+            topic: topic.clone(),
+            partition: -1,
+            offset: -1,
+            key: Some(Bytes::from(self.key)),
+            value: self.value.map(Bytes::from),
+            headers: self.headers,
+            // A producer's create time, as Kafka's client would stamp it.
+            timestamp: Some(super::source::now_ms()),
+        }
+    }
 }
 
 impl<S: ChangeSink + ?Sized> ChangeSink for Arc<S> {
-    fn send(&self, key: Vec<u8>, value: Option<Vec<u8>>) -> Result<Delivery, SinkError> {
-        (**self).send(key, value)
+    fn send_record(&self, record: ChangeRecord) -> Result<Delivery, SinkError> {
+        (**self).send_record(record)
     }
 }
 
@@ -90,11 +126,12 @@ impl<F> ChangeSink for CallbackSink<F>
 where
     F: Fn(Vec<u8>, Option<Vec<u8>>) -> Result<(), String> + Send + Sync,
 {
-    fn send(&self, key: Vec<u8>, value: Option<Vec<u8>>) -> Result<Delivery, SinkError> {
-        let result = (self.callback)(key, value).map_err(|message| SinkError::Delivery {
-            topic: "callback".into(),
-            message,
-        });
+    fn send_record(&self, record: ChangeRecord) -> Result<Delivery, SinkError> {
+        let result =
+            (self.callback)(record.key, record.value).map_err(|message| SinkError::Delivery {
+                topic: "callback".into(),
+                message,
+            });
         Ok(Box::pin(futures::future::ready(result)))
     }
 }
@@ -128,16 +165,8 @@ fn transport_error(topic: &str, e: TransportError) -> SinkError {
 }
 
 impl ChangeSink for TransportSink {
-    fn send(&self, key: Vec<u8>, value: Option<Vec<u8>>) -> Result<Delivery, SinkError> {
-        let record = RawRecord {
-            topic: self.topic.clone(),
-            partition: -1,
-            offset: -1,
-            key: Some(Bytes::from(key)),
-            value: value.map(Bytes::from),
-            headers: Default::default(),
-            timestamp: None,
-        };
+    fn send_record(&self, record: ChangeRecord) -> Result<Delivery, SinkError> {
+        let record = record.into_raw(&self.topic);
         let delivery = self
             .sink
             .send(&record)
@@ -180,16 +209,8 @@ impl EmbeddedLogSink {
 }
 
 impl ChangeSink for EmbeddedLogSink {
-    fn send(&self, key: Vec<u8>, value: Option<Vec<u8>>) -> Result<Delivery, SinkError> {
-        let record = RawRecord {
-            topic: self.topic.clone(),
-            partition: -1,
-            offset: -1,
-            key: Some(Bytes::from(key)),
-            value: value.map(Bytes::from),
-            headers: Default::default(),
-            timestamp: None,
-        };
+    fn send_record(&self, record: ChangeRecord) -> Result<Delivery, SinkError> {
+        let record = record.into_raw(&self.topic);
         let failed = |topic: &str, e: topology::transport::LogError| SinkError::Delivery {
             topic: topic.to_owned(),
             message: e.to_string(),
@@ -266,10 +287,15 @@ impl KafkaChangeSink {
 }
 
 impl ChangeSink for KafkaChangeSink {
-    fn send(&self, key: Vec<u8>, value: Option<Vec<u8>>) -> Result<Delivery, SinkError> {
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).key(&key);
-        if let Some(v) = &value {
+    fn send_record(&self, change: ChangeRecord) -> Result<Delivery, SinkError> {
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&self.topic).key(&change.key);
+        if let Some(v) = &change.value {
             record = record.payload(v);
+        }
+        let headers = kafka_headers(&change.headers);
+        if let Some(headers) = headers {
+            record = record.headers(headers);
         }
         match self.producer.send_result(record) {
             Ok(delivery) => {
@@ -297,4 +323,16 @@ impl ChangeSink for KafkaChangeSink {
             }),
         }
     }
+}
+
+/// `headers` as rdkafka's, `None` when there are none.
+fn kafka_headers(headers: &Headers) -> Option<OwnedHeaders> {
+    let mut iter = headers.iter().peekable();
+    iter.peek()?;
+    Some(iter.fold(OwnedHeaders::new(), |owned, header| {
+        owned.insert(Header {
+            key: header.key.as_str(),
+            value: header.value.as_deref(),
+        })
+    }))
 }

@@ -17,7 +17,7 @@ use rand::Rng;
 use state::StateDir;
 
 use super::config::{MongoSourceConfig, redact};
-use super::convert::{self, Converted, Origin};
+use super::convert::{self, ChangeOrigin, Converted};
 use super::encoder::ChangeEncoder;
 use super::error::{SourceError, is_resume_lost};
 use super::offsets::{Offsets, StartPoint};
@@ -57,7 +57,7 @@ pub struct MongoChangeSource {
     config: MongoSourceConfig,
     encoder: ChangeEncoder,
     offsets: Offsets,
-    origin: Origin,
+    origin: ChangeOrigin,
     topic: String,
     stats: Arc<SourceStats>,
 }
@@ -80,7 +80,7 @@ impl MongoSourceConfig {
         self.validate()?;
         let offsets = Offsets::open(dir, self.offset_key())?;
         Ok(MongoChangeSource {
-            origin: Origin {
+            origin: ChangeOrigin {
                 server_name: self.topic_prefix.clone(),
                 db: self.database.clone(),
                 collection: self.collection.clone(),
@@ -111,7 +111,7 @@ enum RecordKind {
     Tombstone,
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

@@ -8,17 +8,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use connectors::mongo_source::{ChangeEncoder, KafkaChangeSink, MongoSourceConfig};
 use tokio_util::sync::CancellationToken;
+use topology::RuntimeConfig;
 use topology::serdes::{HttpSchemaRegistry, SchemaRegistry};
 use topology::transport::{KafkaProbe, KafkaTransport, Transport};
-use topology::{Metrics, Runtime, RuntimeConfig, Topology};
 
-use crate::complete_products::{self, CompleteProducts};
 use crate::http::{ReadinessCheck, fallback, method_not_allowed, ops_routes};
-use crate::pipeline::{self, ImageMetrics, ImageWork};
-use crate::product_collector::{self, ProductCollector};
 use crate::settings::Settings;
 use crate::store::{MongoProductStore, MongoViewStore, ProductStore, ViewStore};
+use crate::system::{self, Backends, CdcSource, Options, Roles, System, TopologyFile};
 
 /// A token cancelled on SIGTERM or SIGINT.
 pub fn shutdown_on_signals() -> CancellationToken {
@@ -139,166 +138,12 @@ async fn mongo_database(settings: &Settings) -> anyhow::Result<mongodb::Database
     Ok(client.database(&settings.mongodb.database))
 }
 
-async fn mongo_product_store(settings: &Settings) -> anyhow::Result<ProductStore> {
-    let database = mongo_database(settings).await?;
-    let store = MongoProductStore::open(database, &settings.mongodb.products_collection)
-        .await
-        .context("cannot prepare the products collection (is MongoDB up?)")?;
-    Ok(ProductStore::Mongo(store))
-}
-
-async fn mongo_view_store(settings: &Settings) -> anyhow::Result<ViewStore> {
-    let database = mongo_database(settings).await?;
-    let store = MongoViewStore::open(
-        database,
-        &settings.mongodb.complete_products_collection,
-        &settings.mongodb.status_collection,
-    )
-    .await
-    .context("cannot prepare the complete-products collections (is MongoDB up?)")?;
-    Ok(ViewStore::Mongo(store))
-}
-
 fn kafka_client(settings: &Settings) -> KafkaTransport {
     let mut transport = KafkaTransport::new(&settings.kafka.bootstrap);
     for (key, value) in &settings.kafka.properties {
         transport = transport.set(key, value);
     }
     transport
-}
-
-fn kafka_transport(settings: &Settings) -> Arc<dyn Transport> {
-    Arc::new(kafka_client(settings))
-}
-
-/// What a runtime flushes before it commits offsets past the work recorded there.
-#[derive(Clone, Default)]
-pub struct Durability {
-    /// The processors' state directory.
-    pub state: Option<state::StateDir>,
-    /// The changelog of that state.
-    pub changelog: Option<Arc<dyn state::ChangelogSink>>,
-}
-
-/// The engine's settings for a distributed service's topology: its defaults, with
-/// exactly-once as configured.
-fn kafka_runtime_config(settings: &Settings, application_id: &str) -> RuntimeConfig {
-    let mut config = RuntimeConfig::new(application_id);
-    config.exactly_once = settings.kafka.exactly_once;
-    config
-}
-
-/// Runs a topology until `shutdown`, with metrics in `registry`; `state` is flushed before
-/// offsets are committed.
-pub async fn run_topology(
-    topology: Topology,
-    config: RuntimeConfig,
-    transport: Arc<dyn Transport>,
-    durability: Durability,
-    registry: &prometheus::Registry,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let metrics = Metrics::new(registry).context("cannot register the engine metrics")?;
-    let mut runtime = Runtime::new(topology, transport, config).with_metrics(metrics);
-    if let Some(dir) = durability.state {
-        // Flushed before every offset commit: processors record their effects there without
-        // a flush of their own.
-        runtime = runtime.with_state_dir(dir);
-    }
-    if let Some(sink) = durability.changelog {
-        runtime = runtime.with_changelog(sink);
-    }
-    let summary = runtime
-        .run(shutdown)
-        .await
-        .context("the topology stopped")?;
-    tracing::info!(
-        consumed = summary.consumed,
-        abandoned = summary.abandoned,
-        "topology stopped"
-    );
-    Ok(())
-}
-
-/// `product-collector`: the ingest API over MongoDB.
-pub async fn product_collector(settings: Settings) -> anyhow::Result<()> {
-    let shutdown = shutdown_on_signals();
-    let registry = prometheus::Registry::new();
-    let store = mongo_product_store(&settings).await?;
-    let collector =
-        ProductCollector::new(store.clone(), &registry)?.with_api_token(settings.api_token());
-    let ready = readiness(move || {
-        let store = store.clone();
-        async move { vec![("mongodb".to_owned(), answers(store.ping()).await)] }
-    });
-    let router = service_router(
-        product_collector::routes(collector),
-        crate::openapi::Api::ProductCollector,
-        vec![registry],
-        ready,
-    );
-    serve_http(settings.listen, router, shutdown).await
-}
-
-/// `complete-products`: the image-events sink and the read API over MongoDB.
-pub async fn complete_products(settings: Settings) -> anyhow::Result<()> {
-    let shutdown = shutdown_on_signals();
-    let registry = prometheus::Registry::new();
-    let products = mongo_product_store(&settings).await?;
-    let view = mongo_view_store(&settings).await?;
-    let schema_registry: Arc<dyn SchemaRegistry> = Arc::new(HttpSchemaRegistry::new(
-        settings.schema_registry_url.clone(),
-    ));
-    let processors = pipeline::registry(None, Some(view.clone()), schema_registry);
-    let (topology, application_id) = pipeline::load(
-        pipeline::COMPLETE_PRODUCTS_TOPOLOGY,
-        "complete-products topology",
-        &settings.topics,
-        &processors,
-    )?;
-    let ready_view = view.clone();
-    let kafka = kafka_probe(&settings, &settings.topics.image_events)?;
-    let ready = readiness(move || {
-        let (view, kafka) = (ready_view.clone(), kafka.clone());
-        async move {
-            let (mongodb, kafka) =
-                tokio::join!(answers(view.ping()), kafka.answers(READINESS_TIMEOUT));
-            vec![("mongodb".to_owned(), mongodb), ("kafka".to_owned(), kafka)]
-        }
-    });
-    let api = complete_products::routes(
-        CompleteProducts::new(products, view)
-            .with_api_token(settings.api_token())
-            .with_image_links(image_links(&settings).await?),
-    );
-    let router = service_router(
-        api,
-        crate::openapi::Api::CompleteProducts,
-        vec![registry.clone()],
-        ready,
-    );
-    let application_id = settings.kafka.group_id.clone().unwrap_or(application_id);
-    let stream = run_topology(
-        topology,
-        kafka_runtime_config(&settings, &application_id),
-        kafka_transport(&settings),
-        Durability::default(),
-        &registry,
-        shutdown.clone(),
-    );
-    let http = serve_http(settings.listen, router, shutdown.clone());
-    let (stream, http) = tokio::join!(stream_then_cancel(stream, &shutdown), http);
-    stream.and(http)
-}
-
-/// Cancels `shutdown` when `work` ends, so a failed stream also stops the HTTP side.
-async fn stream_then_cancel(
-    work: impl Future<Output = anyhow::Result<()>>,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    let result = work.await;
-    shutdown.cancel();
-    result
 }
 
 /// How long a presigned image URL stays valid when the bucket has no public base URL.
@@ -312,6 +157,18 @@ fn with_link_default(mut s3: images::S3Config) -> images::S3Config {
     s3
 }
 
+/// The bucket as the image pipeline writes it (created when the settings say so).
+async fn image_bucket(settings: &Settings) -> anyhow::Result<Arc<dyn images::ObjectStore>> {
+    settings
+        .s3
+        .validate()
+        .map_err(|errors| anyhow::anyhow!("invalid s3 settings: {}", errors.join("; ")))?;
+    let s3 = images::S3ObjectStore::new(with_link_default(settings.s3.clone()))
+        .await
+        .context("cannot reach the S3 bucket")?;
+    Ok(Arc::new(s3))
+}
+
 /// The bucket as complete-products sees it: only to render image URLs when they are read
 /// (never creating the bucket, which is the image pipeline's).
 async fn image_links(settings: &Settings) -> anyhow::Result<Arc<dyn images::ObjectStore>> {
@@ -323,123 +180,12 @@ async fn image_links(settings: &Settings) -> anyhow::Result<Arc<dyn images::Obje
     Ok(Arc::new(store))
 }
 
-/// Builds the image work (fetcher, object store, metrics) from settings.
-pub async fn image_work(
+/// The native MongoDB change-stream source writing Debezium envelopes (Avro through the
+/// registry) to the CDC topic. For clusters without Kafka Connect.
+fn change_stream_source(
     settings: &Settings,
-    objects: Arc<dyn images::ObjectStore>,
-    registry: &prometheus::Registry,
-) -> anyhow::Result<ImageWork> {
-    let fetcher = images::ImageFetcher::new(settings.fetch.clone())
-        .map_err(|error| anyhow::anyhow!("invalid fetch settings: {error}"))?;
-    Ok(ImageWork {
-        fetcher,
-        fetch_retry: settings.fetch_retry.clone(),
-        objects,
-        metrics: ImageMetrics::new(registry)?,
-    })
-}
-
-/// `image-pipeline`: the diff-checker, the image collector and the image remover over Kafka
-/// and S3.
-pub async fn image_pipeline(settings: Settings) -> anyhow::Result<()> {
-    let shutdown = shutdown_on_signals();
-    let registry = prometheus::Registry::new();
-    settings
-        .s3
-        .validate()
-        .map_err(|errors| anyhow::anyhow!("invalid s3 settings: {}", errors.join("; ")))?;
-    let s3 = images::S3ObjectStore::new(with_link_default(settings.s3.clone()))
-        .await
-        .context("cannot reach the S3 bucket")?;
-    let objects: Arc<dyn images::ObjectStore> = Arc::new(s3);
-    let (template, origin) = topology_template(&settings, pipeline::IMAGE_PIPELINE_TOPOLOGY)?;
-    let application_id = match &settings.kafka.group_id {
-        Some(group) => group.clone(),
-        None => pipeline::application_id(&template, &settings.topics)?
-            .unwrap_or_else(|| "catalog-stream-image-pipeline".to_owned()),
-    };
-    let work = image_work(&settings, objects.clone(), &registry).await?;
-    let schema_registry: Arc<dyn SchemaRegistry> = Arc::new(HttpSchemaRegistry::new(
-        settings.schema_registry_url.clone(),
-    ));
-    let processors = pipeline::registry(Some(work), None, schema_registry);
-    let (topology, _) = pipeline::load(&template, &origin, &settings.topics, &processors)?;
-    let kafka = kafka_probe(&settings, &settings.topics.cdc)?;
-    let router = service_router(
-        Router::new(),
-        crate::openapi::Api::OpsOnly,
-        vec![registry.clone()],
-        object_store_readiness(objects, Some(kafka)),
-    );
-    let application_id = settings.kafka.group_id.clone().unwrap_or(application_id);
-    // The collector's and remover's per-product state is a task store: one per partition
-    // under `state_dir/<application_id>/`, restored from its changelog partition when the
-    // partition is assigned here.
-    let mut config = kafka_runtime_config(&settings, &application_id);
-    config.state_dir = Some(settings.state_dir.clone());
-    config.changelogs = settings.state_changelog;
-    let stream = run_topology(
-        topology,
-        config,
-        kafka_transport(&settings),
-        Durability::default(),
-        &registry,
-        shutdown.clone(),
-    );
-    let http = serve_http(settings.listen, router, shutdown.clone());
-    let (stream, http) = tokio::join!(stream_then_cancel(stream, &shutdown), http);
-    stream.and(http)
-}
-
-/// The image pipeline's `/readyz` check: the object store answers (a lookup of a key that
-/// need not exist) and, when given, the Kafka cluster answers, each within 2 s.
-pub fn object_store_readiness(
-    objects: Arc<dyn images::ObjectStore>,
-    kafka: Option<KafkaProbe>,
-) -> ReadinessCheck {
-    readiness(move || {
-        let (objects, kafka) = (objects.clone(), kafka.clone());
-        async move {
-            let s3 = answers(async { objects.exists("readyz").await.is_ok() }).await;
-            let mut checks = vec![("s3".to_owned(), s3)];
-            if let Some(kafka) = kafka {
-                checks.push(("kafka".to_owned(), kafka.answers(READINESS_TIMEOUT).await));
-            }
-            checks
-        }
-    })
-}
-
-/// A readiness probe of the Kafka cluster with the service's client settings, asking for
-/// `topic` (one the service reads or writes).
-pub fn kafka_probe(settings: &Settings, topic: &str) -> anyhow::Result<KafkaProbe> {
-    kafka_client(settings)
-        .probe(topic)
-        .context("invalid Kafka client settings for the readiness probe")
-}
-
-/// The topology file named in the settings, or the built-in one.
-pub fn topology_template(settings: &Settings, built_in: &str) -> anyhow::Result<(String, String)> {
-    match &settings.topology_file {
-        Some(path) => Ok((
-            std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?,
-            path.display().to_string(),
-        )),
-        None => Ok((
-            built_in.to_owned(),
-            "built-in image-pipeline topology".to_owned(),
-        )),
-    }
-}
-
-/// `cdc-source`: the native MongoDB change-stream source, emitting Debezium envelopes (Avro
-/// through the registry) to the CDC topic. For clusters without Kafka Connect.
-pub async fn cdc_source(settings: Settings) -> anyhow::Result<()> {
-    use connectors::mongo_source::{ChangeEncoder, KafkaChangeSink, MongoSourceConfig};
-
-    let shutdown = shutdown_on_signals();
-    let registry = prometheus::Registry::new();
+    schema_registry: Arc<dyn SchemaRegistry>,
+) -> anyhow::Result<CdcSource> {
     let (prefix, _) = settings
         .topics
         .cdc
@@ -453,16 +199,13 @@ pub async fn cdc_source(settings: Settings) -> anyhow::Result<()> {
     );
     config.topic_prefix = prefix.to_owned();
     config.topic = Some(settings.topics.cdc.clone());
-    let schema_registry: Arc<dyn SchemaRegistry> = Arc::new(HttpSchemaRegistry::new(
-        settings.schema_registry_url.clone(),
-    ));
     let encoder = ChangeEncoder::avro(
         schema_registry,
         prefix,
         &settings.mongodb.database,
         &settings.mongodb.products_collection,
     )?;
-    let mut source = config.build(encoder)?;
+    let source = config.build(encoder)?;
     let extra: Vec<(&str, &str)> = settings
         .kafka
         .properties
@@ -474,41 +217,198 @@ pub async fn cdc_source(settings: Settings) -> anyhow::Result<()> {
         settings.topics.cdc.clone(),
         &extra,
     )?;
-    let database = mongo_database(&settings).await?;
-    let kafka = kafka_probe(&settings, &settings.topics.cdc)?;
-    let ready = readiness(move || {
-        let (database, kafka) = (database.clone(), kafka.clone());
-        async move {
-            let (mongodb, kafka) = tokio::join!(
+    Ok(CdcSource::MongoChangeStream {
+        source: Box::new(source),
+        sink,
+    })
+}
+
+/// The backends a distributed service with `roles` needs, opened from `settings`, with its
+/// `/readyz` checks: MongoDB for the stores, S3 for the image pipeline, Kafka for every
+/// stream.
+pub async fn distributed_backends(settings: &Settings, roles: Roles) -> anyhow::Result<Backends> {
+    let mut checks: Vec<(&'static str, Probe)> = Vec::new();
+    let needs_mongo = roles.product_api || roles.complete_products || roles.cdc;
+    let database = if needs_mongo {
+        let database = mongo_database(settings).await?;
+        checks.push(("mongodb", Probe::Mongo(database.clone())));
+        Some(database)
+    } else {
+        None
+    };
+    let products = match (&database, roles.product_api || roles.complete_products) {
+        (Some(database), true) => Some(ProductStore::Mongo(
+            MongoProductStore::open(database.clone(), &settings.mongodb.products_collection)
+                .await
+                .context("cannot prepare the products collection (is MongoDB up?)")?,
+        )),
+        _ => None,
+    };
+    let view = match (&database, roles.complete_products) {
+        (Some(database), true) => Some(ViewStore::Mongo(
+            MongoViewStore::open(
+                database.clone(),
+                &settings.mongodb.complete_products_collection,
+                &settings.mongodb.status_collection,
+            )
+            .await
+            .context("cannot prepare the complete-products collections (is MongoDB up?)")?,
+        )),
+        _ => None,
+    };
+    let objects = if roles.image_pipeline {
+        let bucket = image_bucket(settings).await?;
+        checks.push(("s3", Probe::ObjectStore(bucket.clone())));
+        Some(bucket)
+    } else {
+        None
+    };
+    let image_links = if roles.complete_products {
+        Some(image_links(settings).await?)
+    } else {
+        None
+    };
+    let schema_registry: Arc<dyn SchemaRegistry> = Arc::new(HttpSchemaRegistry::new(
+        settings.schema_registry_url.clone(),
+    ));
+    // The probe asks for a topic the service reads or writes.
+    let probed_topic = if roles.image_pipeline || roles.cdc {
+        Some(&settings.topics.cdc)
+    } else if roles.complete_products {
+        Some(&settings.topics.image_events)
+    } else {
+        None
+    };
+    if let Some(topic) = probed_topic {
+        checks.push(("kafka", Probe::Kafka(kafka_probe(settings, topic)?)));
+    }
+    let streams = roles.image_pipeline || roles.complete_products;
+    Ok(Backends {
+        products,
+        view,
+        objects,
+        image_links,
+        transport: streams.then(|| Arc::new(kafka_client(settings)) as Arc<dyn Transport>),
+        cdc: if roles.cdc {
+            Some(change_stream_source(settings, schema_registry.clone())?)
+        } else {
+            None
+        },
+        schema_registry: Some(schema_registry),
+        routes: Router::new(),
+        readiness: readiness_of(checks),
+    })
+}
+
+/// The options of a distributed service with `roles`, from `settings`.
+pub fn distributed_options(settings: &Settings, roles: Roles) -> anyhow::Result<Options> {
+    let image_pipeline = match &settings.topology_file {
+        Some(path) => TopologyFile {
+            text: std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+            origin: path.display().to_string(),
+        },
+        None => TopologyFile::image_pipeline(),
+    };
+    // The image pipeline's per-product state is a task store: one per partition under
+    // `state_dir/<application_id>/`, restored from its changelog partition when the partition
+    // is assigned here.
+    let mut runtime = RuntimeConfig::new("catalog-stream");
+    runtime.exactly_once = settings.kafka.exactly_once;
+    runtime.state_dir = Some(settings.state_dir.clone());
+    runtime.changelogs = settings.state_changelog;
+    Ok(Options {
+        roles,
+        topics: settings.topics.clone(),
+        image_pipeline,
+        fetch: settings.fetch.clone(),
+        fetch_retry: settings.fetch_retry.clone(),
+        api_token: settings.api_token(),
+        group_id: settings.kafka.group_id.clone(),
+        runtime,
+        metrics: prometheus::Registry::new(),
+    })
+}
+
+/// Runs the distributed service with `roles` until SIGTERM/SIGINT or until its stream stops.
+pub async fn run_service(settings: Settings, roles: Roles) -> anyhow::Result<()> {
+    let shutdown = shutdown_on_signals();
+    let backends = distributed_backends(&settings, roles).await?;
+    let System { router, streams } =
+        system::assemble(backends, distributed_options(&settings, roles)?)?;
+    let http = serve_http(settings.listen, router, shutdown.clone());
+    let (streams, http) = tokio::join!(
+        system::then_cancel(
+            async { streams.run(shutdown.clone()).await.map(|_| ()) },
+            &shutdown
+        ),
+        http
+    );
+    streams.and(http)
+}
+
+/// A readiness probe of one backend.
+enum Probe {
+    Mongo(mongodb::Database),
+    ObjectStore(Arc<dyn images::ObjectStore>),
+    Kafka(KafkaProbe),
+}
+
+impl Probe {
+    async fn answers(&self) -> bool {
+        match self {
+            Probe::Mongo(database) => {
                 answers(async {
                     database
                         .run_command(mongodb::bson::doc! {"ping": 1})
                         .await
                         .is_ok()
-                }),
-                kafka.answers(READINESS_TIMEOUT)
-            );
-            vec![("mongodb".to_owned(), mongodb), ("kafka".to_owned(), kafka)]
+                })
+                .await
+            }
+            // A lookup of a key that need not exist.
+            Probe::ObjectStore(objects) => {
+                answers(async { objects.exists("readyz").await.is_ok() }).await
+            }
+            Probe::Kafka(kafka) => kafka.answers(READINESS_TIMEOUT).await,
         }
-    });
-    let router = service_router(
-        Router::new(),
-        crate::openapi::Api::OpsOnly,
-        vec![registry],
-        ready,
-    );
-    let http = serve_http(settings.listen, router, shutdown.clone());
-    let stream = async {
-        let result = source
-            .run(sink, {
-                let shutdown = shutdown.clone();
-                async move { shutdown.cancelled().await }
-            })
-            .await
-            .context("the change-stream source stopped");
-        shutdown.cancel();
-        result
-    };
-    let (stream, http) = tokio::join!(stream, http);
-    stream.and(http)
+    }
+}
+
+/// `/readyz` over `checks`, asked at once, each within 2 s.
+fn readiness_of(checks: Vec<(&'static str, Probe)>) -> ReadinessCheck {
+    let checks = Arc::new(checks);
+    readiness(move || {
+        let checks = checks.clone();
+        async move {
+            let answers =
+                futures::future::join_all(checks.iter().map(|(_, probe)| probe.answers())).await;
+            checks
+                .iter()
+                .zip(answers)
+                .map(|((name, _), answer)| ((*name).to_owned(), answer))
+                .collect()
+        }
+    })
+}
+
+/// The image pipeline's `/readyz` check: the object store answers (a lookup of a key that
+/// need not exist) and, when given, the Kafka cluster answers, each within 2 s.
+pub fn object_store_readiness(
+    objects: Arc<dyn images::ObjectStore>,
+    kafka: Option<KafkaProbe>,
+) -> ReadinessCheck {
+    let mut checks = vec![("s3", Probe::ObjectStore(objects))];
+    if let Some(kafka) = kafka {
+        checks.push(("kafka", Probe::Kafka(kafka)));
+    }
+    readiness_of(checks)
+}
+
+/// A readiness probe of the Kafka cluster with the service's client settings, asking for
+/// `topic` (one the service reads or writes).
+pub fn kafka_probe(settings: &Settings, topic: &str) -> anyhow::Result<KafkaProbe> {
+    kafka_client(settings)
+        .probe(topic)
+        .context("invalid Kafka client settings for the readiness probe")
 }

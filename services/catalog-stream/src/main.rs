@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use catalog_stream::settings::Settings;
+use catalog_stream::system::Roles;
 use catalog_stream::{allocator, app, pipeline, standalone};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -208,14 +209,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => cli.standalone.run().await,
         Some(Command::Standalone(args)) => args.run().await,
-        Some(Command::ProductCollector(args)) => app::product_collector(settings(&args)?).await,
-        Some(Command::ImagePipeline(args)) => app::image_pipeline(settings(&args)?).await,
-        Some(Command::CompleteProducts(args)) => app::complete_products(settings(&args)?).await,
-        Some(Command::CdcSource(args)) => app::cdc_source(settings(&args)?).await,
+        Some(Command::ProductCollector(args)) => service(&args, Roles::PRODUCT_COLLECTOR).await,
+        Some(Command::ImagePipeline(args)) => service(&args, Roles::IMAGE_PIPELINE).await,
+        Some(Command::CompleteProducts(args)) => service(&args, Roles::COMPLETE_PRODUCTS).await,
+        Some(Command::CdcSource(args)) => service(&args, Roles::CDC_SOURCE).await,
         Some(Command::SchemaRegistry(args)) => schema_registry(args).await,
         Some(Command::Cdc(CdcCommand::Decode { key, value })) => cdc_decode(key, value),
         Some(Command::Topology(command)) => topology(command),
     }
+}
+
+async fn service(args: &ServiceArgs, roles: Roles) -> anyhow::Result<()> {
+    app::run_service(settings(args)?, roles).await
 }
 
 async fn schema_registry(args: RegistryArgs) -> anyhow::Result<()> {

@@ -18,17 +18,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use catalog_stream::app;
-use catalog_stream::pipeline::{self, ImageMetrics, ImageWork};
 use catalog_stream::product::{ProductKey, validate_product};
 use catalog_stream::settings::Topics;
-use catalog_stream::standalone::{InProcessRegistry, OutboxRelay, fetch_config};
+use catalog_stream::standalone::{InProcessRegistry, fetch_config};
 use catalog_stream::store::{ProductStore, SledProductStore, SledViewStore, ViewStore};
-use connectors::mongo_source::ChangeEncoder;
+use catalog_stream::system::{
+    self, Backends, CdcSource, Options, OutboxRelay, Roles, TopologyFile,
+};
+use connectors::mongo_source::{ChangeEncoder, ChangeOrigin};
 use images::ObjectStore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use topology::serdes::SchemaRegistry;
-use topology::transport::{EmbeddedLog, EmbeddedTransport, Transport};
+use topology::transport::{EmbeddedLog, EmbeddedTransport};
 
 use own_servers::{Kind, OwnServer};
 use support::{ImageServer, collected, metric_sum, product, router_get};
@@ -111,83 +112,49 @@ async fn s3_outage_pauses_and_resumes_without_loss_or_duplicates() {
             .expect("S3 store"),
     );
     let metrics = prometheus::Registry::new();
-    let sink_metrics = prometheus::Registry::new_custom(
-        None,
-        Some([("topology".to_owned(), "complete-products".to_owned())].into()),
-    )
-    .expect("registry");
-    let state_dir = dir.path().join("state");
-    let work = ImageWork {
-        fetcher: images::ImageFetcher::new(fetch_config(None)).expect("fetcher"),
-        fetch_retry: images::RetryPolicy::default(),
-        objects: objects.clone(),
-        metrics: ImageMetrics::new(&metrics).expect("metrics"),
-    };
-    let processors = pipeline::registry(Some(work), Some(view.clone()), schemas.clone());
-    let (image_pipeline, pipeline_id) = pipeline::load(
-        pipeline::IMAGE_PIPELINE_TOPOLOGY,
-        "image-pipeline",
-        &topics,
-        &processors,
-    )
-    .expect("image pipeline");
-    let (sink, sink_id) = pipeline::load(
-        pipeline::COMPLETE_PRODUCTS_TOPOLOGY,
-        "complete-products",
-        &topics,
-        &processors,
-    )
-    .expect("sink");
-    let transport: Arc<dyn Transport> = Arc::new(EmbeddedTransport::new(log.clone()));
-    let relay_out = OutboxRelay::new(
+    let relay = OutboxRelay::new(
         products.outbox().clone(),
         log.clone(),
         ChangeEncoder::avro(schemas.clone(), "catalog", "catalog", "products").expect("encoder"),
+        ChangeOrigin {
+            server_name: "catalog".into(),
+            db: "catalog".into(),
+            collection: "products".into(),
+        },
         topics.cdc.clone(),
-    );
+    )
+    .expect("relay");
+    // The image pipeline service's real S3 readiness check (the log is embedded here: no
+    // Kafka check).
+    let backends = Backends {
+        products: Some(ProductStore::Sled(products.clone())),
+        view: Some(view.clone()),
+        objects: Some(objects.clone()),
+        image_links: None,
+        transport: Some(Arc::new(EmbeddedTransport::new(log.clone()))),
+        schema_registry: Some(schemas.clone()),
+        cdc: Some(CdcSource::Outbox(relay)),
+        routes: axum::Router::new(),
+        readiness: app::object_store_readiness(objects.clone(), None),
+    };
+    let mut runtime = topology::RuntimeConfig::new("named by each topology file");
+    runtime.state_dir = Some(dir.path().join("state"));
+    runtime.changelogs = false;
+    let options = Options {
+        roles: Roles::ALL,
+        topics: topics.clone(),
+        image_pipeline: TopologyFile::image_pipeline(),
+        fetch: fetch_config(None),
+        fetch_retry: images::RetryPolicy::default(),
+        api_token: None,
+        group_id: None,
+        runtime,
+        metrics: metrics.clone(),
+    };
+    let system = system::assemble(backends, options).expect("the system assembles");
+    let ops = system.router;
     let shutdown = CancellationToken::new();
-    let mut streams = JoinSet::new();
-    streams.spawn(relay_out.run(shutdown.clone()));
-    {
-        let (transport, metrics, shutdown) = (transport.clone(), metrics.clone(), shutdown.clone());
-        streams.spawn(async move {
-            app::run_topology(
-                image_pipeline,
-                topology::RuntimeConfig {
-                    state_dir: Some(state_dir),
-                    changelogs: false,
-                    ..topology::RuntimeConfig::new(&pipeline_id)
-                },
-                transport,
-                app::Durability::default(),
-                &metrics,
-                shutdown,
-            )
-            .await
-        });
-    }
-    {
-        let (sink_metrics, shutdown) = (sink_metrics.clone(), shutdown.clone());
-        streams.spawn(async move {
-            app::run_topology(
-                sink,
-                topology::RuntimeConfig::new(&sink_id),
-                transport,
-                app::Durability::default(),
-                &sink_metrics,
-                shutdown,
-            )
-            .await
-        });
-    }
-    // The image pipeline service's ops routes, with its real S3 readiness check (the log is
-    // embedded here: no Kafka check).
-    let ops = app::service_router(
-        axum::Router::new(),
-        catalog_stream::openapi::Api::OpsOnly,
-        vec![metrics.clone()],
-        app::object_store_readiness(objects.clone(), None),
-    );
+    let streams = tokio::spawn(system.streams.run(shutdown.clone()));
 
     let store = ProductStore::Sled(products.clone());
     let upsert = |index: usize| {
@@ -292,9 +259,7 @@ async fn s3_outage_pauses_and_resumes_without_loss_or_duplicates() {
     }
 
     shutdown.cancel();
-    while let Some(result) = streams.join_next().await {
-        result.expect("stream task").expect("stream");
-    }
+    streams.await.expect("stream task").expect("streams");
     println!(
         "s3 outage: products={total} (during outage {DURING}) outage={outage:?} \
          moto_restart={moto_restart:?} readyz_503_after={not_ready_after:?} readyz_200_after={ready_after:?} \

@@ -16,20 +16,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use catalog_stream::app;
-use catalog_stream::pipeline::{self, ImageMetrics, ImageWork};
 use catalog_stream::settings::Topics;
 use catalog_stream::standalone::{InProcessRegistry, fetch_config};
-use catalog_stream::store::{SledViewStore, ViewStore};
+use catalog_stream::store::{ProductStore, SledProductStore, SledViewStore, ViewStore};
+use catalog_stream::system::{self, Backends, Options, Roles, TopologyFile};
 use connectors::mongo_source::ChangeEncoder;
 use images::ObjectStore;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use topology::serdes::SchemaRegistry;
-use topology::transport::{KafkaTransport, Transport};
+use topology::transport::KafkaTransport;
 
 use own_servers::{Kind, OwnServer, start_product_collector};
 use support::{ImageServer, collected, metric_sum, product, product_event, router_get};
@@ -276,82 +275,50 @@ async fn broker_outage_pauses_and_resumes_without_loss_or_duplicates() {
             .expect("object store"),
     );
     let metrics = prometheus::Registry::new();
-    let sink_metrics = prometheus::Registry::new_custom(
-        None,
-        Some([("topology".to_owned(), "complete-products".to_owned())].into()),
-    )
-    .expect("registry");
-    let state_dir = dir.path().join("state");
-    let work = ImageWork {
-        fetcher: images::ImageFetcher::new(fetch_config(None)).expect("fetcher"),
-        fetch_retry: images::RetryPolicy::default(),
-        objects: objects.clone(),
-        metrics: ImageMetrics::new(&metrics).expect("metrics"),
-    };
-    let processors = pipeline::registry(Some(work), Some(view.clone()), schemas.clone());
-    let (image_pipeline, pipeline_id) = pipeline::load(
-        pipeline::IMAGE_PIPELINE_TOPOLOGY,
-        "image-pipeline",
-        &topics,
-        &processors,
-    )
-    .expect("image pipeline");
-    let (sink, sink_id) = pipeline::load(
-        pipeline::COMPLETE_PRODUCTS_TOPOLOGY,
-        "complete-products",
-        &topics,
-        &processors,
-    )
-    .expect("sink");
     let mut kafka = KafkaTransport::new(&bootstrap);
     // KAFKA_DEBUG=fetch,cgrp,topic turns on librdkafka's own debug contexts (with RUST_LOG).
     if let Ok(contexts) = std::env::var("KAFKA_DEBUG") {
         kafka = kafka.set("debug", &contexts);
     }
-    let transport: Arc<dyn Transport> = Arc::new(kafka);
-    let shutdown = CancellationToken::new();
-    let mut streams = JoinSet::new();
-    {
-        let (transport, metrics, shutdown) = (transport.clone(), metrics.clone(), shutdown.clone());
-        streams.spawn(async move {
-            app::run_topology(
-                image_pipeline,
-                topology::RuntimeConfig {
-                    state_dir: Some(state_dir),
-                    changelogs: true,
-                    ..topology::RuntimeConfig::new(&pipeline_id)
-                },
-                transport,
-                app::Durability::default(),
-                &metrics,
-                shutdown,
-            )
-            .await
-        });
-    }
-    {
-        let (sink_metrics, shutdown) = (sink_metrics.clone(), shutdown.clone());
-        streams.spawn(async move {
-            app::run_topology(
-                sink,
-                topology::RuntimeConfig::new(&sink_id),
-                transport,
-                app::Durability::default(),
-                &sink_metrics,
-                shutdown,
-            )
-            .await
-        });
-    }
     let probe = KafkaTransport::new(&bootstrap)
         .probe(&topics.cdc)
         .expect("kafka probe");
-    let ops = app::service_router(
-        axum::Router::new(),
-        catalog_stream::openapi::Api::OpsOnly,
-        vec![metrics.clone(), sink_metrics.clone()],
-        app::object_store_readiness(objects.clone(), Some(probe)),
-    );
+    let backends = Backends {
+        // Read by the complete-products API only; the changes come from the CDC topic.
+        products: Some(ProductStore::Sled(
+            SledProductStore::open(&db).expect("products"),
+        )),
+        view: Some(view.clone()),
+        objects: Some(objects.clone()),
+        image_links: None,
+        transport: Some(Arc::new(kafka)),
+        schema_registry: Some(schemas.clone()),
+        cdc: None,
+        routes: axum::Router::new(),
+        readiness: app::object_store_readiness(objects.clone(), Some(probe)),
+    };
+    let mut runtime = topology::RuntimeConfig::new("named by each topology file");
+    runtime.state_dir = Some(dir.path().join("state"));
+    runtime.changelogs = true;
+    let options = Options {
+        roles: Roles {
+            image_pipeline: true,
+            complete_products: true,
+            ..Roles::default()
+        },
+        topics: topics.clone(),
+        image_pipeline: TopologyFile::image_pipeline(),
+        fetch: fetch_config(None),
+        fetch_retry: images::RetryPolicy::default(),
+        api_token: None,
+        group_id: None,
+        runtime,
+        metrics: metrics.clone(),
+    };
+    let system = system::assemble(backends, options).expect("the system assembles");
+    let ops = system.router;
+    let shutdown = CancellationToken::new();
+    let mut streams = tokio::spawn(system.streams.run(shutdown.clone()));
     assert_eq!(
         router_get(&ops, "/readyz").await.0,
         200,
@@ -410,7 +377,7 @@ async fn broker_outage_pauses_and_resumes_without_loss_or_duplicates() {
         "every product collected while the broker was down ({during_early} after 3 s)"
     );
     assert!(
-        streams.try_join_next().is_none(),
+        !streams.is_finished(),
         "a topology stopped during the outage"
     );
 
@@ -435,8 +402,11 @@ async fn broker_outage_pauses_and_resumes_without_loss_or_duplicates() {
         if done == TOTAL {
             break;
         }
-        if let Some(result) = streams.try_join_next() {
-            panic!("a topology stopped after the outage: {result:?}");
+        if streams.is_finished() {
+            panic!(
+                "a topology stopped after the outage: {:?}",
+                (&mut streams).await
+            );
         }
         if Instant::now() >= deadline {
             let text = router_get(&ops, "/metrics").await.1;
@@ -495,9 +465,7 @@ async fn broker_outage_pauses_and_resumes_without_loss_or_duplicates() {
     }
 
     shutdown.cancel();
-    while let Some(result) = streams.join_next().await {
-        result.expect("stream task").expect("stream");
-    }
+    streams.await.expect("stream task").expect("streams");
     drop(broker);
     println!(
         "broker outage: products={TOTAL} uploaded_at_cut={at_cut} outage={outage:?} \

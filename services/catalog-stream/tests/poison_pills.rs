@@ -13,11 +13,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use catalog_stream::pipeline::{
-    self, IMAGE_PIPELINE_TOPOLOGY, ImageEvent, ImageEventKind, ImageMetrics, ImageWork,
-};
+use catalog_stream::pipeline::{ImageEvent, ImageEventKind};
 use catalog_stream::settings::Topics;
 use catalog_stream::standalone::InProcessRegistry;
+use catalog_stream::system::{self, Backends, Options, Roles, TopologyFile};
 use connectors::debezium::{ChangeEvent, Op, SourceInfo};
 use connectors::mongo_source::ChangeEncoder;
 use futures::StreamExt;
@@ -32,7 +31,7 @@ use support::{server_env, unique_name};
 use tokio_util::sync::CancellationToken;
 use topology::serdes::{AvroSerde, HttpSchemaRegistry, SchemaRegistry, Serde};
 use topology::transport::{EmbeddedLog, EmbeddedTransport, KafkaTransport, Transport};
-use topology::{Headers, Metrics, RawRecord, Runtime, RuntimeConfig};
+use topology::{Headers, RawRecord, RuntimeConfig};
 
 const PNG: &[u8] = include_bytes!("../../images/tests/fixtures/pixel.png");
 const DB: &str = "catalog";
@@ -302,33 +301,41 @@ async fn run_case(label: &str, bus: Bus, registry: Arc<dyn SchemaRegistry>, topi
             .expect("image dir"),
     );
     let metrics = prometheus::Registry::new();
-    let work = ImageWork {
-        fetcher: images::ImageFetcher::new(images::FetchConfig {
-            allow_loopback: true,
-            ..Default::default()
-        })
-        .expect("fetcher"),
-        fetch_retry: images::RetryPolicy::default(),
-        objects: objects.clone(),
-        metrics: ImageMetrics::new(&metrics).expect("image metrics"),
-    };
-    let processors = pipeline::registry(Some(work), None, registry.clone());
-    let (topology, _) = pipeline::load(IMAGE_PIPELINE_TOPOLOGY, "built-in", &topics, &processors)
-        .expect("the built-in topology loads");
     let transport: Arc<dyn Transport> = match &bus {
         Bus::Kafka { bootstrap, .. } => Arc::new(KafkaTransport::new(bootstrap)),
         Bus::Embedded(log) => Arc::new(EmbeddedTransport::new(log.clone())),
     };
-    let engine_metrics = Metrics::new(&metrics).expect("engine metrics");
-    let mut config = RuntimeConfig::new(&unique_name("poison-pipeline"));
-    config.commit_interval = Duration::from_millis(300);
-    config.state_dir = Some(dir.path().join("state"));
+    let mut runtime = RuntimeConfig::new("replaced by the group id");
+    runtime.commit_interval = Duration::from_millis(300);
+    runtime.state_dir = Some(dir.path().join("state"));
+    let backends = Backends {
+        products: None,
+        view: None,
+        objects: Some(objects.clone()),
+        image_links: None,
+        transport: Some(transport),
+        schema_registry: Some(registry.clone()),
+        cdc: None,
+        routes: axum::Router::new(),
+        readiness: Arc::new(|| Box::pin(async { Vec::new() })),
+    };
+    let options = Options {
+        roles: Roles::IMAGE_PIPELINE,
+        topics: topics.clone(),
+        image_pipeline: TopologyFile::image_pipeline(),
+        fetch: images::FetchConfig {
+            allow_loopback: true,
+            ..Default::default()
+        },
+        fetch_retry: images::RetryPolicy::default(),
+        api_token: None,
+        group_id: Some(unique_name("poison-pipeline")),
+        runtime,
+        metrics: metrics.clone(),
+    };
+    let system = system::assemble(backends, options).expect("the built-in topology loads");
     let shutdown = CancellationToken::new();
-    let runtime = tokio::spawn(
-        Runtime::new(topology, transport, config)
-            .with_metrics(engine_metrics)
-            .run(shutdown.clone()),
-    );
+    let runtime = tokio::spawn(system.streams.run(shutdown.clone()));
 
     let encoder = ChangeEncoder::avro(registry.clone(), &prefix, DB, COLLECTION).expect("encoder");
     let encode = |event: ChangeEvent| {
@@ -597,11 +604,11 @@ async fn run_case(label: &str, bus: Bus, registry: Arc<dyn SchemaRegistry>, topi
     );
     assert_eq!(dead_lettered as usize, pills.len());
     shutdown.cancel();
-    let summary = runtime
+    let stopped = runtime
         .await
         .expect("runtime task")
         .expect("the runtime stops cleanly");
-    assert_eq!(summary.abandoned, 0);
+    assert_eq!(stopped.abandoned, 0);
 }
 
 fn lag_by_topic(registry: &prometheus::Registry) -> BTreeMap<String, i64> {

@@ -1,6 +1,6 @@
 //! Reading a CDC record (Debezium MongoDB envelope, Avro or JSON) as a change to one product.
 
-use connectors::debezium::{self, ChangeEvent, Op};
+use connectors::debezium::{self, ChangeEvent, Op, SourcePosition};
 use topology::{ProcessError, Record, Value};
 
 use crate::product::{Product, ProductKey, validate_product};
@@ -13,7 +13,7 @@ pub struct ProductChange {
     /// The product identity (the document `_id`).
     pub key: ProductKey,
     /// Where the change sits in the source (cluster time seconds, ordinal).
-    pub position: (i64, i32),
+    pub position: SourcePosition,
     /// The product after the change and its version (c/r/u).
     pub after: Option<(Product, i64)>,
 }
@@ -49,7 +49,6 @@ pub fn product_change(record: &Record) -> Result<ProductChange, ProcessError> {
     let event = change_event(record)?;
     let position = event
         .position()
-        .map(|position| (position.seconds, position.ord))
         .ok_or_else(|| permanent("the change event has no `source` position"))?;
     let key = identity(&event)?;
     let after = match event.op {

@@ -17,9 +17,7 @@ pub use change::{ProductChange, change_event, product_change};
 pub use events::{IMAGE_EVENT_SCHEMA, ImageEvent, ImageEventKind, ProductFields, event_key};
 pub use metrics::ImageMetrics;
 pub use processors::{CompleteProductsSink, ImageCollector, ImageRemover, ImageWork};
-pub use state::{
-    ChangePosition, CollectionFailure, PRODUCT_IMAGES_STORE, ProductImageState, ProductImages,
-};
+pub use state::{CollectionFailure, PRODUCT_IMAGES_STORE, ProductImageState, ProductImages};
 
 use crate::settings::Topics;
 use crate::store::ViewStore;

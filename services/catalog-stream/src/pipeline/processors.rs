@@ -56,6 +56,25 @@ pub struct ImageWork {
     pub metrics: ImageMetrics,
 }
 
+impl ImageWork {
+    /// The image work with `fetch` limits, `retry` policy and `objects` as the store, its
+    /// counters registered in `registry`.
+    pub fn new(
+        fetch: images::FetchConfig,
+        retry: FetchRetryPolicy,
+        objects: Arc<dyn ObjectStore>,
+        registry: &prometheus::Registry,
+    ) -> anyhow::Result<Self> {
+        Ok(ImageWork {
+            fetcher: ImageFetcher::new(fetch)
+                .map_err(|error| anyhow::anyhow!("invalid fetch settings: {error}"))?,
+            fetch_retry: retry,
+            objects,
+            metrics: ImageMetrics::new(registry)?,
+        })
+    }
+}
+
 /// `image-collector`: for an upsert, fetch the image, store it under a content-addressed key,
 /// record it, delete the replaced object, emit `COLLECTED` (or `FAILED` with the reason).
 /// Uses the task store `product-images`.

@@ -6,7 +6,7 @@
 //! moves with its partitions when instances scale (restored from its changelog partition).
 
 use serde::{Deserialize, Serialize};
-use state::{KvStore, StateError};
+use state::{KvStore, SourcePosition, StateError};
 use topology::{ProcessError, ProcessorContext};
 
 use crate::store::CollectedImage;
@@ -15,9 +15,26 @@ use crate::store::CollectedImage;
 /// `{application_id}-product-images-changelog`).
 pub const PRODUCT_IMAGES_STORE: &str = "product-images";
 
-/// The CDC source position of a change: seconds and ordinal (Debezium's `source.ts_ms` /
-/// `ord` pair), ordered as the source emitted them.
-pub type ChangePosition = (i64, i32);
+/// The stored form of a position: a `[seconds, ord]` pair, as the store held it before the
+/// position had a type of its own (entries already in stores and changelogs stay readable).
+mod position_as_pair {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use state::SourcePosition;
+
+    pub fn serialize<S: Serializer>(
+        position: &SourcePosition,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        (position.seconds, position.ord).serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<SourcePosition, D::Error> {
+        let (seconds, ord) = <(i64, i32)>::deserialize(deserializer)?;
+        Ok(SourcePosition::new(seconds, ord))
+    }
+}
 
 /// Why the last collection failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,7 +51,8 @@ pub struct CollectionFailure {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ProductImageState {
     /// Source position of the last change applied.
-    pub position: ChangePosition,
+    #[serde(with = "position_as_pair")]
+    pub position: SourcePosition,
     /// The product version of the last change applied.
     pub version: i64,
     /// The image stored for `version`, if collected.

@@ -17,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-pub use mongo::{MongoProductStore, MongoViewStore};
+pub use mongo::{MongoProductStore, MongoViewStore, identity, stored_product_document};
 pub use sled_store::{
     OUTBOX_SEQUENCE_HEADER, Outbox, OutboxEntry, SledProductStore, SledViewStore,
 };

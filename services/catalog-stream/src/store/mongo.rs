@@ -21,7 +21,7 @@ use crate::product::{Product, ProductKey};
 const MAX_WRITE_ATTEMPTS: usize = 32;
 
 /// The `_id` of a product's documents.
-fn identity(key: &ProductKey) -> Document {
+pub fn identity(key: &ProductKey) -> Document {
     doc! {"mallId": &key.mall_id, "productId": &key.product_id}
 }
 
@@ -182,13 +182,18 @@ impl MongoProductStore {
 }
 
 fn product_document(product: &Product, version: i64) -> Result<Document, StoreError> {
-    let stored = StoredProduct {
+    stored_product_document(&StoredProduct {
         product: product.clone(),
         version,
         updated_at_ms: now_ms(),
-    };
-    let mut document = bson::to_document(&stored).map_err(|e| StoreError::corrupt("product", e))?;
-    document.insert("_id", identity(&product.key()));
+    })
+}
+
+/// A stored product as its document in the products collection (`_id` its identity): what the
+/// change-data-capture source reads, whichever store it watches.
+pub fn stored_product_document(stored: &StoredProduct) -> Result<Document, StoreError> {
+    let mut document = bson::to_document(stored).map_err(|e| StoreError::corrupt("product", e))?;
+    document.insert("_id", identity(&stored.product.key()));
     Ok(document)
 }
 
