@@ -14,6 +14,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use tokio::sync::oneshot;
 use topology::serdes::{AvroSerde, HttpSchemaRegistry, Serde};
+use topology::transport::KafkaClientConfig;
 
 use common::{mongo_uri, setting, unique_db};
 
@@ -48,12 +49,8 @@ async fn writes_avro_records_to_kafka_that_decode_back() {
     let registry = Arc::new(HttpSchemaRegistry::new(registry_url.clone()));
     let encoder =
         ChangeEncoder::avro(registry.clone(), "catalog", &db, "products").expect("schemas");
-    let sink = KafkaChangeSink::new(
-        &bootstrap,
-        topic.clone(),
-        &[("message.timeout.ms", "20000")],
-    )
-    .expect("producer");
+    let kafka = KafkaClientConfig::new(&bootstrap).set("message.timeout.ms", "20000");
+    let sink = KafkaChangeSink::new(&kafka, topic.clone()).expect("producer");
     let mut source = config.build(encoder).expect("source");
     let stats = source.stats();
     let (stop, stopped) = oneshot::channel::<()>();

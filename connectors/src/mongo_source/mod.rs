@@ -25,7 +25,8 @@
 //! let config = MongoSourceConfig::new("mongodb://127.0.0.1:27017", "catalog", "products", "/var/lib/cdc");
 //! let encoder = ChangeEncoder::avro(Arc::new(HttpSchemaRegistry::new("http://127.0.0.1:8081")),
 //!     &config.topic_prefix, &config.database, &config.collection)?;
-//! let sink = KafkaChangeSink::new("127.0.0.1:9092", config.topic(), &[])?;
+//! let kafka = topology::transport::KafkaClientConfig::new("127.0.0.1:9092");
+//! let sink = KafkaChangeSink::new(&kafka, config.topic())?;
 //! let mut source = config.build(encoder)?;
 //! source.run(sink, async { let _ = tokio::signal::ctrl_c().await; }).await?;
 //! # Ok(()) }

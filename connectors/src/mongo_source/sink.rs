@@ -12,11 +12,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use topology::transport::{EmbeddedLog, RecordSink, TransportError};
+use topology::transport::{ClientKind, EmbeddedLog, KafkaClientConfig, RecordSink, TransportError};
 use topology::{Headers, RawRecord};
 
 /// Why a record could not be written.
@@ -236,32 +235,28 @@ pub struct KafkaChangeSink {
 }
 
 impl KafkaChangeSink {
-    /// A producer for `bootstrap_servers` writing to `topic`; `extra` sets further librdkafka
-    /// properties (security, `linger.ms`, ...).
+    /// A producer with `config`'s producer properties writing to `topic`, idempotent with
+    /// `acks=all` whatever `config` says, and `linger.ms` 5 and `delivery.timeout.ms` 120 s
+    /// unless `config` sets them.
     ///
     /// # Example
     /// ```
     /// use connectors::mongo_source::KafkaChangeSink;
-    /// let sink = KafkaChangeSink::new("127.0.0.1:9092", "catalog.catalog.products", &[("linger.ms", "5")])
+    /// use topology::transport::KafkaClientConfig;
+    /// let config = KafkaClientConfig::new("127.0.0.1:9092").set("linger.ms", "5");
+    /// let sink = KafkaChangeSink::new(&config, "catalog.catalog.products")
     ///     .expect("valid configuration");
     /// assert_eq!(sink.topic(), "catalog.catalog.products");
     /// ```
-    pub fn new(
-        bootstrap_servers: &str,
-        topic: impl Into<String>,
-        extra: &[(&str, &str)],
-    ) -> Result<Self, SinkError> {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", bootstrap_servers)
+    pub fn new(config: &KafkaClientConfig, topic: impl Into<String>) -> Result<Self, SinkError> {
+        let producer: FutureProducer = config
+            .clone()
+            .set_default("linger.ms", "5")
+            .set_default("delivery.timeout.ms", "120000")
+            // Without them the producer's own retries could duplicate or reorder records.
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("delivery.timeout.ms", "120000");
-        for (k, v) in extra {
-            config.set(*k, *v);
-        }
-        let producer: FutureProducer = config
+            .client(ClientKind::Producer)
             .create()
             .map_err(|e| SinkError::Config(e.to_string()))?;
         Ok(KafkaChangeSink {

@@ -12,7 +12,7 @@ use connectors::mongo_source::{ChangeEncoder, KafkaChangeSink, MongoSourceConfig
 use tokio_util::sync::CancellationToken;
 use topology::RuntimeConfig;
 use topology::serdes::{HttpSchemaRegistry, SchemaRegistry};
-use topology::transport::{KafkaProbe, KafkaTransport, Transport};
+use topology::transport::{KafkaClientConfig, KafkaProbe, KafkaTransport, Transport};
 
 use crate::http::{ReadinessCheck, fallback, method_not_allowed, ops_routes};
 use crate::settings::Settings;
@@ -138,12 +138,18 @@ async fn mongo_database(settings: &Settings) -> anyhow::Result<mongodb::Database
     Ok(client.database(&settings.mongodb.database))
 }
 
+/// The service's Kafka client properties: every client (the transport's consumer and
+/// producers, the changelog reader, the CDC source's producer, the readiness probe) takes the
+/// ones of its kind.
+fn kafka_config(settings: &Settings) -> KafkaClientConfig {
+    settings.kafka.properties.iter().fold(
+        KafkaClientConfig::new(&settings.kafka.bootstrap),
+        |config, (key, value)| config.set(key, value),
+    )
+}
+
 fn kafka_client(settings: &Settings) -> KafkaTransport {
-    let mut transport = KafkaTransport::new(&settings.kafka.bootstrap);
-    for (key, value) in &settings.kafka.properties {
-        transport = transport.set(key, value);
-    }
-    transport
+    KafkaTransport::with_config(kafka_config(settings))
 }
 
 /// How long a presigned image URL stays valid when the bucket has no public base URL.
@@ -206,17 +212,7 @@ fn change_stream_source(
         &settings.mongodb.products_collection,
     )?;
     let source = config.build(encoder)?;
-    let extra: Vec<(&str, &str)> = settings
-        .kafka
-        .properties
-        .iter()
-        .map(|(key, value)| (key.as_str(), value.as_str()))
-        .collect();
-    let sink = KafkaChangeSink::new(
-        &settings.kafka.bootstrap,
-        settings.topics.cdc.clone(),
-        &extra,
-    )?;
+    let sink = KafkaChangeSink::new(&kafka_config(settings), settings.topics.cdc.clone())?;
     Ok(CdcSource::MongoChangeStream {
         source: Box::new(source),
         sink,

@@ -12,7 +12,6 @@
 //! consumed offsets are committed together with `send_offsets_to_transaction` and the consumer
 //! group metadata.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -27,6 +26,7 @@ use rdkafka::message::{Header as KHeader, Headers as _, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use super::kafka_config::{ClientKind, KafkaClientConfig};
 use super::{
     ApplyChangelogRecord, ConnectSpec, Connection, Delivered, DeliveryFuture, OnDelivery, Queued,
     RecordSink, SourceConsumer, StateLog, TopicPartition, Transport, TransportError,
@@ -44,18 +44,22 @@ use crate::{Header, Headers, RawRecord};
 /// ```
 #[derive(Debug, Clone)]
 pub struct KafkaTransport {
-    config: HashMap<String, String>,
+    config: KafkaClientConfig,
 }
 
 impl KafkaTransport {
     /// A transport for the cluster at `bootstrap_servers`.
     pub fn new(bootstrap_servers: &str) -> Self {
-        let mut config = HashMap::new();
-        config.insert("bootstrap.servers".into(), bootstrap_servers.into());
-        config.insert("auto.offset.reset".into(), "earliest".into());
+        Self::with_config(KafkaClientConfig::new(bootstrap_servers))
+    }
+
+    /// A transport whose clients take `config` (each client only the properties of its kind),
+    /// with the engine's defaults where `config` sets nothing.
+    pub fn with_config(config: KafkaClientConfig) -> Self {
+        let config = config.set_default("auto.offset.reset", "earliest");
         // A partition resumed after back-pressure refills within this wait instead of
         // librdkafka's 500 ms default (measured: 10 → 27 records/s with 4 in flight).
-        config.insert("fetch.wait.max.ms".into(), "100".into());
+        let config = config.set_default("fetch.wait.max.ms", "100");
         // Once `queued.min.messages` (100k) are fetched ahead, librdkafka stops fetching a
         // partition and looks again only after `fetch.queue.backoff.ms` (1 s by default). A
         // loop that takes longer than that to drain the queue is fine; ours drains 100k
@@ -63,30 +67,35 @@ impl KafkaTransport {
         // (measured: ~0.5 s idle per 200k records, the loop polling empty 50 ms timeouts).
         // Looking again every 10 ms keeps the queue topped up; the check is a few queue-length
         // reads on the broker thread.
-        config.insert("fetch.queue.backoff.ms".into(), "10".into());
+        let config = config.set_default("fetch.queue.backoff.ms", "10");
         // A topic created just before the subscription can show partitions without a leader
         // in the first metadata; librdkafka then fetches them only after the next refresh
         // (5 min by default), which stalled records of freshly created topics for minutes.
-        config.insert("topic.metadata.refresh.interval.ms".into(), "5000".into());
+        let config = config.set_default("topic.metadata.refresh.interval.ms", "5000");
         KafkaTransport { config }
     }
 
-    /// Sets a librdkafka property for both consumer and producer (e.g. security settings).
+    /// Sets a librdkafka property (e.g. security settings); each client takes it if its kind
+    /// does.
     pub fn set(mut self, key: &str, value: &str) -> Self {
-        self.config.insert(key.into(), value.into());
+        self.config = self.config.set(key, value);
         self
     }
 
+    /// The client properties, as set (without the engine's per-client settings).
+    pub fn client_config(&self) -> &KafkaClientConfig {
+        &self.config
+    }
+
     fn base(&self, keys: &[&str]) -> ClientConfig {
-        let mut c = ClientConfig::new();
-        for (k, v) in &self.config {
-            // Consumer properties; librdkafka warns when a producer gets them.
-            if !keys.contains(&"consumer") && is_consumer_property(k) {
-                continue;
-            }
-            c.set(k, v);
-        }
-        c
+        let kind = if keys.contains(&"consumer") {
+            ClientKind::Consumer
+        } else if keys.contains(&"producer") {
+            ClientKind::Producer
+        } else {
+            ClientKind::Admin
+        };
+        self.config.client(kind)
     }
 }
 
@@ -150,26 +159,6 @@ fn default_assignor(topics: &[String]) -> &'static str {
     } else {
         "cooperative-sticky"
     }
-}
-
-fn is_consumer_property(key: &str) -> bool {
-    const CONSUMER: &[&str] = &[
-        "auto.offset.reset",
-        "session.timeout.ms",
-        "max.poll.interval.ms",
-        "heartbeat.interval.ms",
-        "fetch.wait.max.ms",
-        "fetch.queue.backoff.ms",
-        "fetch.min.bytes",
-        "fetch.max.bytes",
-        "max.partition.fetch.bytes",
-        "queued.min.messages",
-        "queued.max.messages.kbytes",
-        "group.instance.id",
-        "group.protocol",
-        "partition.assignment.strategy",
-    ];
-    CONSUMER.contains(&key)
 }
 
 fn kafka(operation: impl Into<String>) -> impl FnOnce(KafkaError) -> TransportError {
@@ -609,7 +598,7 @@ impl Transport for KafkaTransport {
                     "partition.assignment.strategy",
                     self.config
                         .get("partition.assignment.strategy")
-                        .map_or_else(|| default_assignor(&spec.topics), String::as_str),
+                        .unwrap_or_else(|| default_assignor(&spec.topics)),
                 )
                 .set("enable.auto.commit", "false")
                 .set("enable.auto.offset.store", "false")

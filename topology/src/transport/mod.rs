@@ -11,6 +11,7 @@
 
 mod embedded;
 mod kafka;
+mod kafka_config;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use futures::future::BoxFuture;
 
 pub use embedded::{EmbeddedLog, EmbeddedTransport, LogError};
 pub use kafka::{KafkaProbe, KafkaTransport};
+pub use kafka_config::{ClientKind, KafkaClientConfig};
 
 use crate::RawRecord;
 use crate::runtime::OffsetTracker;
