@@ -10,10 +10,12 @@ use serde::de::DeserializeOwned;
 
 use super::ConfigError;
 
-/// Parses `text` into a tree whose top level is a mapping; a duplicate key is an error.
+/// Parses `text` into a tree whose top level is a mapping; a duplicate key is an error, and a
+/// quoted scalar stays a string (`"64"`, `"true"`) as YAML means it.
 pub(super) fn parse(text: &str) -> Result<Node, ConfigError> {
     let options = LoaderOptions::default()
         .error_on_duplicate_keys(true)
+        .prevent_coercion(true)
         .toplevel_mapping();
     marked_yaml::parse_yaml_with_options(0, text, options).map_err(|e| {
         let line = match &e {
