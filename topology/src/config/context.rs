@@ -104,6 +104,10 @@ impl NodeContext<'_> {
             self.error(field, "empty topic name");
             return None;
         }
+        if let Some(reason) = topic_name_problem(&name) {
+            self.error(field, format!("invalid topic name `{name}`: {reason}"));
+            return None;
+        }
         Some(name)
     }
 
@@ -198,5 +202,27 @@ impl NodeContext<'_> {
                 }))
             }
         }
+    }
+}
+
+/// Why Kafka would refuse `name` as a topic, if it would. Checked here so a stale `${...}`
+/// placeholder (files once had their topics substituted as text) is not taken for a name.
+fn topic_name_problem(name: &str) -> Option<String> {
+    if name.len() > 249 {
+        Some("longer than 249 bytes".into())
+    } else if name == "." || name == ".." {
+        Some("`.` and `..` are not topic names".into())
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        let hint = if name.contains("${") {
+            "; a topic registered in code is written `{ref: name}`"
+        } else {
+            ""
+        };
+        Some(format!("only [A-Za-z0-9._-] allowed{hint}"))
+    } else {
+        None
     }
 }

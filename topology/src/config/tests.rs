@@ -251,3 +251,16 @@ nodes:
     // A field not written: the deepest place found, the node.
     assert_eq!(yaml::line_at(&tree, "nodes[0].topic"), Some(2));
 }
+
+#[test]
+fn a_placeholder_is_not_taken_for_a_topic_name() {
+    let yaml = "nodes:\n  - name: in\n    type: source\n    topic: ${topics.cdc}\n";
+    let errs = errors_of(yaml, &registry());
+    let e = find(&errs, "nodes[0].topic");
+    assert!(
+        e.message.contains("invalid topic name `${topics.cdc}`"),
+        "{errs}"
+    );
+    assert!(e.message.contains("{ref: name}"), "{errs}");
+    assert_eq!(e.line, Some(4), "{errs}");
+}
