@@ -14,8 +14,10 @@ use crate::graph::TopologyBuilder;
 
 /// One node as written in the file, by its `type`.
 ///
-/// The YAML loader dispatches on `type` itself (see [`NodeConfig::KINDS`]) so that every field
-/// keeps its place in the file; the serde derive serves other formats (JSON, for instance).
+/// The YAML loader reads `type` first and then the kind's own struct from the same mapping, so
+/// every field keeps its place in the file: serde's internally tagged enums buffer the fields
+/// first, which loses the YAML marks (and types plain scalars as text). The derive serves
+/// self-describing formats such as JSON.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum NodeConfig {
@@ -125,20 +127,23 @@ impl NodeConfig {
                 format!("a node needs `type` (one of {})", Self::KINDS.join(", ")),
             ));
         };
-        // `config` is free-form JSON for the processor factory: converted apart, so plain
-        // numbers and booleans keep their types.
-        let config = mapping.get_node("config").map(yaml::to_json);
-        let rest = yaml::without(mapping, &["type", "config"]);
-        let with_config = yaml::without(mapping, &["type"]);
+        let fields = yaml::without(mapping, &["type"]);
         let parsed = match kind.as_str() {
-            "source" => yaml::deserialize(&with_config, &prefix).map(NodeConfig::Source),
-            "filter" => yaml::deserialize(&with_config, &prefix).map(NodeConfig::Filter),
-            "map" => yaml::deserialize(&with_config, &prefix).map(NodeConfig::Map),
-            "flat_map" => yaml::deserialize(&with_config, &prefix).map(NodeConfig::FlatMap),
-            "branch" => yaml::deserialize(&with_config, &prefix).map(NodeConfig::Branch),
-            "process" => yaml::deserialize(&rest, &prefix)
-                .map(|p: ProcessConfig| NodeConfig::Process(ProcessConfig { config, ..p })),
-            "sink" => yaml::deserialize(&with_config, &prefix).map(NodeConfig::Sink),
+            "source" => yaml::deserialize(&fields, &prefix).map(NodeConfig::Source),
+            "filter" => yaml::deserialize(&fields, &prefix).map(NodeConfig::Filter),
+            "map" => yaml::deserialize(&fields, &prefix).map(NodeConfig::Map),
+            "flat_map" => yaml::deserialize(&fields, &prefix).map(NodeConfig::FlatMap),
+            "branch" => yaml::deserialize(&fields, &prefix).map(NodeConfig::Branch),
+            "process" => {
+                // `config` is free-form JSON for the processor factory: converted apart, so
+                // plain numbers and booleans keep their types.
+                let config = mapping.get_node("config").map(yaml::to_json);
+                let fields = yaml::without(mapping, &["type", "config"]);
+                yaml::deserialize(&fields, &prefix)
+                    .map(|p: ProcessConfig| NodeConfig::Process(ProcessConfig { config, ..p }))
+            }
+            "sink" => yaml::deserialize(&fields, &prefix).map(NodeConfig::Sink),
+            // The stateful kinds (table, group_by, aggregate, window, join) join here.
             other => {
                 return Err(ConfigError {
                     path: format!("{prefix}.type"),
