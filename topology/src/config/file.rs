@@ -192,14 +192,20 @@ impl TopologyConfig {
                 Vec::new()
             }
         };
-        ConfigErrors::check(self.file.clone(), errors)?;
+        ConfigErrors::check(self.file.clone(), std::mem::take(&mut errors))?;
         let mut nodes = Vec::with_capacity(order.len());
         for i in order {
-            // Every node planned: a node that did not plan reported an error above.
-            if let Some(node) = planned[i].take() {
-                nodes.push(node);
+            match planned[i].take() {
+                Some(node) => nodes.push(node),
+                // A kind's `validate` returns no plan only after reporting why; should one
+                // not, the node is not left out quietly.
+                None => errors.push(self.error_at(
+                    format!("nodes[{i}]"),
+                    "the node could not be planned (and no reason was given)",
+                )),
             }
         }
+        ConfigErrors::check(self.file.clone(), errors)?;
         Ok(TopologyPlan {
             application_id: self.application_id.clone(),
             stores: self.stores.iter().map(StoreConfig::to_spec).collect(),
