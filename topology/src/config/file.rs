@@ -14,7 +14,7 @@ use crate::graph::Topology;
 use crate::serdes::{HttpSchemaRegistry, SchemaRegistry};
 
 /// The top-level fields other than `nodes`, read apart so each node is read by its kind.
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct Header {
     #[serde(default)]
@@ -101,11 +101,8 @@ impl TopologyConfig {
             }),
         }
         ConfigErrors::check(None, errors)?;
-        let header = header.unwrap_or(Header {
-            application_id: None,
-            schema_registry_url: None,
-            stores: Vec::new(),
-        });
+        // Read: a header that failed to read was reported above.
+        let header = header.unwrap_or_default();
         Ok(TopologyConfig {
             application_id: header.application_id,
             schema_registry_url: header.schema_registry_url,

@@ -33,7 +33,7 @@ pub const COMPLETE_PRODUCTS_TOPOLOGY: &str = include_str!("../../config/complete
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     /// The Debezium or image-event schemas could not be built.
-    #[error("debezium schemas: {0}")]
+    #[error("pipeline avro schemas: {0}")]
     Schemas(String),
     /// The file is wrong; every problem is listed with its place.
     #[error("{origin}:\n{errors}")]
@@ -168,5 +168,36 @@ mod tests {
         .expect("loads");
         assert_eq!(application_id, "catalog-stream-image-pipeline");
         assert!(topology.describe().contains("shop-1.catalog-db.products"));
+    }
+
+    #[test]
+    fn the_built_in_files_name_only_registered_topics_and_schemas() {
+        let topics = Topics {
+            image_events: "events-1".into(),
+            ..Topics::default()
+        };
+        let (topology, application_id) = load(
+            COMPLETE_PRODUCTS_TOPOLOGY,
+            "built-in",
+            &topics,
+            &registry_for_validation(),
+        )
+        .expect("loads");
+        assert_eq!(application_id, "catalog-stream-complete-products");
+        assert!(topology.describe().contains("topics: [events-1]"));
+        // A name the service does not register is an error at its line.
+        let unknown = IMAGE_PIPELINE_TOPOLOGY.replace("{ref: image-event}", "{ref: image-evnt}");
+        let Err(PipelineError::Config { errors, .. }) =
+            load(&unknown, "edited", &topics, &registry_for_validation())
+        else {
+            panic!("an unknown schema name must fail");
+        };
+        assert!(
+            errors
+                .errors
+                .iter()
+                .all(|e| e.message.contains("unknown schema `image-evnt`") && e.line.is_some()),
+            "{errors}"
+        );
     }
 }
