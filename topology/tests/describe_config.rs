@@ -284,9 +284,18 @@ nodes:
 
 #[test]
 fn config_parse_error_has_line() {
+    // A node's fields depend on its type, so the type comes first; without one, that is the
+    // error, at the node's line.
     let errs =
         TopologyConfig::from_yaml("nodes:\n  - name: a\n    typo_field: 1\n").expect_err("bad");
-    assert_eq!(errs.errors[0].line, Some(3), "{errs}");
+    assert_eq!(errs.errors[0].line, Some(2), "{errs}");
+    assert_eq!(errs.errors[0].path, "nodes[0].type", "{errs}");
+    let errs =
+        TopologyConfig::from_yaml("nodes:\n  - name: a\n    type: source\n    typo_field: 1\n")
+            .expect_err("bad");
+    assert_eq!(errs.errors[0].line, Some(4), "{errs}");
+    assert_eq!(errs.errors[0].path, "nodes[0].typo_field", "{errs}");
+    assert!(errs.errors[0].message.contains("typo_field"), "{errs}");
 }
 
 /// Two sources, each feeding a processor; both processors use the store `seen` (one written as
@@ -357,6 +366,18 @@ nodes:
 fn config_store_errors_have_path_and_line() {
     // The top-level `stores:` comes after the nodes, so a node's own `stores:` line precedes it.
     let long = "x".repeat(201);
+    // A source's `stores` is not one of its fields: the file does not parse.
+    let source_stores =
+        "nodes:\n  - name: in\n    type: source\n    topic: a\n    stores: [seen]\n";
+    let errs = TopologyConfig::from_yaml(source_stores).expect_err("a source has no stores");
+    assert_eq!(errs.errors.len(), 1, "{errs}");
+    let e = &errs.errors[0];
+    assert_eq!(e.path, "nodes[0].stores", "{errs}");
+    assert!(
+        e.message.contains("only process nodes use stores"),
+        "{errs}"
+    );
+    assert_eq!(e.line, Some(5), "{errs}");
     let yaml = format!(
         r#"
 application_id: app
@@ -365,7 +386,7 @@ nodes:
     type: source
     topic: a
     value: json
-    stores: [seen]
+    # stores: [seen] here is a parse error, checked above
   - name: p
     type: process
     from: in
@@ -391,8 +412,7 @@ stores:
         .validate(&registry())
         .expect_err("invalid");
     let text = errs.to_string();
-    let want: [(&str, &str, usize); 8] = [
-        ("nodes[0].stores", "only process nodes use stores", 8),
+    let want: [(&str, &str, usize); 7] = [
         ("nodes[1].stores[1]", "unknown store `missing`", 15),
         ("nodes[2].stores[1]", "store `seen` is listed twice", 18),
         (

@@ -30,8 +30,8 @@ pub const COMPLETE_PRODUCTS_TOPOLOGY: &str = include_str!("../../config/complete
 /// Why a topology file could not be made ready.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    /// The Debezium schemas could not be built.
-    #[error("debezium schemas: {0}")]
+    /// The Debezium or image-event schemas could not be built.
+    #[error("pipeline avro schemas: {0}")]
     Schemas(String),
     /// The file is wrong; every problem is listed with its place.
     #[error("{origin}:\n{errors}")]
@@ -43,9 +43,11 @@ pub enum PipelineError {
     },
 }
 
-/// Fills the `${...}` placeholders of a topology file: topic names, and the Avro schemas as
-/// quoted JSON strings.
-pub fn render(template: &str, topics: &Topics) -> Result<String, PipelineError> {
+/// Registers on `registry` the topics and Avro schemas the pipeline files refer to by name
+/// (`topic: {ref: cdc}`, `schema: {ref: debezium-envelope}`): the topics `cdc`, `upserts`,
+/// `deletes` and `image-events` from `topics`, and the schemas `debezium-key` and
+/// `debezium-envelope` (of the CDC topic's namespace) and `image-event`.
+pub fn register_names(registry: &mut Registry, topics: &Topics) -> Result<(), PipelineError> {
     // Debezium names the topic `<prefix>.<db>.<collection>` and its schemas' namespace the same
     // parts made Avro-safe (`-` is legal in a topic, not in an Avro name).
     let mut parts = topics.cdc.rsplitn(3, '.');
@@ -57,21 +59,17 @@ pub fn render(template: &str, topics: &Topics) -> Result<String, PipelineError> 
     let namespace = connectors::debezium::avro_namespace(prefix, db, collection);
     let schemas = connectors::debezium::AvroSchemas::new(&namespace)
         .map_err(|error| PipelineError::Schemas(error.to_string()))?;
-    let quoted = |schema: &apache_avro::Schema| -> Result<String, PipelineError> {
-        let text = serde_json::to_string(schema)
-            .map_err(|error| PipelineError::Schemas(error.to_string()))?;
-        serde_json::to_string(&text).map_err(|error| PipelineError::Schemas(error.to_string()))
-    };
-    let image_event = serde_json::to_string(IMAGE_EVENT_SCHEMA)
+    let image_event = apache_avro::Schema::parse_str(IMAGE_EVENT_SCHEMA)
         .map_err(|error| PipelineError::Schemas(error.to_string()))?;
-    Ok(template
-        .replace("${topics.cdc}", &topics.cdc)
-        .replace("${topics.upserts}", &topics.upserts)
-        .replace("${topics.deletes}", &topics.deletes)
-        .replace("${topics.image_events}", &topics.image_events)
-        .replace("${schema.debezium_key}", &quoted(schemas.key())?)
-        .replace("${schema.debezium_envelope}", &quoted(schemas.value())?)
-        .replace("${schema.image_event}", &image_event))
+    registry
+        .topic("cdc", &topics.cdc)
+        .topic("upserts", &topics.upserts)
+        .topic("deletes", &topics.deletes)
+        .topic("image-events", &topics.image_events)
+        .avro_schema("debezium-key", schemas.key().clone())
+        .avro_schema("debezium-envelope", schemas.value().clone())
+        .avro_schema("image-event", image_event);
+    Ok(())
 }
 
 /// The processors the pipeline files may name: `image-collector` and `image-remover` when
@@ -100,35 +98,32 @@ pub fn registry(
     registry
 }
 
-/// Renders, parses and validates a topology file against `registry` (every problem at once);
-/// returns the topology and its application id (the consumer group).
+/// Parses and validates a topology file against `registry` plus the pipeline's named topics
+/// and schemas ([`register_names`]), reporting every problem at once; returns the topology and
+/// its application id (the consumer group).
 pub fn load(
     template: &str,
     origin: &str,
     topics: &Topics,
     registry: &Registry,
 ) -> Result<(topology::Topology, String), PipelineError> {
-    let text = render(template, topics)?;
     let config_error = |errors| PipelineError::Config {
         origin: origin.to_owned(),
         errors,
     };
-    let config = TopologyConfig::from_yaml(&text).map_err(config_error)?;
-    config.validate(registry).map_err(config_error)?;
-    let application_id = config
-        .application_id
-        .clone()
-        .unwrap_or_else(|| "catalog-stream".to_owned());
-    Ok((
-        config.build(registry).map_err(config_error)?,
-        application_id,
-    ))
+    let mut registry = registry.clone();
+    register_names(&mut registry, topics)?;
+    let config = TopologyConfig::from_yaml(template).map_err(config_error)?;
+    let plan = config.validate(&registry).map_err(config_error)?;
+    let application_id = plan.application_id().unwrap_or("catalog-stream").to_owned();
+    Ok((plan.build().map_err(config_error)?, application_id))
 }
 
-/// The `application_id` a topology file names (after rendering), if any.
+/// The `application_id` a topology file names, if any. `topics` is not needed to read it
+/// any more (files refer to topics by name); kept so callers need not change.
 pub fn application_id(template: &str, topics: &Topics) -> Result<Option<String>, PipelineError> {
-    let text = render(template, topics)?;
-    let config = TopologyConfig::from_yaml(&text).map_err(|errors| PipelineError::Config {
+    let _ = topics;
+    let config = TopologyConfig::from_yaml(template).map_err(|errors| PipelineError::Config {
         origin: "topology file".to_owned(),
         errors,
     })?;
@@ -171,5 +166,36 @@ mod tests {
         .expect("loads");
         assert_eq!(application_id, "catalog-stream-image-pipeline");
         assert!(topology.describe().contains("shop-1.catalog-db.products"));
+    }
+
+    #[test]
+    fn the_built_in_files_name_only_registered_topics_and_schemas() {
+        let topics = Topics {
+            image_events: "events-1".into(),
+            ..Topics::default()
+        };
+        let (topology, application_id) = load(
+            COMPLETE_PRODUCTS_TOPOLOGY,
+            "built-in",
+            &topics,
+            &registry_for_validation(),
+        )
+        .expect("loads");
+        assert_eq!(application_id, "catalog-stream-complete-products");
+        assert!(topology.describe().contains("topics: [events-1]"));
+        // A name the service does not register is an error at its line.
+        let unknown = IMAGE_PIPELINE_TOPOLOGY.replace("{ref: image-event}", "{ref: image-evnt}");
+        let Err(PipelineError::Config { errors, .. }) =
+            load(&unknown, "edited", &topics, &registry_for_validation())
+        else {
+            panic!("an unknown schema name must fail");
+        };
+        assert!(
+            errors
+                .errors
+                .iter()
+                .all(|e| e.message.contains("unknown schema `image-evnt`") && e.line.is_some()),
+            "{errors}"
+        );
     }
 }
