@@ -196,8 +196,13 @@ pub struct Streams {
 }
 
 impl Streams {
-    /// Runs every task until `shutdown` (or until one fails, which cancels `shutdown`).
+    /// Runs every task until `shutdown` (or until one fails, which cancels `shutdown`). With
+    /// no task (a process that only serves HTTP), waits for `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<Stopped> {
+        if self.tasks.is_empty() {
+            shutdown.cancelled().await;
+            return Ok(Stopped::default());
+        }
         let running = self.tasks.into_iter().map(|(name, task)| {
             let shutdown = shutdown.clone();
             async move {
