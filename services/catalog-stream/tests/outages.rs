@@ -9,9 +9,8 @@
 //! (never the shared one). The outage is the real thing: the moto process is killed (SIGKILL)
 //! and started again on the same port. moto keeps its objects in memory, and a real S3 does not
 //! lose stored objects when it is unreachable, so this moto persists: every request is recorded
-//! to disk and replayed into the new process before it listens (`own_servers/moto_persistent.py`).
+//! to disk and replayed into the new process before it listens (`support/moto_persistent.py`).
 
-mod own_servers;
 mod support;
 
 use std::sync::Arc;
@@ -31,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use topology::serdes::SchemaRegistry;
 use topology::transport::{EmbeddedLog, EmbeddedTransport};
 
-use own_servers::{Kind, OwnServer};
+use support::own_servers::{Kind, OwnServer};
 use support::{ImageServer, collected, metric_sum, product, router_get};
 
 const MALL: &str = "outage-mall";

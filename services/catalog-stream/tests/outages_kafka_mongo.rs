@@ -9,7 +9,6 @@
 //! restart includes the JVM's start and its log recovery after an unclean shutdown, so clients
 //! see it gone for longer than the 10 s it is stopped (about 20 s here).
 
-mod own_servers;
 mod support;
 
 use std::sync::Arc;
@@ -30,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use topology::serdes::SchemaRegistry;
 use topology::transport::KafkaTransport;
 
-use own_servers::{Kind, OwnServer, start_product_collector};
+use support::own_servers::{Kind, OwnServer, start_product_collector};
 use support::{ImageServer, collected, metric_sum, product, product_event, router_get};
 
 /// How long each outage lasts.

@@ -8,12 +8,11 @@
 //!   a password (our own SecantusDB with a user), at `RUST_LOG=debug`: exercised, then its whole
 //!   output is searched for both secrets.
 
-mod own_servers;
 mod support;
 
 use std::time::Duration;
 
-use own_servers::{Kind, OwnServer, start_product_collector, start_standalone, wait_ok};
+use support::own_servers::{Kind, OwnServer, start_product_collector, start_standalone, wait_ok};
 use support::{ImageServer, free_port, product};
 
 const TOKEN: &str = "tok-3f9a1c55e0b24d7c-secret";

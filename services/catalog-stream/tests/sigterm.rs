@@ -5,7 +5,6 @@
 //! its last acknowledged title, each product has exactly one stored image file, and the upload
 //! counters show no image uploaded twice.
 
-mod own_servers;
 mod support;
 
 use std::collections::BTreeMap;
@@ -13,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use own_servers::{start_standalone, wait_ok};
+use support::own_servers::{start_standalone, wait_ok};
 use support::{ImageServer, files_under, free_port, metric_sum, product};
 
 const CLIENTS: usize = 4;

@@ -3,13 +3,12 @@
 //! (the new image is served at its `url` with its content type, the old file is gone), delete
 //! (404, file gone); SIGTERM exits 0 within 10 s; a restart on the same directory keeps the data.
 
-mod standalone_support;
 mod support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use standalone_support::Standalone;
+use support::standalone::Standalone;
 use support::{ImageServer, files_under, fixture, product};
 
 const MALL: &str = "readme-mall";

@@ -4,7 +4,6 @@
 //! (no duplicates, no orphans, no temporary files left), no image uploaded twice for the same
 //! bytes, and every consumer lag settles at 0.
 
-mod standalone_support;
 mod support;
 
 use std::collections::BTreeMap;
@@ -12,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use standalone_support::{Standalone, metrics};
+use support::standalone::{Standalone, metrics};
 use support::{ImageServer, files_under, metric_sum, product};
 
 const CLIENTS: usize = 4;

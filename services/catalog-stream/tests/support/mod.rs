@@ -6,10 +6,15 @@
 //! with the command that fixes it: these tests never skip.
 //!
 //! Also here: ports, fixtures and product bodies; an in-test image server; `/metrics` parsing;
-//! in-process router calls; and the distributed services run as child processes.
+//! in-process router calls; and the distributed services run as child processes. Tests that
+//! start their own server processes (killed and restarted for outages) use [`own_servers`];
+//! those that run the standalone binary use [`standalone`].
 
 // Each test binary uses a part of this module.
 #![allow(dead_code)]
+
+pub mod own_servers;
+pub mod standalone;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

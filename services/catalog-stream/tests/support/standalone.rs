@@ -1,7 +1,7 @@
 //! Helpers for the tests that run the standalone binary as a child process: spawn it on a data
 //! directory and a free port, kill it (SIGKILL) or stop it (SIGTERM), and read its `/metrics`.
-//! Generic helpers (ports, fixtures, the image server, metric parsing) are in `support`, which
-//! every test binary that includes this module includes too.
+//! Generic helpers (ports, fixtures, the image server, metric parsing) are in this module's
+//! parent, `support`.
 
 #![allow(dead_code)]
 
@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::free_port;
+use super::free_port;
 
 /// The standalone binary, running.
 pub struct Standalone {

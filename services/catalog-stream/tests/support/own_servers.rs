@@ -3,7 +3,7 @@
 //! moto S3 server or a Kafka broker on a free port, each with its data on disk, killed and
 //! started again on the same port for outage tests, and the `catalog-stream` binary itself with
 //! its output captured to a file. Generic helpers (ports, fixtures, products) are in
-//! `support`, which every test binary that includes this module includes too.
+//! this module's parent, `support`.
 
 #![allow(dead_code)]
 
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::free_port;
+use super::free_port;
 
 /// `$CATALOG_STREAM_CACHE`, else `~/.cache/catalog-stream` (where `up.sh` installs the venv).
 pub fn cache_dir() -> PathBuf {
@@ -233,7 +233,7 @@ impl OwnServer {
                 command
                     .arg(concat!(
                         env!("CARGO_MANIFEST_DIR"),
-                        "/tests/own_servers/moto_persistent.py"
+                        "/tests/support/moto_persistent.py"
                     ))
                     .args(["127.0.0.1", &port])
                     .arg(self.dir.join("recording.jsonl"));
