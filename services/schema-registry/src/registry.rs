@@ -157,31 +157,19 @@ const KEY_NEXT_ID: &[u8] = b"meta/next_id";
 const PREFIX_SCHEMA: &[u8] = b"schema/";
 const PREFIX_SUBJECT: &[u8] = b"subject/";
 
-/// Opens sled, waiting briefly for the file lock: sled's background threads release it a moment
-/// after the previous handle in this process is dropped (a restart in place, or a test reopening).
+/// Opens sled through `state`'s opener, which waits for the file lock an earlier handle in this
+/// process is still releasing (a restart in place, or a test reopening).
 fn open_db(dir: &Path) -> Result<sled::Db> {
     open_db_with(dir, None)
 }
 
 /// [`open_db`] with sled's page cache limited to `cache_bytes` when given.
 fn open_db_with(dir: &Path, cache_bytes: Option<u64>) -> Result<sled::Db> {
-    const ATTEMPTS: u32 = 40;
-    let mut attempt = 0;
-    loop {
-        let mut config = sled::Config::new().path(dir);
-        if let Some(bytes) = cache_bytes {
-            config = config.cache_capacity(bytes);
-        }
-        match config.open() {
-            Err(sled::Error::Io(e))
-                if attempt < ATTEMPTS && e.to_string().contains("could not acquire lock") =>
-            {
-                attempt += 1;
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            other => return Ok(other?),
-        }
+    let mut config = sled::Config::new().path(dir);
+    if let Some(bytes) = cache_bytes {
+        config = config.cache_capacity(bytes);
     }
+    Ok(state::open_sled(&config)?)
 }
 
 fn prefixed(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
