@@ -4,12 +4,11 @@
 //! interface). Depends on nothing else in the crate.
 
 /// Lets the process's RSS fall back after a burst instead of staying at its peak (SPEC §8: the
-/// standalone mode within 128 MiB with 100k products). Measured after a 15 s burst of POSTs
-/// (~110k products, `infrastructure/BENCHMARKS.md`): 293 MiB RSS with neither change, 192 MiB
-/// with both.
+/// standalone mode within 128 MiB with 100k products; the figures with and without are in
+/// `infrastructure/BENCHMARKS.md`).
 ///
 /// - Transparent huge pages: mimalloc asks for them on its arenas, and a 2 MiB page stays
-///   resident as long as any of it is in use (57 MiB of `AnonHugePages` after a burst).
+///   resident as long as any of it is in use.
 /// - mimalloc returns freed pages to the OS only after its purge delay (1 s) *and* on a later
 ///   call into the allocator, which an idle process does not make: it kept the burst's peak.
 ///

@@ -8,22 +8,22 @@ use anyhow::Context;
 const STREAMS_NICE: i32 = 10;
 
 /// Most blocking threads of the streams runtime (tokio's default is 512). The image pipeline
-/// has up to 256 records in flight, each with its file and sled calls on the blocking pool:
-/// under a burst the pool grew to 512 threads, each with its own allocator heap and stack
-/// (2.2 GiB RSS), for no throughput since they all queue on the same disk and sled's lock.
-/// Each thread also keeps part-used pages of mimalloc's per-thread heap, and those of a thread
-/// that ends idle are abandoned: after ~100k products, 16 threads left 151–166 MiB RSS and 4
-/// left 111–124 MiB, with the images collected as fast (`infrastructure/BENCHMARKS.md`).
+/// has up to 256 records in flight, each with its file and sled calls on the blocking pool;
+/// without a bound a burst grows the pool to hundreds of threads, each with its own allocator
+/// heap and stack, for no throughput since they all queue on the same disk and sled's lock.
+/// Each thread also keeps part-used pages of mimalloc's per-thread heap, which a thread that
+/// ends idle abandons: fewer threads, less memory, images collected as fast (the figures per
+/// pool size are in `infrastructure/BENCHMARKS.md`).
 const STREAMS_BLOCKING_THREADS: usize = 4;
 
 /// The runtime of the relay and the topologies: two workers (and their blocking pool) at a
 /// lower CPU priority than the API's runtime.
 ///
 /// On one runtime, the image pipeline's tasks (fetches, image files, state, the embedded log)
-/// filled the async workers under a burst of POSTs and the requests queued behind them: 17k
-/// POSTs/s without the pipeline running, under 1k with it. With its own lower-priority
-/// threads, the pipeline runs on whatever CPU the API leaves and catches up when the burst
-/// ends; acknowledged products are on disk either way.
+/// fill the async workers under a burst of POSTs and the requests queue behind them (an
+/// order of magnitude fewer POSTs/s, `infrastructure/BENCHMARKS.md`). With its own
+/// lower-priority threads, the pipeline runs on whatever CPU the API leaves and catches up
+/// when the burst ends; acknowledged products are on disk either way.
 pub fn streams_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
