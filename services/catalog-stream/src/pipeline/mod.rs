@@ -119,17 +119,6 @@ pub fn load(
     Ok((plan.build().map_err(config_error)?, application_id))
 }
 
-/// The `application_id` a topology file names, if any. `topics` is not needed to read it
-/// any more (files refer to topics by name); kept so callers need not change.
-pub fn application_id(template: &str, topics: &Topics) -> Result<Option<String>, PipelineError> {
-    let _ = topics;
-    let config = TopologyConfig::from_yaml(template).map_err(|errors| PipelineError::Config {
-        origin: "topology file".to_owned(),
-        errors,
-    })?;
-    Ok(config.application_id)
-}
-
 /// A registry with every processor name but no working processors, for describing and
 /// validating topology files without connecting to anything.
 pub fn registry_for_validation() -> Registry {
