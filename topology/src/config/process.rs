@@ -160,6 +160,25 @@ impl ProcessConfig {
                 }
             },
         };
+        if let Some(needed) = self.processor.as_ref().and_then(|p| {
+            cx.registry
+                .processor_stores
+                .get(p)
+                .map(|stores| (p, stores))
+        }) {
+            let (p, needed) = needed;
+            for store in needed {
+                if !self.store_names().contains(store) {
+                    cx.error(
+                        "stores",
+                        format!(
+                            "processor `{p}` uses the store `{store}`: name it in this node's \
+                             `stores` (and declare it under the top-level `stores`)"
+                        ),
+                    );
+                }
+            }
+        }
         let defaults = AsyncOptions::default();
         let concurrency = match self.concurrency {
             Some(0) => {

@@ -31,6 +31,8 @@ pub type ProcessorFactory =
 #[derive(Default, Clone)]
 pub struct Registry {
     pub(super) processors: HashMap<String, ProcessorFactory>,
+    /// The stores each processor reaches through its context, by processor name.
+    pub(super) processor_stores: HashMap<String, Vec<String>>,
     pub(super) maps: HashMap<String, MapFn>,
     pub(super) flat_maps: HashMap<String, FlatMapFn>,
     pub(super) topics: HashMap<String, String>,
@@ -53,6 +55,16 @@ impl Registry {
         + 'static,
     ) -> &mut Self {
         self.processors.insert(name.to_owned(), Arc::new(factory));
+        self
+    }
+    /// Says that processor `name` reaches `stores` through its context: a process node of
+    /// that processor must name them in its `stores`, or validation fails (instead of every
+    /// record failing at run time).
+    pub fn processor_uses_stores(&mut self, name: &str, stores: &[&str]) -> &mut Self {
+        self.processor_stores.insert(
+            name.to_owned(),
+            stores.iter().map(|store| (*store).to_owned()).collect(),
+        );
         self
     }
     /// Registers a map function.

@@ -90,6 +90,7 @@ pub fn registry(
             Ok(Arc::new(ImageRemover(work.clone())))
         });
     }
+    declare_stores(&mut registry);
     if let Some(view) = view {
         registry.processor("complete-products-sink", move |_config| {
             Ok(Arc::new(CompleteProductsSink { view: view.clone() }))
@@ -119,6 +120,14 @@ pub fn load(
     Ok((plan.build().map_err(config_error)?, application_id))
 }
 
+/// The collector and the remover share the per-product store: a file that runs them without
+/// naming it fails validation.
+fn declare_stores(registry: &mut Registry) {
+    for processor in ["image-collector", "image-remover"] {
+        registry.processor_uses_stores(processor, &[PRODUCT_IMAGES_STORE]);
+    }
+}
+
 /// A registry with every processor name but no working processors, for describing and
 /// validating topology files without connecting to anything.
 pub fn registry_for_validation() -> Registry {
@@ -133,6 +142,7 @@ pub fn registry_for_validation() -> Registry {
             }))
         });
     }
+    declare_stores(&mut registry);
     registry
 }
 
@@ -184,6 +194,30 @@ mod tests {
                 .errors
                 .iter()
                 .all(|e| e.message.contains("unknown schema `image-evnt`") && e.line.is_some()),
+            "{errors}"
+        );
+    }
+
+    #[test]
+    fn a_file_whose_collector_does_not_name_the_product_images_store_is_refused() {
+        let without = IMAGE_PIPELINE_TOPOLOGY.replacen("    stores: [product-images]\n", "", 1);
+        assert_ne!(
+            without, IMAGE_PIPELINE_TOPOLOGY,
+            "the edit must remove one line"
+        );
+        let Err(PipelineError::Config { errors, .. }) = load(
+            &without,
+            "edited",
+            &Topics::default(),
+            &registry_for_validation(),
+        ) else {
+            panic!("a collector without its store must fail validation");
+        };
+        assert!(
+            errors.errors.iter().any(|e| e
+                .message
+                .contains("processor `image-collector` uses the store `product-images`")
+                && e.line.is_some()),
             "{errors}"
         );
     }
