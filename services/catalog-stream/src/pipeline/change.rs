@@ -47,6 +47,10 @@ pub fn change_event(record: &Record) -> Result<ChangeEvent, ProcessError> {
 /// Reads a change event as a product change.
 pub fn product_change(record: &Record) -> Result<ProductChange, ProcessError> {
     let event = change_event(record)?;
+    if event.op == Op::Tombstone {
+        // It only marks a deleted key for compaction: no position, no product.
+        return Err(permanent("a tombstone is not a product change"));
+    }
     let position = event
         .position()
         .ok_or_else(|| permanent("the change event has no `source` position"))?;
@@ -111,4 +115,139 @@ fn product_of(
     }
     .ok_or_else(|| permanent("the stored product has no integer `version`"))?;
     Ok((product, version))
+}
+
+#[cfg(test)]
+mod tests {
+    use connectors::debezium::encode_json;
+    use connectors::mongo_source::{ChangeOrigin, DocumentChange};
+    use mongodb::bson::{Bson, doc};
+
+    use super::*;
+    use crate::store::{StoredProduct, identity as document_id, stored_product_document};
+
+    fn mug() -> Product {
+        Product {
+            mall_id: "m1".into(),
+            product_id: "mug".into(),
+            title: "Mug".into(),
+            content: "A mug".into(),
+            price: "12000".into(),
+            image_url: "https://images.example/mug.png".into(),
+        }
+    }
+
+    /// The records a source writes for one change (`connectors`' one path), as the engine
+    /// hands them to a processor (JSON values).
+    fn records(op: Op, id: Bson, after: Option<mongodb::bson::Document>) -> Vec<Record> {
+        let change = DocumentChange {
+            op,
+            id,
+            after,
+            before: None,
+            ts_ms: 1_765_000_123_456,
+            wall_time_ms: Some(1_765_000_123_456),
+            ord: 7,
+            update_description: None,
+            lsid: None,
+            txn_number: None,
+        };
+        let origin = ChangeOrigin {
+            server_name: "catalog".into(),
+            db: "catalog".into(),
+            collection: "products".into(),
+        };
+        change
+            .into_events(&origin, true, 0)
+            .iter()
+            .map(|event| {
+                let (key, value) =
+                    encode_json(event, false, "catalog.catalog.products").expect("encodes");
+                Record::new(Some(Value::Json(key)), value.map(Value::Json))
+            })
+            .collect()
+    }
+
+    fn stored(version: i64) -> mongodb::bson::Document {
+        stored_product_document(&StoredProduct {
+            product: mug(),
+            version,
+            updated_at_ms: 1,
+        })
+        .expect("document")
+    }
+
+    #[test]
+    fn an_upsert_carries_the_product_its_version_and_position() {
+        let records = records(
+            Op::Create,
+            document_id(&mug().key()).into(),
+            Some(stored(4)),
+        );
+        assert_eq!(records.len(), 1);
+        let change = product_change(&records[0]).expect("a product change");
+        assert_eq!(change.op, Op::Create);
+        assert_eq!(change.key, mug().key());
+        assert_eq!(change.after, Some((mug(), 4)));
+        assert_eq!(change.position, SourcePosition::new(1_765_000_123, 7));
+    }
+
+    #[test]
+    fn a_delete_has_no_product_and_its_tombstone_is_not_a_change() {
+        let records = records(Op::Delete, document_id(&mug().key()).into(), None);
+        assert_eq!(records.len(), 2, "the delete and its tombstone");
+        let change = product_change(&records[0]).expect("a product change");
+        assert_eq!((change.op, change.after), (Op::Delete, None));
+        let error = product_change(&records[1]).expect_err("a tombstone");
+        assert!(error.to_string().contains("tombstone"), "{error}");
+    }
+
+    #[test]
+    fn a_foreign_document_key_or_a_missing_version_is_refused_as_permanent() {
+        let foreign = records(Op::Create, Bson::String("x".into()), Some(stored(1)));
+        let error = product_change(&foreign[0]).expect_err("a foreign _id");
+        assert!(
+            error.to_string().contains("not a catalog product identity"),
+            "{error}"
+        );
+        assert!(!error.is_transient());
+
+        let mut without_version = stored(1);
+        without_version.remove("version");
+        let records = records(
+            Op::Update,
+            document_id(&mug().key()).into(),
+            Some(without_version),
+        );
+        let error = product_change(&records[0]).expect_err("no version");
+        assert!(error.to_string().contains("version"), "{error}");
+
+        let mismatched = records_for_other_key();
+        let error = product_change(&mismatched[0]).expect_err("fields and key disagree");
+        assert!(error.to_string().contains("but its key is"), "{error}");
+    }
+
+    fn records_for_other_key() -> Vec<Record> {
+        records(
+            Op::Create,
+            doc! {"mallId": "m1", "productId": "other"}.into(),
+            Some(stored(1)),
+        )
+    }
+
+    #[test]
+    fn bytes_that_are_not_a_change_event_are_refused_as_permanent() {
+        let record = Record::new(
+            Some(Value::Json(serde_json::json!({"id": "1"}))),
+            Some(Value::Json(serde_json::json!({"hello": "world"}))),
+        );
+        let error = product_change(&record).expect_err("not an envelope");
+        assert!(
+            error
+                .to_string()
+                .contains("not a Debezium MongoDB change event"),
+            "{error}"
+        );
+        assert!(!error.is_transient());
+    }
 }
