@@ -1,23 +1,31 @@
-//! `type: map`: one record in, one record out, through a function registered in code.
+//! `type: map` (one record in, one record out) and `type: flat_map` (one record in, any number
+//! out): both pass records through a function registered in code under `function`, and differ
+//! only in which of the registry's functions they name and the node they become.
+
+use std::collections::HashMap;
 
 use serde::Deserialize;
 
 use super::Registry;
 use super::context::NodeContext;
 use super::spec::OneOrMany;
-use crate::graph::{MapFn, NodeKind, TopologyBuilder};
+use crate::graph::{NodeKind, TopologyBuilder};
 
-/// A map node.
+/// A map or flat-map node.
 ///
 /// ```yaml
 /// - name: enrich
 ///   type: map
 ///   from: cdc
 ///   function: add-mall     # Registry::map("add-mall", f)
+/// - name: explode
+///   type: flat_map
+///   from: enrich
+///   function: split-images # Registry::flat_map("split-images", f)
 /// ```
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct MapConfig {
+pub struct FunctionConfig {
     /// Unique name.
     #[serde(default)]
     pub name: String,
@@ -29,29 +37,52 @@ pub struct MapConfig {
     pub function: Option<String>,
 }
 
-/// A checked map, ready to be added.
+/// A `type: map` node.
+pub type MapConfig = FunctionConfig;
+/// A `type: flat_map` node.
+pub type FlatMapConfig = FunctionConfig;
+
+/// A checked map or flat-map, ready to be added.
 pub(super) struct Planned {
     name: String,
     from: Vec<String>,
-    function: MapFn,
+    kind: NodeKind,
 }
 
-impl MapConfig {
-    pub(super) fn validate(&self, cx: &mut NodeContext<'_>) -> Option<Planned> {
+impl FunctionConfig {
+    /// Checks a `type: map` node.
+    pub(super) fn validate_map(&self, cx: &mut NodeContext<'_>) -> Option<Planned> {
+        let registry = cx.registry;
+        self.validate(cx, "map", &registry.maps, NodeKind::Map)
+    }
+
+    /// Checks a `type: flat_map` node.
+    pub(super) fn validate_flat_map(&self, cx: &mut NodeContext<'_>) -> Option<Planned> {
+        let registry = cx.registry;
+        self.validate(cx, "flat_map", &registry.flat_maps, NodeKind::FlatMap)
+    }
+
+    fn validate<F: Clone>(
+        &self,
+        cx: &mut NodeContext<'_>,
+        kind: &str,
+        registered: &HashMap<String, F>,
+        node: fn(F) -> NodeKind,
+    ) -> Option<Planned> {
         let named = cx.named(&self.name);
-        let from = cx.upstream("map", self.from.as_ref());
+        let from = cx.upstream(kind, self.from.as_ref());
         let function = match &self.function {
             None => {
-                cx.error("function", "a map needs `function`");
+                cx.error("function", format!("a {kind} needs `function`"));
                 None
             }
-            Some(f) => match cx.registry.maps.get(f) {
+            Some(f) => match registered.get(f) {
                 Some(function) => Some(function.clone()),
                 None => {
-                    let known = Registry::known(&cx.registry.maps);
+                    let known = Registry::known(registered);
                     cx.error(
                         "function",
-                        format!("unknown map function `{f}` (registered: {known})"),
+                        format!("unknown {kind} function `{f}` (registered: {known})"),
                     );
                     None
                 }
@@ -61,7 +92,7 @@ impl MapConfig {
         Some(Planned {
             name: self.name.clone(),
             from: from?,
-            function: function?,
+            kind: node(function?),
         })
     }
 }
@@ -69,6 +100,6 @@ impl MapConfig {
 impl Planned {
     pub(super) fn build(self, b: &TopologyBuilder) {
         let parents: Vec<&str> = self.from.iter().map(String::as_str).collect();
-        b.add_node(&self.name, NodeKind::Map(self.function), &parents);
+        b.add_node(&self.name, self.kind, &parents);
     }
 }

@@ -9,7 +9,7 @@ use super::{
     BranchNodeConfig, ConfigError, FilterConfig, FlatMapConfig, MapConfig, OneOrMany,
     ProcessConfig, SinkConfig, SourceConfig,
 };
-use super::{branch, filter, flat_map, map, process, sink, source, yaml};
+use super::{branch, filter, map, process, sink, source, yaml};
 use crate::graph::TopologyBuilder;
 
 /// One node as written in the file, by its `type`.
@@ -44,7 +44,7 @@ pub(super) enum PlannedNode {
     Source(source::Planned),
     Filter(filter::Planned),
     Map(map::Planned),
-    FlatMap(flat_map::Planned),
+    FlatMap(map::Planned),
     Branch(branch::Planned),
     Process(process::Planned),
     Sink(sink::Planned),
@@ -176,8 +176,8 @@ impl NodeConfig {
         match self {
             NodeConfig::Source(n) => n.validate(cx).map(PlannedNode::Source),
             NodeConfig::Filter(n) => n.validate(cx).map(PlannedNode::Filter),
-            NodeConfig::Map(n) => n.validate(cx).map(PlannedNode::Map),
-            NodeConfig::FlatMap(n) => n.validate(cx).map(PlannedNode::FlatMap),
+            NodeConfig::Map(n) => n.validate_map(cx).map(PlannedNode::Map),
+            NodeConfig::FlatMap(n) => n.validate_flat_map(cx).map(PlannedNode::FlatMap),
             NodeConfig::Branch(n) => n.validate(cx).map(PlannedNode::Branch),
             NodeConfig::Process(n) => n.validate(cx).map(PlannedNode::Process),
             NodeConfig::Sink(n) => n.validate(cx).map(PlannedNode::Sink),
