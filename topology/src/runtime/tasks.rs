@@ -20,7 +20,8 @@ use state::{ChangelogSink, SinkError, StateConfig, StateDir, StateError};
 use super::RuntimeError;
 use super::offsets::{Ack, AssignmentChange, OffsetTracker};
 use crate::changelog::{STORE_HEADER, changelog_topic};
-use crate::graph::{StoreSpec, Topology};
+use crate::graph::Topology;
+use crate::store::StoreSpec;
 use crate::task::{Checkpoint, ReadOnlyStore, TaskId, TaskStores, task_dir};
 use crate::transport::{
     OnDelivery, Queued, RecordSink, SourceConsumer, StateLog, TopicPartition, TransportError,
