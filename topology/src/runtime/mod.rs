@@ -21,8 +21,10 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 pub use offsets::{
-    Ack, AckInner, AssignmentChange, OffsetTracker, PartitionOffsets, ProcessingGuard, Rewind,
+    Ack, AckInner, AssignmentChange, OffsetTracker, PartitionOffsets, ProcessingGuard,
 };
+// Re-exported for code that imports it from the runtime, where it was declared before.
+pub use crate::transport::Rewind;
 
 use crate::graph::Topology;
 use crate::task::TaskId;
@@ -270,7 +272,7 @@ impl Runtime {
             group_id: self.config.application_id.clone(),
             topics: self.topology.source_topics(),
             exactly_once: self.config.exactly_once,
-            tracker: self.tracker.clone(),
+            listener: self.tracker.clone(),
             on_rebalance: Arc::new(move || rebalances.inc()),
         };
         let stateful = self

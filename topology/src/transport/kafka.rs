@@ -29,9 +29,9 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::{
     ApplyChangelogRecord, ConnectSpec, Connection, Delivered, DeliveryFuture, OnDelivery, Queued,
-    RecordSink, SourceConsumer, StateLog, TopicPartition, Transport, TransportError,
+    RebalanceListener, RecordSink, Rewind, SourceConsumer, StateLog, TopicPartition, Transport,
+    TransportError,
 };
-use crate::runtime::{OffsetTracker, Rewind};
 use crate::{Header, Headers, RawRecord};
 
 /// Kafka through rdkafka.
@@ -211,7 +211,7 @@ fn tps_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
         .collect()
 }
 
-/// The consumer context: keeps the offset tracker in step with rebalances.
+/// The consumer context: tells the runtime's [`RebalanceListener`] of rebalances.
 ///
 /// At-least-once: on revoke, in-flight work of the revoked partitions is cancelled and the
 /// offsets below their oldest unfinished record are committed.
@@ -223,7 +223,7 @@ fn tps_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
 /// transaction), and the partitions this member keeps are rewound (seek) to their last
 /// committed offset, to be processed again inside the next transaction.
 pub struct StreamsContext {
-    tracker: Arc<OffsetTracker>,
+    listener: Arc<dyn RebalanceListener>,
     exactly_once: bool,
     on_rebalance: Arc<dyn Fn() + Send + Sync>,
     producer: OnceLock<Arc<KafkaProducer>>,
@@ -232,19 +232,18 @@ pub struct StreamsContext {
 
 impl StreamsContext {
     fn revoke_transactional(&self, consumer: &BaseConsumer<Self>, revoked: &[TopicPartition]) {
-        let dirty =
-            self.tracker.total_in_flight() > 0 || !self.tracker.pending_commits().is_empty();
+        let dirty = self.listener.has_uncommitted();
         let retained: Vec<TopicPartition> = self
-            .tracker
+            .listener
             .assigned()
             .into_iter()
             .filter(|tp| !revoked.contains(tp))
             .collect();
-        self.tracker.revoke(revoked);
+        self.listener.on_revoked(revoked);
         if !dirty {
             return;
         }
-        let rewinds = self.tracker.reset(&retained);
+        let rewinds = self.listener.reset_uncommitted(&retained);
         let Some(producer) = self.producer.get() else {
             return;
         };
@@ -305,7 +304,7 @@ impl ConsumerContext for StreamsContext {
                 self.revoke_transactional(consumer, &tps_of(tpl));
                 return;
             }
-            let safe = self.tracker.revoke(&tps_of(tpl));
+            let safe = self.listener.on_revoked(&tps_of(tpl));
             if !safe.is_empty() {
                 match tpl_of(&safe) {
                     Ok(list) => {
@@ -323,7 +322,7 @@ impl ConsumerContext for StreamsContext {
         if let Rebalance::Assign(tpl) = rebalance {
             tracing::info!(partitions = ?tps_of(tpl), "rebalance: partitions assigned");
             (self.on_rebalance)();
-            self.tracker.assign(&tps_of(tpl));
+            self.listener.on_assigned(&tps_of(tpl));
         } else if let Rebalance::Error(error) = rebalance {
             tracing::warn!(%error, "rebalance error");
         }
@@ -596,7 +595,7 @@ impl Transport for KafkaTransport {
     fn connect(&self, spec: ConnectSpec) -> BoxFuture<'_, Result<Connection, TransportError>> {
         Box::pin(async move {
             let context = StreamsContext {
-                tracker: spec.tracker.clone(),
+                listener: spec.listener.clone(),
                 exactly_once: spec.exactly_once,
                 on_rebalance: spec.on_rebalance.clone(),
                 producer: OnceLock::new(),
@@ -722,8 +721,8 @@ impl KafkaConsumer {
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
             return;
         }
-        let assigned = context.tracker.assigned();
-        let rewinds = context.tracker.reset(&assigned);
+        let assigned = context.listener.assigned();
+        let rewinds = context.listener.reset_uncommitted(&assigned);
         tracing::warn!(
             rewound = rewinds.len(),
             "transaction commit failed and was aborted; uncommitted records will be read again"
@@ -855,7 +854,7 @@ impl SourceConsumer for KafkaConsumer {
                         // A commit that raced a group rebalance (e.g. an outdated generation)
                         // only requires an abort: throw the open transaction away and read the
                         // uncommitted records again, as on a revoke (the runtime sees the
-                        // tracker's reset and goes on).
+                        // listener's reset and goes on).
                         if matches!(&e, KafkaError::Transaction(t) if t.txn_requires_abort()) {
                             self.abort_and_rewind().await;
                         }
