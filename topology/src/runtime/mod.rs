@@ -12,6 +12,7 @@
 
 mod engine;
 mod offsets;
+mod steps;
 mod tasks;
 
 use std::collections::{HashSet, VecDeque};
