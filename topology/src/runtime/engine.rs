@@ -74,9 +74,9 @@ const DELIVERY_PICKUP: std::time::Duration = std::time::Duration::from_millis(1)
 
 /// Completes queued writes: one task polling every delivery instead of a task per record.
 ///
-/// Queueing a write must not wake this task: at 100k+ records/s a cross-thread wake-up per
-/// record (a futex call and a context switch on each side) cost more than the rest of the
-/// write path. So while writes are outstanding the driver does not wait on the channel; it
+/// Queueing a write must not wake this task: at high rates a cross-thread wake-up per record
+/// (a futex call and a context switch on each side) costs more than the rest of the write
+/// path. So while writes are outstanding the driver does not wait on the channel; it
 /// picks new ones up whenever a delivery completes (the producer acknowledges in batches) or
 /// every [`DELIVERY_PICKUP`]. Only when nothing is outstanding does it wait on the channel,
 /// so the first write of a burst wakes it and an idle runtime does not tick.
