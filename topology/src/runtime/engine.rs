@@ -232,6 +232,7 @@ impl Engine {
         }
         step.metrics.count(Outcome::In);
         match &step.action {
+            // A source is never a child; a sink was written above.
             Action::Source { .. } | Action::Sink(_) => {}
             Action::Filter(pred) => {
                 if pred(&record) {
