@@ -116,8 +116,8 @@ async fn drive_deliveries(mut rx: mpsc::UnboundedReceiver<Pending>) {
 /// The work of one record that must be awaited after its inline part (see [`Engine::run`]),
 /// in the order it was deferred.
 enum Deferred {
-    /// Write this record at this sink step the awaited way.
-    Sink(usize, Record),
+    /// Write `record` at sink step `node` the awaited way.
+    Sink { node: usize, record: Record },
     /// Queue this write again once the producer's queue frees.
     Retry(RawRecord, OnDelivery),
 }
@@ -226,7 +226,7 @@ impl Engine {
             if later.is_empty() {
                 self.sink_now(node, sink, record, ack, later);
             } else {
-                later.push(Deferred::Sink(node, record));
+                later.push(Deferred::Sink { node, record });
             }
             return;
         }
@@ -272,7 +272,7 @@ impl Engine {
     async fn run_deferred(&self, later: Vec<Deferred>, ack: &Ack) {
         for deferred in later {
             match deferred {
-                Deferred::Sink(node, record) => self.sink(node, record, ack).await,
+                Deferred::Sink { node, record } => self.sink(node, record, ack).await,
                 Deferred::Retry(raw, done) => {
                     let queued = self.send_when_queue_frees(&raw, ack, done).await;
                     self.queued(queued);
@@ -298,14 +298,14 @@ impl Engine {
             None => None,
             Some(k) => match sink.key_serde.serialize_now(topic, true, k) {
                 Some(Ok(b)) => Some(bytes::Bytes::from(b)),
-                _ => return later.push(Deferred::Sink(node, record)),
+                _ => return later.push(Deferred::Sink { node, record }),
             },
         };
         let value = match &record.value {
             None => None,
             Some(v) => match sink.value_serde.serialize_now(topic, false, v) {
                 Some(Ok(b)) => Some(bytes::Bytes::from(b)),
-                _ => return later.push(Deferred::Sink(node, record)),
+                _ => return later.push(Deferred::Sink { node, record }),
             },
         };
         self.steps[node].metrics.count(Outcome::In);
@@ -494,18 +494,22 @@ impl Engine {
         let stage = stage.clone();
         let chain_key: Option<ChainKey> = match stage.options.ordering {
             Ordering::Unordered => None,
-            Ordering::Partition => Some((record.topic.clone(), record.partition, None)),
-            Ordering::Key => Some((
-                record.topic.clone(),
-                record.partition,
-                Some(
+            Ordering::Partition => Some(ChainKey {
+                topic: record.topic.clone(),
+                partition: record.partition,
+                key: None,
+            }),
+            Ordering::Key => Some(ChainKey {
+                topic: record.topic.clone(),
+                partition: record.partition,
+                key: Some(
                     record
                         .key
                         .as_ref()
                         .map(|k| k.to_bytes())
                         .unwrap_or_default(),
                 ),
-            )),
+            }),
         };
         // Register in the chain now, in dispatch order, so order is kept per chain.
         let (done_tx, prev, my_seq) = match &chain_key {

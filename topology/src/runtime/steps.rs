@@ -57,9 +57,14 @@ pub(super) struct SinkStep {
     pub(super) meta: NodeMeta,
 }
 
-/// The key of an ordered chain of an async stage: topic, partition and, for key ordering, the
-/// encoded key.
-pub(super) type ChainKey = (Arc<str>, i32, Option<Vec<u8>>);
+/// An ordered chain of an async stage: its records are processed one after the other.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct ChainKey {
+    pub(super) topic: Arc<str>,
+    pub(super) partition: i32,
+    /// The encoded key, for key ordering; `None` for partition ordering.
+    pub(super) key: Option<Vec<u8>>,
+}
 
 /// An async processor and the state of its concurrency bound and ordered chains.
 pub(super) struct AsyncStage {

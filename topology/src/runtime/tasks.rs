@@ -311,6 +311,8 @@ pub(crate) struct TaskSettings {
 pub(crate) struct TaskManager {
     settings: TaskSettings,
     topology: Arc<Topology>,
+    /// Whether any sub-topology has stores: asked for every record, answered once.
+    stateful: bool,
     registry: Arc<TaskRegistry>,
     sink: Arc<dyn RecordSink>,
     state_log: Option<Arc<dyn StateLog>>,
@@ -342,6 +344,7 @@ impl TaskManager {
     ) -> Self {
         TaskManager {
             settings,
+            stateful: topology.subtopologies().iter().any(|s| s.is_stateful()),
             topology,
             registry,
             sink,
@@ -361,10 +364,7 @@ impl TaskManager {
 
     /// Whether the topology has any task stores at all.
     pub(crate) fn is_stateful(&self) -> bool {
-        self.topology
-            .subtopologies()
-            .iter()
-            .any(|s| s.is_stateful())
+        self.stateful
     }
 
     /// The stateful task that reads `topic`'s `partition`.
