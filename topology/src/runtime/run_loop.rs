@@ -105,7 +105,16 @@ impl RunLoop {
             match self.poll(shutdown).await? {
                 Polled::Shutdown => return Ok(()),
                 Polled::Nothing => {}
-                Polled::Record(raw) => self.accept(raw).await?,
+                Polled::Record(raw) => {
+                    self.summary.consumed += 1;
+                    // Ingested from here, not through an async helper that also holds: the
+                    // engine's future is large and nests in every async layer around it.
+                    if self.draining.is_some() {
+                        self.hold(raw)?;
+                    } else {
+                        self.ingest(raw).await?;
+                    }
+                }
             }
             self.commit_when_due().await?;
             self.finish_drain().await?;
@@ -217,13 +226,12 @@ impl RunLoop {
         self.tasks.restore_after_abort(&mut *self.consumer).await
     }
 
-    /// Takes a polled record: ingested now, or held while an exactly-once commit drains
-    /// (pausing the assigned partitions once too many are held).
-    async fn accept(&mut self, raw: RawRecord) -> Result<(), RuntimeError> {
-        self.summary.consumed += 1;
+    /// Holds a record polled while an exactly-once commit drains, pausing the assigned
+    /// partitions once too many are held.
+    fn hold(&mut self, raw: RawRecord) -> Result<(), RuntimeError> {
         let hold_limit = self.hold_limit();
         let Some(drain) = &mut self.draining else {
-            return self.ingest(raw).await;
+            return Ok(());
         };
         self.held.push_back(raw);
         if self.held.len() >= hold_limit && drain.paused.is_empty() {
