@@ -60,6 +60,24 @@ pub struct TopologyDescription {
     pub subtopologies: Vec<SubtopologyDescription>,
 }
 
+// Here rather than in `graph`, so that the graph does not depend on its description.
+impl Topology {
+    /// The topology as a [`TopologyDescription`].
+    pub fn description(&self) -> TopologyDescription {
+        TopologyDescription::of(self)
+    }
+
+    /// The topology as text, in Kafka Streams' `Topology.describe()` shape.
+    pub fn describe(&self) -> String {
+        self.description().to_string()
+    }
+
+    /// The topology as a Mermaid flowchart, drawn from the same description.
+    pub fn describe_mermaid(&self) -> String {
+        self.description().to_mermaid()
+    }
+}
+
 impl TopologyDescription {
     /// Describes `topology`.
     pub fn of(topology: &Topology) -> Self {

@@ -18,15 +18,17 @@ pub mod graph;
 pub mod processor;
 mod record;
 pub mod serdes;
+mod store;
 
 pub use graph::{
-    FlatMapFn, MapFn, Node, NodeKind, Predicate, StoreSpec, Stream, Subtopology, Topology,
-    TopologyBuilder, TopologyError,
+    FlatMapFn, MapFn, Node, NodeKind, Predicate, Stream, Subtopology, Topology, TopologyBuilder,
+    TopologyError,
 };
 pub use processor::{
     AsyncOptions, Ordering, ProcessError, Processor, RetryPolicy, processor_fn,
     processor_with_context,
 };
+pub use store::StoreSpec;
 pub mod task;
 pub use record::{Header, Headers, RawRecord, Record, Value, avro_to_json};
 pub use task::{ProcessorContext, ReadOnlyStore, StoreAccessError, TaskId};

@@ -33,7 +33,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use state::{KvStore, StateDir, StateError, StoreOptions};
 
-use crate::graph::StoreSpec;
+use crate::store::StoreSpec;
 
 /// A task: one sub-topology on one partition of its source topics.
 ///

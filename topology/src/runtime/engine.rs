@@ -1,95 +1,41 @@
 //! Pushing records through the graph.
 //!
-//! The engine decodes a source record, runs stateless nodes inline, hands records to async
-//! stages (per-key / per-partition chains under a semaphore, retries, dead letters) and writes
-//! sink records, keeping an [`Ack`] clone alive until each write is acknowledged.
+//! The engine runs the topology compiled into [`Step`]s ([`steps`](super::steps)) with one
+//! interpreter, [`Engine::run`]: it decodes a source record, runs stateless steps inline,
+//! dispatches records to async stages (per-key / per-partition chains under a semaphore,
+//! retries, dead letters) and queues sink writes, keeping an [`Ack`] clone alive until each
+//! write is acknowledged. Whatever must wait (a sink whose serde needs the schema registry, a
+//! full producer queue) is deferred and awaited after the inline part, in order. A source
+//! record and the outputs of an async stage go through the same interpreter.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
-use prometheus::IntCounter;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::offsets::Ack;
+use super::steps::{self, Action, AsyncStage, ChainKey, NodeMeta, Outcome, SinkStep, Step};
 use super::tasks::{CURRENT_RECORD, TaskRegistry};
-use crate::graph::{NodeKind, Topology};
-use crate::processor::{AsyncOptions, Ordering, ProcessError, Processor};
+use crate::graph::Topology;
+use crate::processor::{Ordering, ProcessError};
 use crate::serdes::SerdeError;
 use crate::task::{ProcessorContext, TaskId};
 use crate::transport::{DeliveryFuture, OnDelivery, Queued, RecordSink, TransportError};
 use crate::{Headers, Metrics, RawRecord, Record};
 
-type ChainKey = (Arc<str>, i32, Option<Vec<u8>>);
-
-struct AsyncStage {
-    processor: Arc<dyn Processor>,
-    options: AsyncOptions,
-    /// The processor's name and declared stores, handed to it in each record's context.
-    node_name: Arc<str>,
-    stores: Arc<[String]>,
-    /// Its sub-topology, when that owns stores (the record's task is looked up per record).
-    stateful_subtopology: Option<usize>,
-    semaphore: Arc<Semaphore>,
-    chains: Mutex<HashMap<ChainKey, (u64, oneshot::Receiver<()>)>>,
-    seq: std::sync::atomic::AtomicU64,
-}
-
 pub(crate) struct Engine {
     topology: Arc<Topology>,
+    /// One per node of the topology, at the node's index.
+    steps: Vec<Step>,
     sink: Arc<dyn RecordSink>,
     metrics: Arc<Metrics>,
-    stages: Vec<Option<Arc<AsyncStage>>>,
-    /// Per node: its name and latency histogram, looked up once (used by sinks per record).
-    node_meta: Vec<Option<NodeMeta>>,
     /// Queued writes awaiting acknowledgement, completed by one driver task.
     deliveries: mpsc::UnboundedSender<Pending>,
-    /// Per node, its `records_total` counters by outcome, looked up on first use.
-    counters: Vec<[OnceLock<IntCounter>; 3]>,
     /// The running tasks' stores.
     tasks: Arc<TaskRegistry>,
-}
-
-/// The per-record outcomes counted for every node (`records_total{node,outcome}`).
-#[derive(Clone, Copy)]
-enum Outcome {
-    In = 0,
-    Out = 1,
-    Dropped = 2,
-}
-
-impl Outcome {
-    fn label(self) -> &'static str {
-        match self {
-            Outcome::In => "in",
-            Outcome::Out => "out",
-            Outcome::Dropped => "dropped",
-        }
-    }
-}
-
-/// What a write's delivery callback records, shared by every write of a node: one reference
-/// count per record (touched by the producer's thread too) instead of one per part.
-type NodeMeta = Arc<NodeMetaInner>;
-
-struct NodeMetaInner {
-    name: String,
-    /// The sink's topic, shared by the records it writes.
-    topic: Arc<str>,
-    latency: prometheus::Histogram,
-    metrics: Arc<Metrics>,
-}
-
-fn node_meta(metrics: &Arc<Metrics>, name: String, topic: &str) -> NodeMeta {
-    Arc::new(NodeMetaInner {
-        latency: metrics.node_latency.with_label_values(&[&name]),
-        name,
-        topic: topic.into(),
-        metrics: metrics.clone(),
-    })
 }
 
 /// One queued write whose sink returned a future: completed by the delivery driver.
@@ -128,9 +74,9 @@ const DELIVERY_PICKUP: std::time::Duration = std::time::Duration::from_millis(1)
 
 /// Completes queued writes: one task polling every delivery instead of a task per record.
 ///
-/// Queueing a write must not wake this task: at 100k+ records/s a cross-thread wake-up per
-/// record (a futex call and a context switch on each side) cost more than the rest of the
-/// write path. So while writes are outstanding the driver does not wait on the channel; it
+/// Queueing a write must not wake this task: at high rates a cross-thread wake-up per record
+/// (a futex call and a context switch on each side) costs more than the rest of the write
+/// path. So while writes are outstanding the driver does not wait on the channel; it
 /// picks new ones up whenever a delivery completes (the producer acknowledges in batches) or
 /// every [`DELIVERY_PICKUP`]. Only when nothing is outstanding does it wait on the channel,
 /// so the first write of a burst wakes it and an idle runtime does not tick.
@@ -167,6 +113,15 @@ async fn drive_deliveries(mut rx: mpsc::UnboundedReceiver<Pending>) {
     }
 }
 
+/// The work of one record that must be awaited after its inline part (see [`Engine::run`]),
+/// in the order it was deferred.
+enum Deferred {
+    /// Write `record` at sink step `node` the awaited way.
+    Sink { node: usize, record: Record },
+    /// Queue this write again once the producer's queue frees.
+    Retry(RawRecord, OnDelivery),
+}
+
 impl Engine {
     pub(crate) fn new(
         topology: Arc<Topology>,
@@ -174,72 +129,17 @@ impl Engine {
         metrics: Arc<Metrics>,
         tasks: Arc<TaskRegistry>,
     ) -> Arc<Self> {
-        let stages = topology
-            .nodes()
-            .iter()
-            .enumerate()
-            .map(|(i, n)| match &n.kind {
-                NodeKind::Async {
-                    processor,
-                    options,
-                    stores,
-                } => Some(Arc::new(AsyncStage {
-                    processor: processor.clone(),
-                    options: options.clone(),
-                    node_name: n.name.as_str().into(),
-                    stores: stores.clone().into(),
-                    stateful_subtopology: topology
-                        .subtopology_of_node(i)
-                        .filter(|s| s.is_stateful() && !stores.is_empty())
-                        .map(|s| s.id),
-                    semaphore: Arc::new(Semaphore::new(options.concurrency.max(1))),
-                    chains: Mutex::new(HashMap::new()),
-                    seq: Default::default(),
-                })),
-                _ => None,
-            })
-            .collect();
-        let node_meta = topology
-            .nodes()
-            .iter()
-            .map(|n| match &n.kind {
-                NodeKind::Sink { topic, .. } => Some(node_meta(&metrics, n.name.clone(), topic)),
-                _ => None,
-            })
-            .collect();
-        let counters = topology
-            .nodes()
-            .iter()
-            .map(|_| Default::default())
-            .collect();
+        let steps = steps::compile(&topology, &metrics);
         let (deliveries, rx) = mpsc::unbounded_channel();
         tokio::spawn(drive_deliveries(rx));
         Arc::new(Engine {
             topology,
+            steps,
             sink,
             metrics,
-            stages,
-            node_meta,
             deliveries,
-            counters,
             tasks,
         })
-    }
-
-    /// Counts one record at node `node` with `outcome` (the same series as
-    /// [`Metrics::record`], without a label lookup per record).
-    fn count(&self, node: usize, outcome: Outcome) {
-        let (Some(slots), Some(n)) = (self.counters.get(node), self.topology.nodes().get(node))
-        else {
-            return;
-        };
-        slots[outcome as usize]
-            .get_or_init(|| {
-                self.metrics
-                    .records_total
-                    .with_label_values(&[&n.name, outcome.label()])
-            })
-            .inc();
     }
 
     /// Decodes a source record and pushes it through the graph.
@@ -248,23 +148,22 @@ impl Engine {
         let Some(src) = self.topology.source_for_topic(&raw.topic) else {
             return;
         };
-        let node = &self.topology.nodes()[src];
-        let NodeKind::Source {
+        let step = &self.steps[src];
+        let Action::Source {
             key_serde,
             value_serde,
-            ..
-        } = &node.kind
+        } = &step.action
         else {
             return;
         };
-        self.count(src, Outcome::In);
+        step.metrics.count(Outcome::In);
         let key = match &raw.key {
             None => None,
             Some(k) => match decode(&ack, &**key_serde, &raw.topic, true, k).await {
                 Ok(v) => Some(v),
                 Err(e) if e.is_transient() => return stop_on_registry_outage(&ack, &e),
                 Err(e) => {
-                    self.metrics.record(&node.name, "failed");
+                    step.metrics.failed();
                     let msg = format!("key of {}-{}@{}: {e}", raw.topic, raw.partition, raw.offset);
                     self.dead_letter(&ack, e.class(), &msg, 1).await;
                     return;
@@ -277,7 +176,7 @@ impl Engine {
                 Ok(v) => Some(v),
                 Err(e) if e.is_transient() => return stop_on_registry_outage(&ack, &e),
                 Err(e) => {
-                    self.metrics.record(&node.name, "failed");
+                    step.metrics.failed();
                     let msg = format!(
                         "value of {}-{}@{}: {e}",
                         raw.topic, raw.partition, raw.offset
@@ -296,261 +195,183 @@ impl Engine {
             partition: raw.partition,
             offset: raw.offset,
         };
-        // The stateless part of the graph runs inline, without a future per node; what must
-        // wait (a sink whose schema id is not cached yet or whose producer queue is full)
-        // runs after it, in order.
         let mut later = Vec::new();
-        self.emit_now(src, record, &ack, &mut later);
+        self.emit(src, record, &ack, &mut later);
+        self.run_deferred(later, &ack).await;
+    }
+
+    /// Sends `record` on from step `node` to each of its children (counted as out of it).
+    fn emit(self: &Arc<Self>, node: usize, record: Record, ack: &Ack, later: &mut Vec<Deferred>) {
+        let step = &self.steps[node];
+        step.metrics.count(Outcome::Out);
+        if let Some((last, rest)) = step.children.split_last() {
+            for &c in rest {
+                self.run(c, record.clone(), ack, later);
+            }
+            self.run(*last, record, ack, later);
+        }
+    }
+
+    /// Runs step `node` on `record`: the one interpreter of the steps.
+    ///
+    /// Nothing here awaits, so the stateless part of the graph runs without a future per
+    /// node: async stages are dispatched to tasks of their own, sinks queue their write if
+    /// they can without waiting; what must wait is pushed to `later`, and once something is,
+    /// every later sink write too (the outputs of one record stay in order). The caller
+    /// awaits `later` ([`run_deferred`](Self::run_deferred)).
+    fn run(self: &Arc<Self>, node: usize, record: Record, ack: &Ack, later: &mut Vec<Deferred>) {
+        let step = &self.steps[node];
+        if let Action::Sink(sink) = &step.action {
+            // Counted where the write is made: here, or when the deferred write runs.
+            if later.is_empty() {
+                self.sink_now(node, sink, record, ack, later);
+            } else {
+                later.push(Deferred::Sink { node, record });
+            }
+            return;
+        }
+        step.metrics.count(Outcome::In);
+        match &step.action {
+            // A source is never a child; a sink was written above.
+            Action::Source { .. } | Action::Sink(_) => {}
+            Action::Filter(pred) => {
+                if pred(&record) {
+                    self.emit(node, record, ack, later);
+                } else {
+                    step.metrics.count(Outcome::Dropped);
+                }
+            }
+            Action::Map(f) => {
+                let out = f(record);
+                self.emit(node, out, ack, later);
+            }
+            Action::FlatMap(f) => {
+                let outs = f(record);
+                if outs.is_empty() {
+                    step.metrics.count(Outcome::Dropped);
+                }
+                for out in outs {
+                    self.emit(node, out, ack, later);
+                }
+            }
+            Action::Branch(preds) => match preds.iter().position(|p| p(&record)) {
+                Some(i) => {
+                    step.metrics.count(Outcome::Out);
+                    if let Some(&child) = step.children.get(i) {
+                        self.run(child, record, ack, later);
+                    }
+                }
+                None => step.metrics.count(Outcome::Dropped),
+            },
+            Action::Forward => self.emit(node, record, ack, later),
+            Action::Process(stage) => self.dispatch(node, stage, record, ack.clone()),
+        }
+    }
+
+    /// Awaits the work [`run`](Self::run) deferred, in order.
+    async fn run_deferred(&self, later: Vec<Deferred>, ack: &Ack) {
         for deferred in later {
             match deferred {
-                Deferred::Run(node, record) => self.run(node, record, &ack).await,
+                Deferred::Sink { node, record } => self.sink(node, record, ack).await,
                 Deferred::Retry(raw, done) => {
-                    let queued = self.send_when_queue_frees(&raw, &ack, done).await;
+                    let queued = self.send_when_queue_frees(&raw, ack, done).await;
                     self.queued(queued);
                 }
             }
         }
     }
 
-    /// [`emit`](Self::emit) without awaiting: stateless nodes run here, async stages are
-    /// dispatched (as `run` does), sinks write if they can without waiting; anything else is
-    /// pushed to `later`, and once something is, every later sink write too (outputs of one
-    /// record stay in order).
-    fn emit_now(
-        self: &Arc<Self>,
+    /// Encodes and queues `record` at `sink` if that needs no waiting. Otherwise it goes to
+    /// `later`: to be queued again when the producer's queue is full, or to go the awaited
+    /// way ([`sink`](Self::sink)) when a serde needs the registry or fails (`sink`
+    /// dead-letters the record).
+    fn sink_now(
+        &self,
         node: usize,
+        sink: &SinkStep,
         record: Record,
         ack: &Ack,
         later: &mut Vec<Deferred>,
     ) {
-        self.count(node, Outcome::Out);
-        let children = &self.topology.nodes()[node].children;
-        if let Some((last, rest)) = children.split_last() {
-            for &c in rest {
-                self.run_now(c, record.clone(), ack, later);
-            }
-            self.run_now(*last, record, ack, later);
-        }
-    }
-
-    /// [`run`](Self::run) without awaiting; see [`emit_now`](Self::emit_now).
-    fn run_now(
-        self: &Arc<Self>,
-        node: usize,
-        record: Record,
-        ack: &Ack,
-        later: &mut Vec<Deferred>,
-    ) {
-        let n = &self.topology.nodes()[node];
-        if let NodeKind::Sink { .. } = &n.kind {
-            if later.is_empty() {
-                self.sink_now(node, record, ack, later);
-            } else {
-                later.push(Deferred::Run(node, record));
-            }
-            return;
-        }
-        self.count(node, Outcome::In);
-        match &n.kind {
-            NodeKind::Source { .. } | NodeKind::Sink { .. } => {}
-            NodeKind::Filter(pred) => {
-                if pred(&record) {
-                    self.emit_now(node, record, ack, later);
-                } else {
-                    self.count(node, Outcome::Dropped);
-                }
-            }
-            NodeKind::Map(f) => {
-                let out = f(record);
-                self.emit_now(node, out, ack, later);
-            }
-            NodeKind::FlatMap(f) => {
-                let outs = f(record);
-                if outs.is_empty() {
-                    self.count(node, Outcome::Dropped);
-                }
-                for out in outs {
-                    self.emit_now(node, out, ack, later);
-                }
-            }
-            NodeKind::Branch(preds) => match preds.iter().position(|p| p(&record)) {
-                Some(i) => {
-                    self.count(node, Outcome::Out);
-                    if let Some(&child) = n.children.get(i) {
-                        self.run_now(child, record, ack, later);
-                    }
-                }
-                None => self.count(node, Outcome::Dropped),
-            },
-            NodeKind::BranchChild => self.emit_now(node, record, ack, later),
-            NodeKind::Async { .. } => self.dispatch(node, record, ack.clone()),
-        }
-    }
-
-    /// Encodes and queues `record` at sink `node` if that needs no waiting. Otherwise it goes
-    /// to `later`: to be queued again when the producer's queue is full, or to go the awaited
-    /// way (`run`) when a serde needs the registry or fails (`run` dead-letters the record).
-    fn sink_now(&self, node: usize, record: Record, ack: &Ack, later: &mut Vec<Deferred>) {
-        let NodeKind::Sink {
-            topic,
-            key_serde,
-            value_serde,
-        } = &self.topology.nodes()[node].kind
-        else {
-            return;
-        };
+        let topic = &*sink.meta.topic;
         let key = match &record.key {
             None => None,
-            Some(k) => match key_serde.serialize_now(topic, true, k) {
+            Some(k) => match sink.key_serde.serialize_now(topic, true, k) {
                 Some(Ok(b)) => Some(bytes::Bytes::from(b)),
-                _ => return later.push(Deferred::Run(node, record)),
+                _ => return later.push(Deferred::Sink { node, record }),
             },
         };
         let value = match &record.value {
             None => None,
-            Some(v) => match value_serde.serialize_now(topic, false, v) {
+            Some(v) => match sink.value_serde.serialize_now(topic, false, v) {
                 Some(Ok(b)) => Some(bytes::Bytes::from(b)),
-                _ => return later.push(Deferred::Run(node, record)),
+                _ => return later.push(Deferred::Sink { node, record }),
             },
         };
-        let Some(meta) = self.node_meta[node].clone() else {
-            return later.push(Deferred::Run(node, record));
-        };
-        // `run` counts the records it runs; this one is handled here.
-        self.count(node, Outcome::In);
+        self.steps[node].metrics.count(Outcome::In);
         let raw = outgoing(
-            meta.topic.clone(),
+            sink.meta.topic.clone(),
             key,
             value,
             record.headers,
             record.timestamp,
         );
-        if let Some((raw, done)) = self.queue(meta, raw, ack) {
+        if let Some((raw, done)) = self.queue(sink.meta.clone(), raw, ack) {
             later.push(Deferred::Retry(raw, done));
         }
     }
 
-    /// Sends `record` to every child of `node`.
-    fn emit<'a>(
-        self: &'a Arc<Self>,
-        node: usize,
-        record: Record,
-        ack: &'a Ack,
-    ) -> BoxFuture<'a, ()> {
+    /// Encodes (waiting for the registry if need be) and writes `record` at sink step `node`,
+    /// waiting while the producer's queue is full. Boxed: a cold path (a schema not cached
+    /// yet, a record that cannot be encoded) that would otherwise enlarge every caller's
+    /// future.
+    fn sink<'a>(&'a self, node: usize, record: Record, ack: &'a Ack) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            let n = &self.topology.nodes()[node];
-            self.count(node, Outcome::Out);
-            let children = &n.children;
-            if let Some((last, rest)) = children.split_last() {
-                for &c in rest {
-                    self.run(c, record.clone(), ack).await;
-                }
-                self.run(*last, record, ack).await;
-            }
-        })
-    }
-
-    fn run<'a>(
-        self: &'a Arc<Self>,
-        node: usize,
-        record: Record,
-        ack: &'a Ack,
-    ) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            let n = &self.topology.nodes()[node];
-            self.count(node, Outcome::In);
-            match &n.kind {
-                NodeKind::Source { .. } => {}
-                NodeKind::Filter(pred) => {
-                    if pred(&record) {
-                        self.emit(node, record, ack).await;
-                    } else {
-                        self.count(node, Outcome::Dropped);
-                    }
-                }
-                NodeKind::Map(f) => {
-                    let out = f(record);
-                    self.emit(node, out, ack).await;
-                }
-                NodeKind::FlatMap(f) => {
-                    let outs = f(record);
-                    if outs.is_empty() {
-                        self.count(node, Outcome::Dropped);
-                    }
-                    for out in outs {
-                        self.emit(node, out, ack).await;
-                    }
-                }
-                NodeKind::Branch(preds) => match preds.iter().position(|p| p(&record)) {
-                    Some(i) => {
-                        self.count(node, Outcome::Out);
-                        if let Some(&child) = n.children.get(i) {
-                            self.run(child, record, ack).await;
+            let step = &self.steps[node];
+            let Action::Sink(sink) = &step.action else {
+                return;
+            };
+            step.metrics.count(Outcome::In);
+            let (topic, name) = (&*sink.meta.topic, step.metrics.name());
+            let key = match &record.key {
+                None => None,
+                Some(k) => {
+                    match registry_retry(ack, || sink.key_serde.serialize(topic, true, k)).await {
+                        Ok(b) => Some(bytes::Bytes::from(b)),
+                        Err(e) if e.is_transient() => return stop_on_registry_outage(ack, &e),
+                        Err(e) => {
+                            step.metrics.failed();
+                            let msg = format!("encoding key for {topic} at sink {name}: {e}");
+                            self.dead_letter(ack, e.class(), &msg, 1).await;
+                            return;
                         }
                     }
-                    None => self.count(node, Outcome::Dropped),
-                },
-                NodeKind::BranchChild => self.emit(node, record, ack).await,
-                NodeKind::Async { .. } => self.dispatch(node, record, ack.clone()),
-                NodeKind::Sink {
-                    topic,
-                    key_serde,
-                    value_serde,
-                } => {
-                    let key = match &record.key {
-                        None => None,
-                        Some(k) => {
-                            match registry_retry(ack, || key_serde.serialize(topic, true, k)).await
-                            {
-                                Ok(b) => Some(bytes::Bytes::from(b)),
-                                Err(e) if e.is_transient() => {
-                                    return stop_on_registry_outage(ack, &e);
-                                }
-                                Err(e) => {
-                                    self.metrics.record(&n.name, "failed");
-                                    let msg =
-                                        format!("encoding key for {topic} at sink {}: {e}", n.name);
-                                    self.dead_letter(ack, e.class(), &msg, 1).await;
-                                    return;
-                                }
-                            }
-                        }
-                    };
-                    let value = match &record.value {
-                        None => None,
-                        Some(v) => {
-                            match registry_retry(ack, || value_serde.serialize(topic, false, v))
-                                .await
-                            {
-                                Ok(b) => Some(bytes::Bytes::from(b)),
-                                Err(e) if e.is_transient() => {
-                                    return stop_on_registry_outage(ack, &e);
-                                }
-                                Err(e) => {
-                                    self.metrics.record(&n.name, "failed");
-                                    let msg = format!(
-                                        "encoding value for {topic} at sink {}: {e}",
-                                        n.name
-                                    );
-                                    self.dead_letter(ack, e.class(), &msg, 1).await;
-                                    return;
-                                }
-                            }
-                        }
-                    };
-                    let meta = self.node_meta[node]
-                        .clone()
-                        .unwrap_or_else(|| node_meta(&self.metrics, n.name.clone(), topic));
-                    let raw = outgoing(
-                        meta.topic.clone(),
-                        key,
-                        value,
-                        record.headers,
-                        record.timestamp,
-                    );
-                    self.send(meta, raw, ack.clone()).await;
                 }
-            }
+            };
+            let value = match &record.value {
+                None => None,
+                Some(v) => {
+                    match registry_retry(ack, || sink.value_serde.serialize(topic, false, v)).await
+                    {
+                        Ok(b) => Some(bytes::Bytes::from(b)),
+                        Err(e) if e.is_transient() => return stop_on_registry_outage(ack, &e),
+                        Err(e) => {
+                            step.metrics.failed();
+                            let msg = format!("encoding value for {topic} at sink {name}: {e}");
+                            self.dead_letter(ack, e.class(), &msg, 1).await;
+                            return;
+                        }
+                    }
+                }
+            };
+            let raw = outgoing(
+                sink.meta.topic.clone(),
+                key,
+                value,
+                record.headers,
+                record.timestamp,
+            );
+            self.send(sink.meta.clone(), raw, ack.clone()).await;
         })
     }
 
@@ -664,29 +485,31 @@ impl Engine {
             .dead_letter_total
             .with_label_values(&[&topic])
             .inc();
-        let meta = node_meta(&self.metrics, format!("dlq:{topic}"), &topic);
+        let meta = steps::node_meta(&self.metrics, format!("dlq:{topic}"), &topic);
         self.send(meta, raw, ack.clone()).await;
     }
 
     /// Starts async processing of `record` at `node`, in order with its chain.
-    fn dispatch(self: &Arc<Self>, node: usize, record: Record, ack: Ack) {
-        let Some(stage) = self.stages[node].clone() else {
-            return;
-        };
+    fn dispatch(self: &Arc<Self>, node: usize, stage: &Arc<AsyncStage>, record: Record, ack: Ack) {
+        let stage = stage.clone();
         let chain_key: Option<ChainKey> = match stage.options.ordering {
             Ordering::Unordered => None,
-            Ordering::Partition => Some((record.topic.clone(), record.partition, None)),
-            Ordering::Key => Some((
-                record.topic.clone(),
-                record.partition,
-                Some(
+            Ordering::Partition => Some(ChainKey {
+                topic: record.topic.clone(),
+                partition: record.partition,
+                key: None,
+            }),
+            Ordering::Key => Some(ChainKey {
+                topic: record.topic.clone(),
+                partition: record.partition,
+                key: Some(
                     record
                         .key
                         .as_ref()
                         .map(|k| k.to_bytes())
                         .unwrap_or_default(),
                 ),
-            )),
+            }),
         };
         // Register in the chain now, in dispatch order, so order is kept per chain.
         let (done_tx, prev, my_seq) = match &chain_key {
@@ -737,8 +560,11 @@ impl Engine {
         ProcessorContext::new(stage.node_name.clone(), stage.stores.clone(), task)
     }
 
+    /// Runs `stage`'s processor on `record` (retrying transient errors), then its outputs
+    /// through the steps after it, or the source record to its dead-letter topic.
     async fn process(self: &Arc<Self>, node: usize, stage: &AsyncStage, record: Record, ack: &Ack) {
-        let name = &self.topology.nodes()[node].name;
+        let metrics = &self.steps[node].metrics;
+        let name = metrics.name();
         let retry = stage.options.retry;
         let mut attempts = 0u32;
         let outcome = loop {
@@ -753,7 +579,7 @@ impl Engine {
                 },
             };
             attempts += 1;
-            let gauge = self.metrics.in_flight.with_label_values(&[name]);
+            let gauge = metrics.in_flight();
             gauge.inc();
             let started = Instant::now();
             let ctx = self.context(stage, ack);
@@ -762,16 +588,13 @@ impl Engine {
                 _ = ack.cancel.cancelled() => { gauge.dec(); return; }
                 r = CURRENT_RECORD.scope(ack.clone(), work) => r,
             };
-            self.metrics
-                .node_latency
-                .with_label_values(&[name])
-                .observe(started.elapsed().as_secs_f64());
+            metrics.latency().observe(started.elapsed().as_secs_f64());
             gauge.dec();
             drop(permit);
             match result {
                 Ok(outs) => break Ok(outs),
                 Err(e @ ProcessError::Transient(_)) if attempts < retry.max_attempts.max(1) => {
-                    self.metrics.retries_total.with_label_values(&[name]).inc();
+                    metrics.retries().inc();
                     let delay = retry.backoff_with_jitter(attempts);
                     tokio::select! {
                         _ = ack.cancel.cancelled() => return,
@@ -788,14 +611,16 @@ impl Engine {
         match outcome {
             Ok(outs) => {
                 if outs.is_empty() {
-                    self.count(node, Outcome::Dropped);
+                    metrics.count(Outcome::Dropped);
                 }
+                let mut later = Vec::new();
                 for out in outs {
-                    self.emit(node, out, ack).await;
+                    self.emit(node, out, ack, &mut later);
                 }
+                self.run_deferred(later, ack).await;
             }
             Err(e) => {
-                self.metrics.record(name, "failed");
+                metrics.failed();
                 let msg = format!(
                     "node {name} on {}-{}@{}: {}",
                     ack.origin.topic,
@@ -807,14 +632,6 @@ impl Engine {
             }
         }
     }
-}
-
-/// Work of one record that must be awaited after its inline part; see [`Engine::emit_now`].
-enum Deferred {
-    /// Run this node (a sink) the awaited way.
-    Run(usize, Record),
-    /// Queue this write again once the producer's queue frees.
-    Retry(RawRecord, OnDelivery),
 }
 
 /// Decodes with `serde`, without a future when the serde can (see

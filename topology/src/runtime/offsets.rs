@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use tokio_util::sync::CancellationToken;
 
 use crate::RawRecord;
-use crate::transport::TopicPartition;
+use crate::transport::{RebalanceListener, Rewind, TopicPartition};
 
 /// In-flight offsets of one partition.
 ///
@@ -190,17 +190,6 @@ pub enum AssignmentChange {
     Assigned(Vec<TopicPartition>),
     /// These partitions were revoked (or lost).
     Revoked(Vec<TopicPartition>),
-}
-
-/// Where a partition kept across a rebalance must be read again from after its uncommitted
-/// work was thrown away (see [`OffsetTracker::reset`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rewind {
-    /// The partition.
-    pub tp: TopicPartition,
-    /// The offset to seek to: the last committed offset, or the first offset read since the
-    /// assignment when nothing was committed yet.
-    pub offset: i64,
 }
 
 #[derive(Debug, Default)]
@@ -443,6 +432,28 @@ impl OffsetTracker {
             })
             .map(|(tp, _)| tp.clone())
             .collect()
+    }
+}
+
+impl RebalanceListener for OffsetTracker {
+    fn on_assigned(&self, tps: &[TopicPartition]) {
+        self.assign(tps);
+    }
+
+    fn on_revoked(&self, tps: &[TopicPartition]) -> Vec<(TopicPartition, i64)> {
+        self.revoke(tps)
+    }
+
+    fn reset_uncommitted(&self, tps: &[TopicPartition]) -> Vec<Rewind> {
+        self.reset(tps)
+    }
+
+    fn has_uncommitted(&self) -> bool {
+        self.total_in_flight() > 0 || !self.pending_commits().is_empty()
+    }
+
+    fn assigned(&self) -> Vec<TopicPartition> {
+        OffsetTracker::assigned(self)
     }
 }
 

@@ -20,7 +20,8 @@ use state::{ChangelogSink, SinkError, StateConfig, StateDir, StateError};
 use super::RuntimeError;
 use super::offsets::{Ack, AssignmentChange, OffsetTracker};
 use crate::changelog::{STORE_HEADER, changelog_topic};
-use crate::graph::{StoreSpec, Topology};
+use crate::graph::Topology;
+use crate::store::StoreSpec;
 use crate::task::{Checkpoint, ReadOnlyStore, TaskId, TaskStores, task_dir};
 use crate::transport::{
     OnDelivery, Queued, RecordSink, SourceConsumer, StateLog, TopicPartition, TransportError,
@@ -310,6 +311,8 @@ pub(crate) struct TaskSettings {
 pub(crate) struct TaskManager {
     settings: TaskSettings,
     topology: Arc<Topology>,
+    /// Whether any sub-topology has stores: asked for every record, answered once.
+    stateful: bool,
     registry: Arc<TaskRegistry>,
     sink: Arc<dyn RecordSink>,
     state_log: Option<Arc<dyn StateLog>>,
@@ -341,6 +344,7 @@ impl TaskManager {
     ) -> Self {
         TaskManager {
             settings,
+            stateful: topology.subtopologies().iter().any(|s| s.is_stateful()),
             topology,
             registry,
             sink,
@@ -360,10 +364,7 @@ impl TaskManager {
 
     /// Whether the topology has any task stores at all.
     pub(crate) fn is_stateful(&self) -> bool {
-        self.topology
-            .subtopologies()
-            .iter()
-            .any(|s| s.is_stateful())
+        self.stateful
     }
 
     /// The stateful task that reads `topic`'s `partition`.

@@ -587,7 +587,7 @@ impl Transport for EmbeddedTransport {
                     assigned.push(tp);
                 }
             }
-            spec.tracker.assign(&assigned);
+            spec.listener.on_assigned(&assigned);
             (spec.on_rebalance)();
             let consumer = EmbeddedConsumer {
                 log: self.log.clone(),

@@ -29,9 +29,9 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use super::kafka_config::{ClientKind, KafkaClientConfig};
 use super::{
     ApplyChangelogRecord, ConnectSpec, Connection, Delivered, DeliveryFuture, OnDelivery, Queued,
-    RecordSink, SourceConsumer, StateLog, TopicPartition, Transport, TransportError,
+    RebalanceListener, RecordSink, Rewind, SourceConsumer, StateLog, TopicPartition, Transport,
+    TransportError,
 };
-use crate::runtime::{OffsetTracker, Rewind};
 use crate::{Header, Headers, RawRecord};
 
 /// Kafka through rdkafka.
@@ -58,15 +58,13 @@ impl KafkaTransport {
     pub fn with_config(config: KafkaClientConfig) -> Self {
         let config = config.set_default("auto.offset.reset", "earliest");
         // A partition resumed after back-pressure refills within this wait instead of
-        // librdkafka's 500 ms default (measured: 10 → 27 records/s with 4 in flight).
+        // librdkafka's 500 ms default.
         let config = config.set_default("fetch.wait.max.ms", "100");
         // Once `queued.min.messages` (100k) are fetched ahead, librdkafka stops fetching a
         // partition and looks again only after `fetch.queue.backoff.ms` (1 s by default). A
-        // loop that takes longer than that to drain the queue is fine; ours drains 100k
-        // records in ~0.7 s and then sat with an empty queue for the rest of the second
-        // (measured: ~0.5 s idle per 200k records, the loop polling empty 50 ms timeouts).
-        // Looking again every 10 ms keeps the queue topped up; the check is a few queue-length
-        // reads on the broker thread.
+        // loop that drains the queue faster than that then sits with an empty queue, polling
+        // empty timeouts, for the rest of the second. Looking again every 10 ms keeps the
+        // queue topped up; the check is a few queue-length reads on the broker thread.
         let config = config.set_default("fetch.queue.backoff.ms", "10");
         // A topic created just before the subscription can show partitions without a leader
         // in the first metadata; librdkafka then fetches them only after the next refresh
@@ -200,7 +198,7 @@ fn tps_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
         .collect()
 }
 
-/// The consumer context: keeps the offset tracker in step with rebalances.
+/// The consumer context: tells the runtime's [`RebalanceListener`] of rebalances.
 ///
 /// At-least-once: on revoke, in-flight work of the revoked partitions is cancelled and the
 /// offsets below their oldest unfinished record are committed.
@@ -212,7 +210,7 @@ fn tps_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
 /// transaction), and the partitions this member keeps are rewound (seek) to their last
 /// committed offset, to be processed again inside the next transaction.
 pub struct StreamsContext {
-    tracker: Arc<OffsetTracker>,
+    listener: Arc<dyn RebalanceListener>,
     exactly_once: bool,
     on_rebalance: Arc<dyn Fn() + Send + Sync>,
     producer: OnceLock<Arc<KafkaProducer>>,
@@ -221,19 +219,18 @@ pub struct StreamsContext {
 
 impl StreamsContext {
     fn revoke_transactional(&self, consumer: &BaseConsumer<Self>, revoked: &[TopicPartition]) {
-        let dirty =
-            self.tracker.total_in_flight() > 0 || !self.tracker.pending_commits().is_empty();
+        let dirty = self.listener.has_uncommitted();
         let retained: Vec<TopicPartition> = self
-            .tracker
+            .listener
             .assigned()
             .into_iter()
             .filter(|tp| !revoked.contains(tp))
             .collect();
-        self.tracker.revoke(revoked);
+        self.listener.on_revoked(revoked);
         if !dirty {
             return;
         }
-        let rewinds = self.tracker.reset(&retained);
+        let rewinds = self.listener.reset_uncommitted(&retained);
         let Some(producer) = self.producer.get() else {
             return;
         };
@@ -294,7 +291,7 @@ impl ConsumerContext for StreamsContext {
                 self.revoke_transactional(consumer, &tps_of(tpl));
                 return;
             }
-            let safe = self.tracker.revoke(&tps_of(tpl));
+            let safe = self.listener.on_revoked(&tps_of(tpl));
             if !safe.is_empty() {
                 match tpl_of(&safe) {
                     Ok(list) => {
@@ -312,7 +309,7 @@ impl ConsumerContext for StreamsContext {
         if let Rebalance::Assign(tpl) = rebalance {
             tracing::info!(partitions = ?tps_of(tpl), "rebalance: partitions assigned");
             (self.on_rebalance)();
-            self.tracker.assign(&tps_of(tpl));
+            self.listener.on_assigned(&tps_of(tpl));
         } else if let Rebalance::Error(error) = rebalance {
             tracing::warn!(%error, "rebalance error");
         }
@@ -585,7 +582,7 @@ impl Transport for KafkaTransport {
     fn connect(&self, spec: ConnectSpec) -> BoxFuture<'_, Result<Connection, TransportError>> {
         Box::pin(async move {
             let context = StreamsContext {
-                tracker: spec.tracker.clone(),
+                listener: spec.listener.clone(),
                 exactly_once: spec.exactly_once,
                 on_rebalance: spec.on_rebalance.clone(),
                 producer: OnceLock::new(),
@@ -711,8 +708,8 @@ impl KafkaConsumer {
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
             return;
         }
-        let assigned = context.tracker.assigned();
-        let rewinds = context.tracker.reset(&assigned);
+        let assigned = context.listener.assigned();
+        let rewinds = context.listener.reset_uncommitted(&assigned);
         tracing::warn!(
             rewound = rewinds.len(),
             "transaction commit failed and was aborted; uncommitted records will be read again"
@@ -844,7 +841,7 @@ impl SourceConsumer for KafkaConsumer {
                         // A commit that raced a group rebalance (e.g. an outdated generation)
                         // only requires an abort: throw the open transaction away and read the
                         // uncommitted records again, as on a revoke (the runtime sees the
-                        // tracker's reset and goes on).
+                        // listener's reset and goes on).
                         if matches!(&e, KafkaError::Transaction(t) if t.txn_requires_abort()) {
                             self.abort_and_rewind().await;
                         }

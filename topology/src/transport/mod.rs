@@ -6,8 +6,9 @@
 //! [`EmbeddedTransport`], a durable sled-backed partitioned log in-process, and
 //! [`KafkaTransport`], rdkafka with cooperative rebalancing, manual commits, an idempotent
 //! producer and optional exactly-once transactions. Partition assignments reach the runtime
-//! through the shared [`OffsetTracker`], which the rebalance
-//! callbacks update before partitions change hands.
+//! through a [`RebalanceListener`] it hands over in the [`ConnectSpec`], which the rebalance
+//! callbacks call before partitions change hands. Transports sit below the runtime: they know
+//! the listener trait, not the runtime's offset tracker that implements it.
 
 mod embedded;
 mod kafka;
@@ -23,7 +24,6 @@ pub use kafka::{KafkaProbe, KafkaTransport};
 pub use kafka_config::{ClientKind, KafkaClientConfig};
 
 use crate::RawRecord;
-use crate::runtime::OffsetTracker;
 
 /// A topic and partition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -94,6 +94,44 @@ pub enum TransportError {
     },
 }
 
+/// Where a partition kept across a rebalance must be read again from after its uncommitted
+/// work was thrown away (see [`RebalanceListener::reset_uncommitted`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewind {
+    /// The partition.
+    pub tp: TopicPartition,
+    /// The offset to seek to: the last committed offset, or the first offset read since the
+    /// assignment when nothing was committed yet.
+    pub offset: i64,
+}
+
+/// What a consumer's rebalance callbacks tell the runtime, and what they ask of it.
+///
+/// A transport calls it from its rebalance callbacks (Kafka: inside `poll`, before the
+/// partitions change hands) or when it connects (embedded: every partition at once). The
+/// runtime's offset tracker implements it; a transport needs nothing else of the runtime.
+pub trait RebalanceListener: Send + Sync {
+    /// These partitions were assigned to this member.
+    fn on_assigned(&self, tps: &[TopicPartition]);
+
+    /// These partitions are being revoked (or were lost): their in-flight work is cancelled.
+    /// Returns the offsets that may still be committed for them (never past unfinished work),
+    /// which an at-least-once consumer commits before letting them go.
+    fn on_revoked(&self, tps: &[TopicPartition]) -> Vec<(TopicPartition, i64)>;
+
+    /// Exactly-once, when the open transaction is aborted: throws away the uncommitted work of
+    /// the still-assigned partitions `tps` and returns where each must be read again from
+    /// (partitions where nothing was read since the last commit are left out).
+    fn reset_uncommitted(&self, tps: &[TopicPartition]) -> Vec<Rewind>;
+
+    /// Whether anything is uncommitted: records in flight, or finished past the last commit.
+    /// An exactly-once consumer aborts its transaction on revoke only then.
+    fn has_uncommitted(&self) -> bool;
+
+    /// The partitions assigned now, sorted.
+    fn assigned(&self) -> Vec<TopicPartition>;
+}
+
 /// What a runtime asks a transport to open.
 #[derive(Clone)]
 pub struct ConnectSpec {
@@ -103,8 +141,8 @@ pub struct ConnectSpec {
     pub topics: Vec<String>,
     /// Exactly-once: a transactional producer, offsets committed in its transactions.
     pub exactly_once: bool,
-    /// Shared offset state, updated on assignment and revocation.
-    pub tracker: Arc<OffsetTracker>,
+    /// Told of every assignment and revocation, before partitions change hands.
+    pub listener: Arc<dyn RebalanceListener>,
     /// Called once per assignment or revocation (for metrics).
     pub on_rebalance: Arc<dyn Fn() + Send + Sync>,
 }
