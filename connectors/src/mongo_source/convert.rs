@@ -115,7 +115,7 @@ fn cluster_ms(ts: Timestamp) -> i64 {
 /// envelopes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DocumentChange {
-    /// Create, update or delete (a snapshot read is [`snapshot_event`]'s).
+    /// Create, update or delete (snapshot reads are built by the change-stream reader).
     pub op: Op,
     /// The document's `_id`.
     pub id: Bson,
