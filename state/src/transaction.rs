@@ -1,4 +1,4 @@
-//! Atomic writes across stores: [`StateDir::transaction`] runs a closure over a
+//! Atomic writes across stores: [`StateDir::transaction`](crate::StateDir::transaction) runs a closure over a
 //! [`Transaction`] spanning several stores' sled trees. Either every write in it commits, or
 //! (on an error returned by the closure, or a crash) none does. Typical use: the effect record,
 //! the idempotency mark and the position bump of one input record.
@@ -53,7 +53,7 @@ where
 {
 }
 
-/// The view of the listed stores inside [`StateDir::transaction`]. Reads see the
+/// The view of the listed stores inside [`StateDir::transaction`](crate::StateDir::transaction). Reads see the
 /// transaction's own writes.
 pub struct Transaction<'a> {
     stores: &'a [Arc<RawStore>],
