@@ -8,7 +8,7 @@
 //! in-process consumers).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -95,7 +95,7 @@ impl ChangeRecord {
             value: self.value.map(Bytes::from),
             headers: self.headers,
             // A producer's create time, as Kafka's client would stamp it.
-            timestamp: Some(super::source::now_ms()),
+            timestamp: Some(now_ms()),
         }
     }
 }
@@ -330,4 +330,12 @@ fn kafka_headers(headers: &Headers) -> Option<OwnedHeaders> {
             value: header.value.as_deref(),
         })
     }))
+}
+
+/// Milliseconds since the epoch (0 before it, which a clock set right never reports).
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }

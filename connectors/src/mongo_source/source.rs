@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -21,7 +21,7 @@ use super::convert::{self, ChangeOrigin, Converted};
 use super::encoder::ChangeEncoder;
 use super::error::{SourceError, is_resume_lost};
 use super::offsets::{Offsets, StartPoint};
-use super::sink::{ChangeSink, SinkError};
+use super::sink::{ChangeSink, SinkError, now_ms};
 
 /// Counters of a running source (shared, readable while it runs).
 #[derive(Debug, Default)]
@@ -109,13 +109,6 @@ enum RecordKind {
     Snapshot,
     Change,
     Tombstone,
-}
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 impl MongoChangeSource {

@@ -14,7 +14,7 @@ use topology::RuntimeConfig;
 use topology::serdes::{HttpSchemaRegistry, SchemaRegistry};
 use topology::transport::{KafkaClientConfig, KafkaProbe, KafkaTransport, Transport};
 
-use crate::http::{ReadinessCheck, fallback, method_not_allowed, ops_routes};
+use crate::http::ReadinessCheck;
 use crate::settings::Settings;
 use crate::store::{MongoProductStore, MongoViewStore, ProductStore, ViewStore};
 use crate::system::{self, Backends, CdcSource, Options, Roles, System, TopologyFile};
@@ -67,30 +67,6 @@ pub async fn serve_http(
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
         .context("HTTP server failed")
-}
-
-/// The full router of a service: its API routes (`documented` says which part of the API they
-/// are, for `/openapi.json`), the ops routes, the fallback, body limit.
-pub fn service_router(
-    api: Router,
-    documented: crate::openapi::Api,
-    registries: Vec<prometheus::Registry>,
-    readiness: ReadinessCheck,
-) -> Router {
-    let document = Arc::new(crate::openapi::document_for(documented));
-    api.merge(ops_routes(registries, readiness))
-        .route(
-            "/openapi.json",
-            axum::routing::get(move || {
-                let document = document.clone();
-                async move { crate::openapi::response(&document) }
-            }),
-        )
-        .method_not_allowed_fallback(method_not_allowed)
-        .fallback(fallback)
-        .layer(axum::extract::DefaultBodyLimit::max(
-            crate::http::MAX_BODY_BYTES,
-        ))
 }
 
 /// How long a readiness check may take before the dependency counts as not answering (a

@@ -397,7 +397,7 @@ pub fn assemble(backends: Backends, options: Options) -> anyhow::Result<System> 
             );
         }
     }
-    let router = crate::app::service_router(api, roles.api(), registries, readiness);
+    let router = crate::http::service_router(api, roles.api(), registries, readiness);
     Ok(System { router, streams })
 }
 
