@@ -365,27 +365,3 @@ pub async fn method_not_allowed() -> ApiError {
         "this route does not answer that method",
     )
 }
-
-/// The full router of a service: its API routes (`documented` says which part of the API they
-/// are, for `/openapi.json`), the ops routes, the fallback, body limit.
-pub fn service_router(
-    api: Router,
-    documented: crate::openapi::Api,
-    registries: Vec<prometheus::Registry>,
-    readiness: ReadinessCheck,
-) -> Router {
-    let document = Arc::new(crate::openapi::document_for(documented));
-    api.merge(ops_routes(registries, readiness))
-        .route(
-            "/openapi.json",
-            axum::routing::get(move || {
-                let document = document.clone();
-                async move { crate::openapi::response(&document) }
-            }),
-        )
-        .method_not_allowed_fallback(method_not_allowed)
-        .fallback(fallback)
-        .layer(axum::extract::DefaultBodyLimit::max(
-            crate::http::MAX_BODY_BYTES,
-        ))
-}

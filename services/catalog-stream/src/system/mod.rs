@@ -13,6 +13,7 @@
 
 mod cdc;
 mod outbox_relay;
+mod router;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use topology::{Metrics, Runtime, RuntimeConfig, Topology};
 
 pub use cdc::CdcSource;
 pub use outbox_relay::OutboxRelay;
+pub use router::service_router;
 
 use crate::complete_products::{self, CompleteProducts};
 use crate::http::{ApiToken, ReadinessCheck};
@@ -397,7 +399,7 @@ pub fn assemble(backends: Backends, options: Options) -> anyhow::Result<System> 
             );
         }
     }
-    let router = crate::http::service_router(api, roles.api(), registries, readiness);
+    let router = service_router(api, roles.api(), registries, readiness);
     Ok(System { router, streams })
 }
 

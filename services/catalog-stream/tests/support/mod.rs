@@ -263,7 +263,7 @@ pub fn api_router(
     let api = product_collector::routes(collector).merge(complete_products::routes(
         CompleteProducts::new(products, view),
     ));
-    catalog_stream::http::service_router(
+    catalog_stream::system::service_router(
         api,
         catalog_stream::openapi::Api::All,
         vec![registry],
