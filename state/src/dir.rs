@@ -186,8 +186,15 @@ impl std::fmt::Debug for StateDir {
     }
 }
 
-fn validate_name(name: &str) -> Result<()> {
-    let reason = if name.is_empty() {
+/// Why `name` cannot name a store, if it cannot: store names become sled tree names and part
+/// of Kafka topic names (`<application_id>-<store>-changelog`).
+///
+/// ```
+/// assert_eq!(state::store_name_problem("product-images"), None);
+/// assert_eq!(state::store_name_problem("a b"), Some("only [A-Za-z0-9_.-] allowed"));
+/// ```
+pub fn store_name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
         Some("empty")
     } else if name.len() > 200 {
         Some("longer than 200 bytes")
@@ -198,8 +205,11 @@ fn validate_name(name: &str) -> Result<()> {
         Some("only [A-Za-z0-9_.-] allowed")
     } else {
         None
-    };
-    match reason {
+    }
+}
+
+fn validate_name(name: &str) -> Result<()> {
+    match store_name_problem(name) {
         Some(reason) => Err(StateError::InvalidName {
             name: name.to_owned(),
             reason,

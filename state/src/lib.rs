@@ -51,7 +51,7 @@ mod transaction;
 
 pub use cache::CacheStats;
 pub use changelog::{ChangelogRecord, ChangelogSink, MemoryChangelog};
-pub use dir::{StateConfig, StateDir, open_sled};
+pub use dir::{StateConfig, StateDir, open_sled, store_name_problem};
 pub use error::{Result, SinkError, StateError};
 pub use idempotency::{IdempotencyStore, PositionCheck, Recorded, record_id};
 pub use kv::KvStore;

@@ -47,21 +47,13 @@ impl StoreConfig {
     }
 }
 
-/// Why `name` cannot name a store, if it cannot: the `state` crate's rule (its store names
-/// become sled tree names and part of a Kafka topic name), checked here so a bad name is
-/// reported with its line before any task opens a store.
+/// Why `name` cannot name a store, if it cannot: the `state` crate's rule, checked here so a
+/// bad name is reported with its line before any task opens a store.
 fn store_name_problem(name: &str) -> Option<&'static str> {
     if name.is_empty() {
         Some("a store name is required")
-    } else if name.len() > 200 {
-        Some("longer than 200 bytes")
-    } else if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-    {
-        Some("only [A-Za-z0-9_.-] allowed")
     } else {
-        None
+        state::store_name_problem(name)
     }
 }
 
