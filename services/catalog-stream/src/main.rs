@@ -308,8 +308,12 @@ fn topology(command: TopologyCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot read {}", file.display()))?;
             let (topology, application_id) =
                 pipeline::load(&template, &file.display().to_string(), &topics, &registry)?;
+            let application_id = match &application_id {
+                Some(id) => format!("application id `{id}`"),
+                None => "no application id (the service's default group)".to_owned(),
+            };
             println!(
-                "{}: valid; application id `{application_id}`, {} nodes",
+                "{}: valid; {application_id}, {} nodes",
                 file.display(),
                 topology.nodes().len()
             );

@@ -85,11 +85,20 @@ impl Pipeline {
             &processors,
         )
         .expect("the complete-products topology loads");
-        let images =
-            TopologyTestDriver::with_log(image_pipeline, log.clone(), 4, config(&pipeline_id))
-                .expect("image pipeline driver");
-        let sink =
-            TopologyTestDriver::with_log(sink, log, 4, config(&sink_id)).expect("sink driver");
+        let images = TopologyTestDriver::with_log(
+            image_pipeline,
+            log.clone(),
+            4,
+            config(pipeline_id.as_deref().expect("the file names its group")),
+        )
+        .expect("image pipeline driver");
+        let sink = TopologyTestDriver::with_log(
+            sink,
+            log,
+            4,
+            config(sink_id.as_deref().expect("the file names its group")),
+        )
+        .expect("sink driver");
         Pipeline {
             images,
             sink,

@@ -101,13 +101,13 @@ pub fn registry(
 
 /// Parses and validates a topology file against `registry` plus the pipeline's named topics
 /// and schemas ([`register_names`]), reporting every problem at once; returns the topology and
-/// its application id (the consumer group).
+/// its application id (the consumer group), when the file names one.
 pub fn load(
     template: &str,
     origin: &str,
     topics: &Topics,
     registry: &Registry,
-) -> Result<(topology::Topology, String), PipelineError> {
+) -> Result<(topology::Topology, Option<String>), PipelineError> {
     let config_error = |errors| PipelineError::Config {
         origin: origin.to_owned(),
         errors,
@@ -116,7 +116,7 @@ pub fn load(
     register_names(&mut registry, topics)?;
     let config = TopologyConfig::from_yaml(template).map_err(config_error)?;
     let plan = config.validate(&registry).map_err(config_error)?;
-    let application_id = plan.application_id().unwrap_or("catalog-stream").to_owned();
+    let application_id = plan.application_id().map(str::to_owned);
     Ok((plan.build().map_err(config_error)?, application_id))
 }
 
@@ -163,7 +163,10 @@ mod tests {
             &registry_for_validation(),
         )
         .expect("loads");
-        assert_eq!(application_id, "catalog-stream-image-pipeline");
+        assert_eq!(
+            application_id.as_deref(),
+            Some("catalog-stream-image-pipeline")
+        );
         assert!(topology.describe().contains("shop-1.catalog-db.products"));
     }
 
@@ -180,7 +183,10 @@ mod tests {
             &registry_for_validation(),
         )
         .expect("loads");
-        assert_eq!(application_id, "catalog-stream-complete-products");
+        assert_eq!(
+            application_id.as_deref(),
+            Some("catalog-stream-complete-products")
+        );
         assert!(topology.describe().contains("topics: [events-1]"));
         // A name the service does not register is an error at its line.
         let unknown = IMAGE_PIPELINE_TOPOLOGY.replace("{ref: image-event}", "{ref: image-evnt}");

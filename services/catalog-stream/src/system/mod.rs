@@ -357,7 +357,10 @@ pub fn assemble(backends: Backends, options: Options) -> anyhow::Result<System> 
                 &processors,
             )?;
             let config = RuntimeConfig {
-                application_id: group_id.clone().unwrap_or(application_id),
+                application_id: group_id
+                    .clone()
+                    .or(application_id)
+                    .unwrap_or_else(|| "catalog-stream-image-pipeline".to_owned()),
                 ..runtime.clone()
             };
             streams.add_topology(
@@ -387,7 +390,9 @@ pub fn assemble(backends: Backends, options: Options) -> anyhow::Result<System> 
                 metrics.clone()
             };
             let config = RuntimeConfig {
-                application_id: group_id.unwrap_or(application_id),
+                application_id: group_id
+                    .or(application_id)
+                    .unwrap_or_else(|| "catalog-stream-complete-products".to_owned()),
                 ..runtime
             };
             streams.add_topology(
