@@ -117,6 +117,12 @@ impl FlushState {
         self.written.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// Whether every append counted so far is on disk already.
+    fn is_flushed(&self) -> bool {
+        let wanted = self.written.load(Ordering::SeqCst);
+        self.flushed.load(Ordering::SeqCst) >= wanted
+    }
+
     fn flush(&self, db: &sled::Db) -> Result<(), LogError> {
         let wanted = self.written.load(Ordering::SeqCst);
         let _g = self
@@ -429,8 +435,12 @@ impl EmbeddedLog {
     /// there the buffer write they wait for queues behind them; once a transaction anywhere in
     /// the process also waits for sled's global lock, every sled call hangs (seen with the
     /// standalone mode under a burst of POSTs).
+    ///
+    /// A caller whose appends an earlier flush already covered returns at once, without a trip
+    /// to the blocking pool: a batch of deliveries awaited in order costs one flush, not one
+    /// blocking task per record.
     pub async fn flush(&self) -> Result<(), LogError> {
-        if !self.durable {
+        if !self.durable || self.flushes.is_flushed() {
             return Ok(());
         }
         let (db, flushes) = (self.db.clone(), self.flushes.clone());
