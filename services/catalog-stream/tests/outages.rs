@@ -21,9 +21,7 @@ use catalog_stream::product::{ProductKey, validate_product};
 use catalog_stream::settings::Topics;
 use catalog_stream::standalone::{InProcessRegistry, fetch_config};
 use catalog_stream::store::{ProductStore, SledProductStore, SledViewStore, ViewStore};
-use catalog_stream::system::{
-    self, Backends, CdcSource, Options, OutboxRelay, Roles, TopologyFile,
-};
+use catalog_stream::system::{self, Backends, CdcSource, Options, OutboxRelay, Roles};
 use connectors::mongo_source::{ChangeEncoder, ChangeOrigin};
 use images::ObjectStore;
 use tokio_util::sync::CancellationToken;
@@ -140,15 +138,9 @@ async fn s3_outage_pauses_and_resumes_without_loss_or_duplicates() {
     runtime.state_dir = Some(dir.path().join("state"));
     runtime.changelogs = false;
     let options = Options {
-        roles: Roles::ALL,
-        topics: topics.clone(),
-        image_pipeline: TopologyFile::image_pipeline(),
         fetch: fetch_config(None),
-        fetch_retry: images::RetryPolicy::default(),
-        api_token: None,
-        group_id: None,
-        runtime,
         metrics: metrics.clone(),
+        ..Options::new(Roles::ALL, topics.clone(), runtime)
     };
     let system = system::assemble(backends, options).expect("the system assembles");
     let ops = system.router;

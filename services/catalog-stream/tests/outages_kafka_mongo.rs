@@ -18,7 +18,7 @@ use catalog_stream::app;
 use catalog_stream::settings::Topics;
 use catalog_stream::standalone::{InProcessRegistry, fetch_config};
 use catalog_stream::store::{ProductStore, SledProductStore, SledViewStore, ViewStore};
-use catalog_stream::system::{self, Backends, Options, Roles, TopologyFile};
+use catalog_stream::system::{self, Backends, Options, Roles};
 use connectors::mongo_source::ChangeEncoder;
 use images::ObjectStore;
 use rdkafka::ClientConfig;
@@ -299,20 +299,15 @@ async fn broker_outage_pauses_and_resumes_without_loss_or_duplicates() {
     let mut runtime = topology::RuntimeConfig::new("named by each topology file");
     runtime.state_dir = Some(dir.path().join("state"));
     runtime.changelogs = true;
+    let roles = Roles {
+        image_pipeline: true,
+        complete_products: true,
+        ..Roles::default()
+    };
     let options = Options {
-        roles: Roles {
-            image_pipeline: true,
-            complete_products: true,
-            ..Roles::default()
-        },
-        topics: topics.clone(),
-        image_pipeline: TopologyFile::image_pipeline(),
         fetch: fetch_config(None),
-        fetch_retry: images::RetryPolicy::default(),
-        api_token: None,
-        group_id: None,
-        runtime,
         metrics: metrics.clone(),
+        ..Options::new(roles, topics.clone(), runtime)
     };
     let system = system::assemble(backends, options).expect("the system assembles");
     let ops = system.router;

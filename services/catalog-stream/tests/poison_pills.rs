@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use catalog_stream::pipeline::{ImageEvent, ImageEventKind};
 use catalog_stream::settings::Topics;
 use catalog_stream::standalone::InProcessRegistry;
-use catalog_stream::system::{self, Backends, Options, Roles, TopologyFile};
+use catalog_stream::system::{self, Backends, Options, Roles};
 use connectors::debezium::{ChangeEvent, Op, SourceInfo};
 use connectors::mongo_source::ChangeEncoder;
 use futures::StreamExt;
@@ -320,18 +320,13 @@ async fn run_case(label: &str, bus: Bus, registry: Arc<dyn SchemaRegistry>, topi
         readiness: Arc::new(|| Box::pin(async { Vec::new() })),
     };
     let options = Options {
-        roles: Roles::IMAGE_PIPELINE,
-        topics: topics.clone(),
-        image_pipeline: TopologyFile::image_pipeline(),
         fetch: images::FetchConfig {
             allow_loopback: true,
             ..Default::default()
         },
-        fetch_retry: images::RetryPolicy::default(),
-        api_token: None,
         group_id: Some(unique_name("poison-pipeline")),
-        runtime,
         metrics: metrics.clone(),
+        ..Options::new(Roles::IMAGE_PIPELINE, topics.clone(), runtime)
     };
     let system = system::assemble(backends, options).expect("the built-in topology loads");
     let shutdown = CancellationToken::new();

@@ -31,7 +31,7 @@ pub use registry::InProcessRegistry;
 use crate::app;
 use crate::settings::Topics;
 use crate::store::{ProductStore, SledProductStore, SledViewStore, ViewStore};
-use crate::system::{self, Backends, CdcSource, Options, OutboxRelay, Roles, System, TopologyFile};
+use crate::system::{self, Backends, CdcSource, Options, OutboxRelay, Roles, System};
 
 /// Partitions of every topic of the embedded log.
 const PARTITIONS: u32 = 4;
@@ -175,15 +175,13 @@ impl Standalone {
             readiness: Arc::new(|| Box::pin(async { vec![("embedded".to_owned(), true)] })),
         };
         let options = Options {
-            roles: Roles::ALL,
-            topics: self.topics.clone(),
-            image_pipeline: TopologyFile::image_pipeline(),
             fetch: self.fetch.clone(),
-            fetch_retry: images::RetryPolicy::default(),
             api_token: self.api_token.clone(),
-            group_id: None,
-            runtime: runtime_config(&self.state_dir),
-            metrics: prometheus::Registry::new(),
+            ..Options::new(
+                Roles::ALL,
+                self.topics.clone(),
+                runtime_config(&self.state_dir),
+            )
         };
         let system = system::assemble(backends, options)?;
         // Nothing else reads the log, so a record every group reading it is done with can go:

@@ -171,6 +171,24 @@ pub struct Options {
     pub metrics: prometheus::Registry,
 }
 
+impl Options {
+    /// `roles` over `topics` with `runtime`: the built-in image pipeline, the default fetch
+    /// limits and retries, no token, each topology's own group, a new metrics registry.
+    pub fn new(roles: Roles, topics: Topics, runtime: RuntimeConfig) -> Self {
+        Options {
+            roles,
+            topics,
+            image_pipeline: TopologyFile::image_pipeline(),
+            fetch: images::FetchConfig::default(),
+            fetch_retry: images::RetryPolicy::default(),
+            api_token: None,
+            group_id: None,
+            runtime,
+            metrics: prometheus::Registry::new(),
+        }
+    }
+}
+
 /// The assembled system.
 pub struct System {
     /// Every HTTP route of the process: the roles' API, the backends' routes, the ops routes.
