@@ -192,6 +192,45 @@ where
         })
     }
 
+    /// The entries from `start` on (encoded keys `>=` `start`'s), decoded, in encoded-key
+    /// order: a range scan when the key's encoding sorts the way the caller needs (postcard
+    /// writes fixed-size arrays and `u8`s as is, so a key that begins with a `[u8; 8]`
+    /// big-endian timestamp sorts by time). The caller stops iterating where its range ends.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> Result<(), state::StateError> {
+    /// let dir = state::StateConfig::temporary().open()?;
+    /// let by_time = dir.store::<([u8; 8], String), u32>("by-time")?;
+    /// for (t, k) in [(30u64, "c"), (10, "a"), (20, "b")] {
+    ///     by_time.put(&(t.to_be_bytes(), k.to_string()), &1)?;
+    /// }
+    /// let from_20: Vec<String> = by_time
+    ///     .iter_from(&(20u64.to_be_bytes(), String::new()))?
+    ///     .map(|e| e.map(|((_, k), _)| k))
+    ///     .collect::<Result<_, _>>()?;
+    /// assert_eq!(from_20, ["b", "c"]);
+    /// # Ok(()) }
+    /// ```
+    pub fn iter_from<Q>(
+        &self,
+        start: &Q,
+    ) -> Result<impl Iterator<Item = Result<(K, V)>> + use<K, V, Q>>
+    where
+        K: Borrow<Q>,
+        Q: Serialize + ?Sized,
+    {
+        let start = self.key_bytes(start)?;
+        let raw = self.raw.clone();
+        Ok(self.raw.iter_from(&start).map(move |kv| {
+            let (k, v) = kv?;
+            let key = decode(&raw.name, "key", &k, &k)?;
+            let value = decode(&raw.name, "value", &k, &v)?;
+            Ok((key, value))
+        }))
+    }
+
     /// Number of entries (scans the tree).
     pub fn len(&self) -> usize {
         self.raw.len()

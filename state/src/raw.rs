@@ -207,6 +207,16 @@ impl RawStore {
             .map(move |r| r.map_err(storage(&name, "iter")))
     }
 
+    pub(crate) fn iter_from(
+        &self,
+        start: &[u8],
+    ) -> impl Iterator<Item = Result<(IVec, IVec)>> + use<> {
+        let name = self.name.clone();
+        self.tree
+            .range(start.to_vec()..)
+            .map(move |r| r.map_err(storage(&name, "range")))
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.tree.len()
     }

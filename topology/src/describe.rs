@@ -128,9 +128,11 @@ impl TopologyDescription {
                             NodeKind::Sink { topic, .. } => NodeDescriptionKind::Sink {
                                 topic: topic.clone(),
                             },
-                            NodeKind::Async { stores, .. } => NodeDescriptionKind::Processor {
-                                stores: stores.clone(),
-                            },
+                            NodeKind::Async { stores, .. } | NodeKind::Stateful { stores, .. } => {
+                                NodeDescriptionKind::Processor {
+                                    stores: stores.clone(),
+                                }
+                            }
                             _ => NodeDescriptionKind::Processor { stores: Vec::new() },
                         };
                         NodeDescription {

@@ -286,6 +286,7 @@ impl TopologyTestDriver {
         partitions: u32,
         config: RuntimeConfig,
     ) -> Result<Self, DriverError> {
+        let topology = topology.for_application(&config.application_id);
         for t in topology.source_topics() {
             if log.partitions(&t)?.is_none() {
                 log.create_topic(&t, partitions)?;
@@ -329,12 +330,42 @@ impl TopologyTestDriver {
         self.instance.stores.clone()
     }
 
-    /// Encodes a record with the serdes of the source reading `topic` and appends it.
+    /// Encodes a record with the serdes of the source reading `topic` and appends it, with
+    /// the current time as its timestamp.
     pub async fn pipe(
         &self,
         topic: &str,
         key: Option<Value>,
         value: Option<Value>,
+    ) -> Result<(), DriverError> {
+        // As a Kafka producer does, a record without a timestamp of its own gets the time
+        // it is sent at.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default();
+        self.pipe_record(topic, key, value, Some(now)).await
+    }
+
+    /// Like [`pipe`](Self::pipe), with the record's timestamp (milliseconds since the epoch):
+    /// windows and joins place records by it, and stream time advances with it, so piping a
+    /// later record is how a test advances stream time.
+    pub async fn pipe_at(
+        &self,
+        topic: &str,
+        key: Option<Value>,
+        value: Option<Value>,
+        timestamp: i64,
+    ) -> Result<(), DriverError> {
+        self.pipe_record(topic, key, value, Some(timestamp)).await
+    }
+
+    async fn pipe_record(
+        &self,
+        topic: &str,
+        key: Option<Value>,
+        value: Option<Value>,
+        timestamp: Option<i64>,
     ) -> Result<(), DriverError> {
         let src = self
             .topology
@@ -370,7 +401,16 @@ impl TopologyTestDriver {
             ),
             None => None,
         };
-        self.pipe_raw(topic, key, value, Headers::default())
+        self.log.append(&RawRecord {
+            topic: topic.into(),
+            partition: -1,
+            offset: -1,
+            key: key.map(Into::into),
+            value: value.map(Into::into),
+            headers: Headers::default(),
+            timestamp,
+        })?;
+        Ok(())
     }
 
     /// Appends raw bytes (e.g. a poison pill) to `topic`.

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::Record;
 use crate::processor::{AsyncOptions, Processor};
 use crate::serdes::SerdeRef;
+use crate::stateful::OperatorRef;
 
 // Declared in its own module (tasks open stores without depending on the graph); re-exported
 // here, where topologies declare them.
@@ -103,6 +104,9 @@ pub enum TopologyError {
     /// `with_stores` was called on a node that is not an async processor.
     #[error("`{0}` is not a processor: only process_async nodes can use stores")]
     StoresOnNonProcessor(String),
+    /// A join or aggregation was given a table that keeps no store.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// What a node does.
@@ -138,6 +142,16 @@ pub enum NodeKind {
         /// The stores it reaches through its context, by name.
         stores: Vec<String>,
     },
+    /// Runs a stateful operator inline (tables, aggregations, windows, joins; see
+    /// [`stateful`](crate::stateful)).
+    Stateful {
+        /// The operator.
+        operator: OperatorRef,
+        /// The stores it reaches through its context, by name.
+        stores: Vec<String>,
+    },
+    /// Passes the records of all its parents on unchanged (`merge`, `to_stream`).
+    Forward,
     /// Encodes and writes records to a topic.
     Sink {
         /// Topic written.
@@ -159,6 +173,8 @@ impl std::fmt::Debug for NodeKind {
             NodeKind::Branch(_) => "Branch",
             NodeKind::BranchChild => "BranchChild",
             NodeKind::Async { .. } => "Async",
+            NodeKind::Stateful { .. } => "Stateful",
+            NodeKind::Forward => "Forward",
             NodeKind::Sink { .. } => "Sink",
         })
     }
@@ -178,10 +194,13 @@ pub struct Node {
 }
 
 #[derive(Default)]
-struct Inner {
+pub(crate) struct Inner {
     nodes: Vec<Node>,
     by_name: HashMap<String, usize>,
     stores: Vec<StoreSpec>,
+    /// Topics the topology writes and reads itself (repartition topics), named without the
+    /// application id.
+    internal_topics: Vec<String>,
     errors: Vec<TopologyError>,
 }
 
@@ -206,11 +225,11 @@ pub struct TopologyBuilder {
 /// A handle on the output of one node; operators add a node after it.
 #[derive(Clone)]
 pub struct Stream {
-    inner: Arc<Mutex<Inner>>,
-    node: String,
+    pub(crate) inner: Arc<Mutex<Inner>>,
+    pub(crate) node: String,
 }
 
-fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+pub(crate) fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
     // A poisoned builder can only come from a panic in user code while building; keep going
     // with what was recorded.
     inner
@@ -218,7 +237,7 @@ fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn add(inner: &Mutex<Inner>, name: &str, kind: NodeKind, parents: &[&str]) {
+pub(crate) fn add(inner: &Mutex<Inner>, name: &str, kind: NodeKind, parents: &[&str]) {
     let mut g = lock(inner);
     if name.is_empty() {
         g.errors.push(TopologyError::EmptyName);
@@ -252,6 +271,11 @@ fn add(inner: &Mutex<Inner>, name: &str, kind: NodeKind, parents: &[&str]) {
 }
 
 impl TopologyBuilder {
+    /// The builder a stream handle came from.
+    pub(crate) fn from_inner(inner: Arc<Mutex<Inner>>) -> Self {
+        TopologyBuilder { inner }
+    }
+
     /// An empty builder.
     pub fn new() -> Self {
         Self::default()
@@ -317,6 +341,23 @@ impl TopologyBuilder {
         self
     }
 
+    /// Declares `topic` as one of the topology's own topics (a repartition topic): the
+    /// runtime names it `<application_id>-<topic>` and creates it before it starts.
+    pub fn internal_topic(&self, topic: &str) -> &Self {
+        let mut g = lock(&self.inner);
+        if !g.internal_topics.iter().any(|t| t == topic) {
+            g.internal_topics.push(topic.to_owned());
+        }
+        self
+    }
+
+    /// Records an error found while building (reported by [`build`](Self::build)).
+    pub(crate) fn invalid(&self, message: String) {
+        lock(&self.inner)
+            .errors
+            .push(TopologyError::Invalid(message));
+    }
+
     /// A handle on an existing node (for wiring several children to it).
     pub fn stream(&self, name: &str) -> Stream {
         Stream {
@@ -348,7 +389,7 @@ impl TopologyBuilder {
         }
         let mut used: BTreeMap<&str, ()> = BTreeMap::new();
         for n in &g.nodes {
-            if let NodeKind::Async { stores, .. } = &n.kind {
+            if let NodeKind::Async { stores, .. } | NodeKind::Stateful { stores, .. } = &n.kind {
                 for store in stores {
                     used.insert(store, ());
                     if !g.stores.iter().any(|s| &s.name == store) {
@@ -366,7 +407,11 @@ impl TopologyBuilder {
             }
         }
         if errors.is_empty() {
-            Ok(Topology::new(g.nodes.clone(), g.stores.clone()))
+            Ok(Topology::new(
+                g.nodes.clone(),
+                g.stores.clone(),
+                g.internal_topics.clone(),
+            ))
         } else {
             Err(errors)
         }
@@ -379,7 +424,7 @@ impl Stream {
         &self.node
     }
 
-    fn then(&self, name: &str, kind: NodeKind) -> Stream {
+    pub(crate) fn then(&self, name: &str, kind: NodeKind) -> Stream {
         add(&self.inner, name, kind, &[&self.node]);
         Stream {
             inner: self.inner.clone(),
@@ -458,7 +503,7 @@ impl Stream {
         let mut g = lock(&self.inner);
         let node = g.by_name.get(&self.node).copied();
         match node.map(|i| &mut g.nodes[i].kind) {
-            Some(NodeKind::Async { stores: own, .. }) => {
+            Some(NodeKind::Async { stores: own, .. } | NodeKind::Stateful { stores: own, .. }) => {
                 for s in stores {
                     if !own.iter().any(|o| o == s) {
                         own.push((*s).to_owned());
@@ -473,6 +518,29 @@ impl Stream {
         }
         drop(g);
         self.clone()
+    }
+
+    /// Runs a [`StatefulOperator`](crate::stateful::StatefulOperator) inline on each record,
+    /// with its task's instances of `stores` (declared with [`TopologyBuilder::store`]).
+    pub fn stateful(&self, name: &str, operator: OperatorRef, stores: &[&str]) -> Stream {
+        self.then(
+            name,
+            NodeKind::Stateful {
+                operator,
+                stores: stores.iter().map(|s| (*s).to_owned()).collect(),
+            },
+        )
+    }
+
+    /// The records of this stream and of `others`, as one stream (Kafka Streams' `merge`).
+    pub fn merge(&self, name: &str, others: &[&Stream]) -> Stream {
+        let mut parents = vec![self.node.as_str()];
+        parents.extend(others.iter().map(|s| s.node.as_str()));
+        add(&self.inner, name, NodeKind::Forward, &parents);
+        Stream {
+            inner: self.inner.clone(),
+            node: name.to_owned(),
+        }
     }
 
     /// Writes the records to `topic`.
@@ -495,6 +563,7 @@ pub struct Topology {
     by_name: HashMap<String, usize>,
     source_by_topic: HashMap<String, usize>,
     stores: Vec<StoreSpec>,
+    internal_topics: Vec<String>,
     subtopologies: Vec<Subtopology>,
     /// Per node, the sub-topology it belongs to.
     subtopology_of: Vec<usize>,
@@ -525,7 +594,7 @@ fn group_subtopologies(nodes: &[Node], stores: &[StoreSpec]) -> (Vec<Subtopology
         for &c in &node.children {
             union(&mut uf, i, c);
         }
-        if let NodeKind::Async { stores, .. } = &node.kind {
+        if let NodeKind::Async { stores, .. } | NodeKind::Stateful { stores, .. } = &node.kind {
             for s in stores {
                 match first_user.get(s.as_str()) {
                     Some(&j) => union(&mut uf, i, j),
@@ -555,7 +624,7 @@ fn group_subtopologies(nodes: &[Node], stores: &[StoreSpec]) -> (Vec<Subtopology
         st.nodes.push(i);
         match &node.kind {
             NodeKind::Source { topics, .. } => st.source_topics.extend(topics.iter().cloned()),
-            NodeKind::Async { stores: used, .. } => {
+            NodeKind::Async { stores: used, .. } | NodeKind::Stateful { stores: used, .. } => {
                 for name in used {
                     if !st.stores.iter().any(|s| &s.name == name)
                         && let Some(spec) = stores.iter().find(|s| &s.name == name)
@@ -576,7 +645,7 @@ fn group_subtopologies(nodes: &[Node], stores: &[StoreSpec]) -> (Vec<Subtopology
 }
 
 impl Topology {
-    fn new(nodes: Vec<Node>, stores: Vec<StoreSpec>) -> Self {
+    fn new(nodes: Vec<Node>, stores: Vec<StoreSpec>, internal_topics: Vec<String>) -> Self {
         let by_name = nodes
             .iter()
             .enumerate()
@@ -596,9 +665,51 @@ impl Topology {
             by_name,
             source_by_topic,
             stores,
+            internal_topics,
             subtopologies,
             subtopology_of,
         }
+    }
+
+    /// The topics the topology writes and reads itself (repartition topics). Named
+    /// `<application_id>-<name>` once [`for_application`](Self::for_application) ran (the
+    /// runtime does that), by their bare names before.
+    pub fn internal_topics(&self) -> &[String] {
+        &self.internal_topics
+    }
+
+    /// This topology with its internal topics named for `application_id`
+    /// (`<application_id>-<name>`), as Kafka Streams names them. Idempotent.
+    pub fn for_application(&self, application_id: &str) -> Topology {
+        let prefix = format!("{application_id}-");
+        let rename = |topic: &str| -> String {
+            if self.internal_topics.iter().any(|t| t == topic) && !topic.starts_with(&prefix) {
+                format!("{prefix}{topic}")
+            } else {
+                topic.to_owned()
+            }
+        };
+        let mut nodes = self.nodes.clone();
+        for node in &mut nodes {
+            match &mut node.kind {
+                NodeKind::Source {
+                    topics,
+                    dead_letter_topic,
+                    ..
+                } => {
+                    for t in topics.iter_mut() {
+                        *t = rename(t);
+                    }
+                    if let Some(d) = dead_letter_topic {
+                        *d = rename(d);
+                    }
+                }
+                NodeKind::Sink { topic, .. } => *topic = rename(topic),
+                _ => {}
+            }
+        }
+        let internal = self.internal_topics.iter().map(|t| rename(t)).collect();
+        Topology::new(nodes, self.stores.clone(), internal)
     }
 
     /// The declared state stores.

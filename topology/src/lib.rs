@@ -18,6 +18,7 @@ pub mod graph;
 pub mod processor;
 mod record;
 pub mod serdes;
+pub mod stateful;
 mod store;
 
 pub use graph::{

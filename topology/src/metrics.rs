@@ -5,7 +5,8 @@
 //! `topology_consumer_lag{group,topic,partition}`, `topology_records_total{node,outcome}` with
 //! outcome `in|out|dropped|failed`, `topology_node_latency_seconds{node}`,
 //! `topology_in_flight{node}`, `topology_retries_total{node}`,
-//! `topology_dead_letter_total{topic}`, `topology_rebalances_total`,
+//! `topology_dead_letter_total{topic}`, `topology_late_records_total{node}` (late records a
+//! window dropped), `topology_rebalances_total`,
 //! `topology_commit_latency_seconds`, and for task stores (see [`crate::task`]):
 //! `topology_state_store_keys{store,task}`, `topology_state_store_bytes{store,task}`,
 //! `topology_restore_records_total{store,task}`, `topology_restore_remaining_records{store,task}`,
@@ -42,6 +43,8 @@ pub struct Metrics {
     pub retries_total: IntCounterVec,
     /// Records written to a dead-letter topic, per dead-letter topic.
     pub dead_letter_total: IntCounterVec,
+    /// Late records dropped by a windowed operator, per node.
+    pub late_records_total: IntCounterVec,
     /// Partition assignments and revocations seen.
     pub rebalances_total: IntCounter,
     /// Time to commit offsets (or a transaction).
@@ -72,6 +75,7 @@ impl Metrics {
         registry.register(Box::new(m.in_flight.clone()))?;
         registry.register(Box::new(m.retries_total.clone()))?;
         registry.register(Box::new(m.dead_letter_total.clone()))?;
+        registry.register(Box::new(m.late_records_total.clone()))?;
         registry.register(Box::new(m.rebalances_total.clone()))?;
         registry.register(Box::new(m.commit_latency.clone()))?;
         registry.register(Box::new(m.store_keys.clone()))?;
@@ -121,6 +125,13 @@ impl Metrics {
             dead_letter_total: IntCounterVec::new(
                 Opts::new("topology_dead_letter_total", "Records dead-lettered"),
                 &["topic"],
+            )?,
+            late_records_total: IntCounterVec::new(
+                Opts::new(
+                    "topology_late_records_total",
+                    "Late records dropped by windowed operators",
+                ),
+                &["node"],
             )?,
             rebalances_total: IntCounter::new(
                 "topology_rebalances_total",

@@ -149,7 +149,7 @@ impl NodeContext<'_> {
                 self.error(
                     field,
                     format!(
-                        "unknown serde `{}` (expected bytes, string, json or avro)",
+                        "unknown serde `{}` (expected bytes, string, json, long or avro)",
                         spec.kind()
                     ),
                 );
@@ -158,6 +158,9 @@ impl NodeContext<'_> {
             Some(SerdeFormat::Bytes) => Some(Arc::new(BytesSerde)),
             Some(SerdeFormat::String) => Some(Arc::new(StringSerde)),
             Some(SerdeFormat::Json) => Some(Arc::new(JsonSerde)),
+            Some(SerdeFormat::Long) => Some(Arc::new(crate::serdes::LongSerde)),
+            // Not a name a file can use: `format` never returns it.
+            Some(SerdeFormat::Internal) => Some(Arc::new(crate::serdes::InternalSerde)),
             Some(SerdeFormat::Avro) => {
                 let registry = self.schema_registry.cloned();
                 if registry.is_none() {

@@ -98,6 +98,7 @@ impl SerdeSpec {
             "string" => Some(SerdeFormat::String),
             "json" => Some(SerdeFormat::Json),
             "avro" => Some(SerdeFormat::Avro),
+            "long" => Some(SerdeFormat::Long),
             _ => None,
         }
     }

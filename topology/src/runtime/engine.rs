@@ -17,11 +17,14 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
 
 use super::offsets::Ack;
-use super::steps::{self, Action, AsyncStage, ChainKey, NodeMeta, Outcome, SinkStep, Step};
+use super::steps::{
+    self, Action, AsyncStage, ChainKey, NodeMeta, Outcome, SinkStep, StatefulStep, Step,
+};
 use super::tasks::{CURRENT_RECORD, TaskRegistry};
 use crate::graph::Topology;
 use crate::processor::{Ordering, ProcessError};
 use crate::serdes::SerdeError;
+use crate::stateful::{OperatorContext, PunctuationType};
 use crate::task::{ProcessorContext, TaskId};
 use crate::transport::{DeliveryFuture, OnDelivery, Queued, RecordSink, TransportError};
 use crate::{Headers, Metrics, RawRecord, Record};
@@ -120,6 +123,11 @@ enum Deferred {
     Sink { node: usize, record: Record },
     /// Queue this write again once the producer's queue frees.
     Retry(RawRecord, OnDelivery),
+    /// Send the source record to its dead-letter topic (a stateful operator refused it).
+    DeadLetter {
+        class: &'static str,
+        message: String,
+    },
 }
 
 impl Engine {
@@ -265,6 +273,112 @@ impl Engine {
             },
             Action::Forward => self.emit(node, record, ack, later),
             Action::Process(stage) => self.dispatch(node, stage, record, ack.clone()),
+            Action::Stateful(op) => self.run_stateful(node, op, record, ack, later),
+        }
+    }
+
+    /// Runs a stateful operator on `record` inline, in its task (store writes tied to
+    /// `ack`'s record), then its outputs on; a stream-time punctuation that came due runs
+    /// right after, in the same record's scope. A permanent error dead-letters the source
+    /// record; a transient one (a store failing) fails it, so the runtime stops without
+    /// committing past it.
+    fn run_stateful(
+        self: &Arc<Self>,
+        node: usize,
+        op: &StatefulStep,
+        record: Record,
+        ack: &Ack,
+        later: &mut Vec<Deferred>,
+    ) {
+        if ack.cancel.is_cancelled() {
+            return;
+        }
+        let metrics = &self.steps[node].metrics;
+        let task = op.stateful_subtopology.and_then(|subtopology| {
+            self.tasks.get(TaskId {
+                subtopology,
+                partition: ack.origin.partition,
+            })
+        });
+        let task_id = task.as_ref().map(|t| t.id);
+        let timestamp = record.timestamp;
+        let mut ctx = OperatorContext::new(
+            ProcessorContext::new(op.node_name.clone(), op.stores.clone(), task),
+            timestamp,
+        );
+        let result = CURRENT_RECORD.sync_scope(ack.clone(), || {
+            op.operator.process(record, &mut ctx)?;
+            match (op.operator.punctuation(), timestamp, task_id) {
+                (Some(p), Some(ts), Some(task)) if p.kind == PunctuationType::StreamTime => {
+                    let interval = i64::try_from(p.interval.as_millis()).unwrap_or(i64::MAX);
+                    let due = {
+                        let mut next = op
+                            .next_punctuation
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let at = next.entry(task).or_insert(ts.saturating_add(interval));
+                        if ts >= *at {
+                            *at = ts.saturating_add(interval);
+                            true
+                        } else {
+                            false
+                        }
+                    };
+                    if due {
+                        op.operator.punctuate(ts, &mut ctx)?;
+                    }
+                    Ok(())
+                }
+                _ => Ok(()),
+            }
+        });
+        let late = ctx.take_late();
+        if late > 0 {
+            op.late
+                .get_or_init(|| {
+                    self.metrics
+                        .late_records_total
+                        .with_label_values(&[metrics.name()])
+                })
+                .inc_by(late);
+        }
+        match result {
+            Ok(()) => {
+                let outs = ctx.take_outputs();
+                if outs.is_empty() {
+                    metrics.count(Outcome::Dropped);
+                }
+                for out in outs {
+                    self.emit(node, out, ack, later);
+                }
+            }
+            Err(e @ ProcessError::Permanent(_)) => {
+                metrics.failed();
+                let message = format!(
+                    "node {} on {}-{}@{}: {}",
+                    metrics.name(),
+                    ack.origin.topic,
+                    ack.origin.partition,
+                    ack.origin.offset,
+                    e.message()
+                );
+                later.push(Deferred::DeadLetter {
+                    class: e.class(),
+                    message,
+                });
+            }
+            Err(e) => {
+                metrics.failed();
+                tracing::error!(
+                    node = metrics.name(),
+                    error = %e,
+                    topic = %ack.origin.topic,
+                    partition = ack.origin.partition,
+                    offset = ack.origin.offset,
+                    "stateful operator failed; stopping without committing past this record"
+                );
+                ack.fail();
+            }
         }
     }
 
@@ -276,6 +390,9 @@ impl Engine {
                 Deferred::Retry(raw, done) => {
                     let queued = self.send_when_queue_frees(&raw, ack, done).await;
                     self.queued(queued);
+                }
+                Deferred::DeadLetter { class, message } => {
+                    self.dead_letter(ack, class, &message, 1).await;
                 }
             }
         }

@@ -223,7 +223,9 @@ impl Runtime {
     pub fn new(topology: Topology, transport: Arc<dyn Transport>, config: RuntimeConfig) -> Self {
         let metrics = Metrics::unregistered().map(Arc::new);
         Runtime {
-            topology: Arc::new(topology),
+            // Internal topics (repartition topics) are named for the application here, as
+            // Kafka Streams names them when the application starts.
+            topology: Arc::new(topology.for_application(&config.application_id)),
             transport,
             config,
             // Creating metrics without registering them cannot fail for our fixed names.
@@ -282,6 +284,9 @@ impl Runtime {
             .subtopologies()
             .iter()
             .any(|s| s.is_stateful());
+        if !self.topology.internal_topics().is_empty() {
+            create_internal_topics(&self.topology, self.transport.state_log()?).await?;
+        }
         let state_log = if stateful {
             let log = self.transport.state_log()?;
             check_layout(&self.topology, log.clone()).await?;
@@ -331,6 +336,39 @@ impl Runtime {
         let result = run.run(&shutdown).await;
         run.shutdown(result).await
     }
+}
+
+/// Creates the topology's internal (repartition) topics that do not exist, with as many
+/// partitions as the largest of its other source topics (as Kafka Streams does), before the
+/// consumer subscribes to them.
+async fn create_internal_topics(
+    topology: &Topology,
+    log: Arc<dyn crate::transport::StateLog>,
+) -> Result<(), RuntimeError> {
+    let internal = topology.internal_topics().to_vec();
+    let external: Vec<String> = topology
+        .source_topics()
+        .into_iter()
+        .filter(|t| !internal.contains(t))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let mut partitions = 1;
+        for topic in &external {
+            partitions = partitions.max(log.partitions(topic)?.unwrap_or(1));
+        }
+        for topic in &internal {
+            log.ensure_repartition(topic, partitions)?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| RuntimeError::Restore {
+        task: TaskId {
+            subtopology: 0,
+            partition: -1,
+        },
+        message: format!("creating internal topics: {e}"),
+    })?
 }
 
 /// Checks, before joining the group, that every sub-topology with stores reads co-partitioned

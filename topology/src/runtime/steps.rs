@@ -46,8 +46,22 @@ pub(super) enum Action {
     Forward,
     /// Runs an async processor on a task of its own; its outputs go on from there.
     Process(Arc<AsyncStage>),
+    /// Runs a stateful operator inline with its task's stores.
+    Stateful(StatefulStep),
     /// Encodes and writes records to a topic.
     Sink(SinkStep),
+}
+
+/// A stateful operator and what it is handed with each record.
+pub(super) struct StatefulStep {
+    pub(super) operator: crate::stateful::OperatorRef,
+    pub(super) node_name: Arc<str>,
+    pub(super) stores: Arc<[String]>,
+    /// Its sub-topology, when that owns stores.
+    pub(super) stateful_subtopology: Option<usize>,
+    /// Per task, the stream time of its next stream-time punctuation.
+    pub(super) next_punctuation: Mutex<HashMap<crate::TaskId, i64>>,
+    pub(super) late: OnceLock<IntCounter>,
 }
 
 /// A sink's serdes and what its writes' delivery callbacks record.
@@ -204,7 +218,18 @@ pub(super) fn compile(topology: &Topology, metrics: &Arc<Metrics>) -> Vec<Step> 
                 NodeKind::Map(f) => Action::Map(f.clone()),
                 NodeKind::FlatMap(f) => Action::FlatMap(f.clone()),
                 NodeKind::Branch(preds) => Action::Branch(preds.clone()),
-                NodeKind::BranchChild => Action::Forward,
+                NodeKind::BranchChild | NodeKind::Forward => Action::Forward,
+                NodeKind::Stateful { operator, stores } => Action::Stateful(StatefulStep {
+                    operator: operator.clone(),
+                    node_name: name.clone(),
+                    stores: stores.clone().into(),
+                    stateful_subtopology: topology
+                        .subtopology_of_node(index)
+                        .filter(|s| s.is_stateful() && !stores.is_empty())
+                        .map(|s| s.id),
+                    next_punctuation: Mutex::new(HashMap::new()),
+                    late: OnceLock::new(),
+                }),
                 NodeKind::Async {
                     processor,
                     options,
@@ -258,6 +283,7 @@ mod tests {
             Action::Branch(_) => "branch",
             Action::Forward => "forward",
             Action::Process(_) => "process",
+            Action::Stateful(_) => "stateful",
             Action::Sink(_) => "sink",
         }
     }

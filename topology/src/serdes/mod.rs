@@ -106,6 +106,10 @@ pub enum SerdeFormat {
     Json,
     /// Avro through a Schema Registry.
     Avro,
+    /// A 64-bit signed integer, 8 bytes big-endian (Kafka's `LongSerde`).
+    Long,
+    /// The engine's own self-describing encoding of any [`Value`], for its internal topics.
+    Internal,
 }
 
 impl SerdeFormat {
@@ -122,6 +126,8 @@ impl std::fmt::Display for SerdeFormat {
             SerdeFormat::String => "string",
             SerdeFormat::Json => "json",
             SerdeFormat::Avro => "avro",
+            SerdeFormat::Long => "long",
+            SerdeFormat::Internal => "internal",
         })
     }
 }
@@ -278,6 +284,67 @@ impl SyncSerde for StringSerde {
             Value::Json(serde_json::Value::String(s)) => s.clone().into_bytes(),
             other => other.to_bytes(),
         })
+    }
+}
+
+/// 64-bit signed integers as 8 bytes big-endian, Kafka's `Serdes.Long()`: what Kafka
+/// Streams' `count()` writes. Decodes to a JSON number; encodes a JSON number, a string of
+/// digits, or 8 raw bytes.
+///
+/// # Example
+/// ```
+/// use topology::serdes::{LongSerde, SyncSerde};
+/// use topology::Value;
+/// let bytes = LongSerde.encode("t", false, &Value::Json(serde_json::json!(258))).unwrap();
+/// assert_eq!(bytes, [0, 0, 0, 0, 0, 0, 1, 2]);
+/// assert_eq!(LongSerde.decode("t", false, &bytes).unwrap(), Value::Json(serde_json::json!(258)));
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LongSerde;
+
+impl SyncSerde for LongSerde {
+    fn format(&self) -> SerdeFormat {
+        SerdeFormat::Long
+    }
+    fn decode(&self, _: &str, _: bool, bytes: &[u8]) -> Result<Value, SerdeError> {
+        let array: [u8; 8] = bytes.try_into().map_err(|_| {
+            SerdeError::Json(format!("a long is 8 bytes, this value has {}", bytes.len()))
+        })?;
+        Ok(Value::Json(i64::from_be_bytes(array).into()))
+    }
+    fn encode(&self, _: &str, _: bool, value: &Value) -> Result<Vec<u8>, SerdeError> {
+        let n = match value {
+            Value::Bytes(b) if b.len() == 8 => return Ok(b.to_vec()),
+            other => match other.to_json() {
+                serde_json::Value::Number(n) => n.as_i64(),
+                serde_json::Value::String(s) => s.trim().parse().ok(),
+                _ => None,
+            },
+        };
+        n.map(|n| n.to_be_bytes().to_vec())
+            .ok_or_else(|| SerdeError::Json(format!("not a 64-bit integer: {}", value.to_json())))
+    }
+}
+
+/// The engine's encoding of any [`Value`] for its own topics (repartition topics): bytes,
+/// strings and JSON come back as they went in; Avro values come back as their JSON mapping
+/// (the repartition topic carries no schema).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InternalSerde;
+
+impl SyncSerde for InternalSerde {
+    fn format(&self) -> SerdeFormat {
+        SerdeFormat::Internal
+    }
+    fn decode(&self, _: &str, _: bool, bytes: &[u8]) -> Result<Value, SerdeError> {
+        crate::stateful::StoredValue::from_bytes(bytes)
+            .map(Value::from)
+            .map_err(SerdeError::Json)
+    }
+    fn encode(&self, _: &str, _: bool, value: &Value) -> Result<Vec<u8>, SerdeError> {
+        crate::stateful::StoredValue::from(value)
+            .to_bytes()
+            .map_err(SerdeError::Json)
     }
 }
 

@@ -773,6 +773,14 @@ impl StateLog for EmbeddedStateLog {
         }
     }
 
+    fn ensure_repartition(&self, topic: &str, partitions: i32) -> Result<(), TransportError> {
+        if self.log.partitions(topic)?.is_none() {
+            self.log
+                .create_topic(topic, u32::try_from(partitions.max(1)).unwrap_or(1))?;
+        }
+        Ok(())
+    }
+
     fn bounds(&self, tp: &TopicPartition) -> Result<(i64, i64), TransportError> {
         Ok((
             self.log.start_offset(&tp.topic, tp.partition)?,

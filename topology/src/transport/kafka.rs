@@ -416,35 +416,14 @@ impl StateLog for KafkaStateLog {
             }
             return Ok(());
         }
-        let new = rdkafka::admin::NewTopic::new(
-            topic,
-            partitions.max(1),
-            rdkafka::admin::TopicReplication::Fixed(-1),
-        )
-        .set("cleanup.policy", "compact");
-        let options = rdkafka::admin::AdminOptions::new()
-            .operation_timeout(Some(Duration::from_secs(30)))
-            .request_timeout(Some(Duration::from_secs(30)));
-        let results = futures::executor::block_on(self.admin.create_topics(&[new], &options))
-            .map_err(kafka(format!("create topic {topic}")))?;
-        for result in results {
-            match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => {
-                    return Err(TransportError::Layout {
-                        topic,
-                        message: format!("cannot be created: {code}"),
-                    });
-                }
-            }
+        self.create_topic(topic, partitions, "compact")
+    }
+
+    fn ensure_repartition(&self, topic: &str, partitions: i32) -> Result<(), TransportError> {
+        if self.partitions(topic)?.is_some() {
+            return Ok(());
         }
-        // A new topic's partitions get their leaders a moment after it is created (its first
-        // watermark query failed with NotLeaderForPartition): wait until every one has one.
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !self.has_leaders(topic)? && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(())
+        self.create_topic(topic, partitions, "delete")
     }
 
     fn bounds(&self, tp: &TopicPartition) -> Result<(i64, i64), TransportError> {
@@ -500,6 +479,44 @@ impl StateLog for KafkaStateLog {
 
 impl KafkaStateLog {
     /// Whether every partition of `topic` has a leader.
+    /// Creates `topic` with `partitions` partitions and `cleanup.policy` `cleanup` (one that
+    /// exists already is fine), then waits until every partition has a leader: a new topic's
+    /// first watermark query otherwise fails with NotLeaderForPartition.
+    fn create_topic(
+        &self,
+        topic: &str,
+        partitions: i32,
+        cleanup: &str,
+    ) -> Result<(), TransportError> {
+        let new = rdkafka::admin::NewTopic::new(
+            topic,
+            partitions.max(1),
+            rdkafka::admin::TopicReplication::Fixed(-1),
+        )
+        .set("cleanup.policy", cleanup);
+        let options = rdkafka::admin::AdminOptions::new()
+            .operation_timeout(Some(Duration::from_secs(30)))
+            .request_timeout(Some(Duration::from_secs(30)));
+        let results = futures::executor::block_on(self.admin.create_topics(&[new], &options))
+            .map_err(kafka(format!("create topic {topic}")))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(TransportError::Layout {
+                        topic,
+                        message: format!("cannot be created: {code}"),
+                    });
+                }
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !self.has_leaders(topic)? && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
     fn has_leaders(&self, topic: &str) -> Result<bool, TransportError> {
         let meta = self
             .reader

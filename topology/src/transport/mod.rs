@@ -279,6 +279,10 @@ pub trait StateLog: Send + Sync {
     /// existing one with fewer partitions is an error (a task could not write its own).
     fn ensure_compacted(&self, topic: &str, partitions: i32) -> Result<(), TransportError>;
 
+    /// Creates `topic` (a repartition topic: deleted, not compacted) with `partitions`
+    /// partitions unless it exists; an existing one keeps its partitions.
+    fn ensure_repartition(&self, topic: &str, partitions: i32) -> Result<(), TransportError>;
+
     /// The first and the next offset of a partition (its log start and end).
     fn bounds(&self, tp: &TopicPartition) -> Result<(i64, i64), TransportError>;
 
