@@ -183,6 +183,19 @@ where
         self.inner.iter()
     }
 
+    /// The entries from `start` on, in encoded-key order (see
+    /// [`KvStore::iter_from`](state::KvStore::iter_from)).
+    pub fn iter_from<Q>(
+        &self,
+        start: &Q,
+    ) -> Result<impl Iterator<Item = Result<(K, V), StateError>> + use<K, V, Q>, StateError>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Serialize + ?Sized,
+    {
+        self.inner.iter_from(start)
+    }
+
     /// Number of entries (scans the store).
     pub fn len(&self) -> usize {
         self.inner.len()

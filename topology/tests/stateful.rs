@@ -777,3 +777,97 @@ async fn join_inputs_that_are_not_co_partitioned_are_refused_at_start() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn interactive_queries_read_tables_aggregates_and_windows_and_say_where_a_key_lives() {
+    let b = TopologyBuilder::new();
+    let clicks = b.source("in", "clicks", string(), string());
+    clicks.group_by_key().count("clicks-per-user");
+    clicks
+        .group_by_key()
+        // Kept ten minutes for queries (by default a window goes once closed: size + grace).
+        .windowed_by(
+            TimeWindows::tumbling(Duration::from_secs(60)).retention(Duration::from_secs(600)),
+        )
+        .count("clicks-per-minute");
+    let driver = TopologyTestDriver::with_partitions(b.build().expect("valid"), 3).expect("driver");
+    for (user, t) in [
+        ("ann", 1_000),
+        ("ann", 61_000),
+        ("bo", 2_000),
+        ("cy", 3_000),
+        ("ann", 62_000),
+    ] {
+        driver
+            .pipe_at("clicks", s(user), s("x"), t)
+            .await
+            .expect("pipe");
+    }
+    driver.settle().await.expect("settle");
+    let stores = driver.stores();
+    assert_eq!(
+        stores
+            .table_get("clicks-per-user", &Value::from("ann"))
+            .expect("get"),
+        Some(Value::Json(3.into()))
+    );
+    assert_eq!(
+        stores
+            .table_get("clicks-per-user", &Value::from("zed"))
+            .expect("get"),
+        None
+    );
+    let all = stores
+        .table_range("clicks-per-user", None, None)
+        .expect("scan");
+    assert_eq!(
+        all.iter()
+            .map(|(k, v)| (text(k), text(v)))
+            .collect::<Vec<_>>(),
+        [
+            ("ann".into(), "3".into()),
+            ("bo".into(), "1".into()),
+            ("cy".into(), "1".into())
+        ]
+    );
+    let some = stores
+        .table_range(
+            "clicks-per-user",
+            Some(&Value::from("b")),
+            Some(&Value::from("c")),
+        )
+        .expect("range");
+    assert_eq!(some.len(), 1);
+    let windows = stores
+        .window_fetch("clicks-per-minute", &Value::from("ann"), 0, 120_000)
+        .expect("fetch");
+    assert_eq!(
+        windows
+            .iter()
+            .map(|(w, v)| (w.start, text(v)))
+            .collect::<Vec<_>>(),
+        [(0, "1".to_owned()), (60_000, "2".to_owned())]
+    );
+    // The embedded log has one process: every key is local, no instance announced itself.
+    for user in ["ann", "bo", "cy"] {
+        let owner = stores
+            .owner_of("clicks-per-user", &Value::from(user))
+            .await
+            .expect("owner");
+        assert!(owner.local, "{owner:?}");
+        assert_eq!(owner.application_server, None);
+        let held = driver
+            .stores()
+            .store::<Vec<u8>, topology::stateful::StoredValue>(owner.task, "clicks-per-user")
+            .expect("store")
+            .expect("running")
+            .get(user.as_bytes())
+            .expect("get");
+        assert!(held.is_some(), "{user} is in task {}", owner.task);
+    }
+    assert!(matches!(
+        stores.owner_of("no-such-store", &Value::from("ann")).await,
+        Err(topology::stateful::QueryError::UnknownStore(_))
+    ));
+    driver.close().await.expect("close");
+}

@@ -72,6 +72,10 @@ pub struct RuntimeConfig {
     pub changelogs: bool,
     /// sled's page cache per task database.
     pub store_page_cache_bytes: u64,
+    /// The `host:port` this instance serves interactive queries on, announced to the other
+    /// instances of the application (Kafka Streams' `application.server`); see
+    /// [`StoreReader::owner_of`].
+    pub application_server: Option<String>,
 }
 
 impl RuntimeConfig {
@@ -89,6 +93,7 @@ impl RuntimeConfig {
             state_dir: None,
             changelogs: true,
             store_page_cache_bytes: 4 * 1024 * 1024,
+            application_server: None,
         }
     }
 
@@ -265,7 +270,11 @@ impl Runtime {
     /// Read access to the stores of this runtime's running tasks (take it before
     /// [`run`](Self::run), which consumes the runtime).
     pub fn stores(&self) -> StoreReader {
-        StoreReader::new(self.registry.clone())
+        StoreReader::new(self.registry.clone()).with_context(crate::stateful::QueryContext {
+            topology: self.topology.clone(),
+            transport: self.transport.clone(),
+            application_id: self.config.application_id.clone(),
+        })
     }
 
     /// Runs until `shutdown` is cancelled or a fatal error happens.
@@ -278,6 +287,7 @@ impl Runtime {
             exactly_once: self.config.exactly_once,
             listener: self.tracker.clone(),
             on_rebalance: Arc::new(move || rebalances.inc()),
+            application_server: self.config.application_server.clone(),
         };
         let stateful = self
             .topology

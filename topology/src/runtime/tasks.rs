@@ -103,6 +103,8 @@ impl TaskRegistry {
 #[derive(Clone)]
 pub struct StoreReader {
     registry: Arc<TaskRegistry>,
+    /// The runtime's topology and transport, for [`owner_of`](Self::owner_of).
+    context: Option<Arc<crate::stateful::QueryContext>>,
 }
 
 impl std::fmt::Debug for StoreReader {
@@ -115,7 +117,19 @@ impl std::fmt::Debug for StoreReader {
 
 impl StoreReader {
     pub(crate) fn new(registry: Arc<TaskRegistry>) -> Self {
-        StoreReader { registry }
+        StoreReader {
+            registry,
+            context: None,
+        }
+    }
+
+    pub(crate) fn with_context(mut self, context: crate::stateful::QueryContext) -> Self {
+        self.context = Some(Arc::new(context));
+        self
+    }
+
+    pub(crate) fn context(&self) -> Option<&crate::stateful::QueryContext> {
+        self.context.as_deref()
     }
 
     /// The tasks with stores running in this runtime now, sorted.

@@ -28,6 +28,7 @@
 mod aggregate;
 mod dsl;
 mod join;
+mod query;
 mod stored;
 mod table;
 mod window;
@@ -48,6 +49,8 @@ pub use dsl::{
     GroupedStream, GroupedTable, SessionWindowedStream, Table, WindowedStream, WindowedTable,
 };
 pub use join::{JoinKind, Joiner};
+pub(crate) use query::QueryContext;
+pub use query::{KeyOwner, QueryError};
 pub use stored::{StoredValue, time_bytes, time_from_bytes};
 pub use window::{JoinWindows, LatePolicy, SessionWindows, TimeWindows, Window, windowed_key};
 

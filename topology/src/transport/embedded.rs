@@ -22,8 +22,8 @@ use futures::future::BoxFuture;
 use tokio::sync::Notify;
 
 use super::{
-    ApplyChangelogRecord, ConnectSpec, Connection, Delivered, DeliveryFuture, RecordSink,
-    SourceConsumer, StateLog, TopicPartition, Transport, TransportError,
+    ApplyChangelogRecord, ConnectSpec, Connection, Delivered, DeliveryFuture, GroupMember,
+    RecordSink, SourceConsumer, StateLog, TopicPartition, Transport, TransportError,
 };
 use crate::{Header, Headers, RawRecord};
 
@@ -572,6 +572,19 @@ impl EmbeddedTransport {
 }
 
 impl Transport for EmbeddedTransport {
+    fn partition_for_key(&self, key: &[u8], partitions: i32) -> i32 {
+        (fnv1a(key) % partitions.max(1) as u64) as i32
+    }
+
+    /// None to report: one process owns an embedded log, so a task that does not run in it
+    /// runs nowhere.
+    fn group_members(
+        &self,
+        _group_id: &str,
+    ) -> BoxFuture<'static, Result<Vec<GroupMember>, TransportError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
     fn state_log(&self) -> Result<Arc<dyn StateLog>, TransportError> {
         Ok(Arc::new(EmbeddedStateLog {
             log: self.log.clone(),

@@ -28,9 +28,9 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::kafka_config::{ClientKind, KafkaClientConfig};
 use super::{
-    ApplyChangelogRecord, ConnectSpec, Connection, Delivered, DeliveryFuture, OnDelivery, Queued,
-    RebalanceListener, RecordSink, Rewind, SourceConsumer, StateLog, TopicPartition, Transport,
-    TransportError,
+    ApplyChangelogRecord, ConnectSpec, Connection, Delivered, DeliveryFuture, GroupMember,
+    OnDelivery, Queued, RebalanceListener, RecordSink, Rewind, SourceConsumer, StateLog,
+    TopicPartition, Transport, TransportError,
 };
 use crate::{Header, Headers, RawRecord};
 
@@ -596,6 +596,53 @@ impl Transport for KafkaTransport {
         Ok(Arc::new(KafkaStateLog::new(self)?))
     }
 
+    /// librdkafka's default partitioner (`consistent_random`): CRC-32 of the key, modulo the
+    /// partition count. (Java producers default to murmur2: for topics they write, compute
+    /// the partition their way.)
+    fn partition_for_key(&self, key: &[u8], partitions: i32) -> i32 {
+        (crc32fast::hash(key) % partitions.max(1) as u32) as i32
+    }
+
+    /// Describes the group (`DescribeGroups`): each member's announced `host:port` is its
+    /// consumer's `client.id` (set from [`ConnectSpec::application_server`]), its
+    /// partitions are read from its assignment.
+    fn group_members(
+        &self,
+        group_id: &str,
+    ) -> BoxFuture<'static, Result<Vec<GroupMember>, TransportError>> {
+        let config = self.base(&["consumer"]);
+        let group = group_id.to_owned();
+        Box::pin(async move {
+            let described = group.clone();
+            tokio::task::spawn_blocking(move || {
+                let client: rdkafka::consumer::BaseConsumer = config
+                    .create()
+                    .map_err(kafka("create a client to describe the group"))?;
+                let list = client
+                    .fetch_group_list(Some(&described), Duration::from_secs(10))
+                    .map_err(kafka(format!("describe group {described}")))?;
+                let mut members = Vec::new();
+                for g in list.groups().iter().filter(|g| g.name() == described) {
+                    for m in g.members() {
+                        let announced = m.client_id();
+                        members.push(GroupMember {
+                            application_server: announced
+                                .contains(':')
+                                .then(|| announced.to_owned()),
+                            partitions: m.assignment().map(parse_assignment).unwrap_or_default(),
+                        });
+                    }
+                }
+                Ok(members)
+            })
+            .await
+            .map_err(|e| TransportError::Layout {
+                topic: group.clone(),
+                message: format!("describing the group failed: {e}"),
+            })?
+        })
+    }
+
     fn connect(&self, spec: ConnectSpec) -> BoxFuture<'_, Result<Connection, TransportError>> {
         Box::pin(async move {
             let context = StreamsContext {
@@ -605,8 +652,12 @@ impl Transport for KafkaTransport {
                 producer: OnceLock::new(),
                 txn_error: Mutex::new(None),
             };
-            let consumer: StreamConsumer<StreamsContext> = self
-                .base(&["consumer"])
+            let mut consumer_config = self.base(&["consumer"]);
+            if let Some(server) = &spec.application_server {
+                // Announced to the group: other members read it in DescribeGroups.
+                consumer_config.set("client.id", server);
+            }
+            let consumer: StreamConsumer<StreamsContext> = consumer_config
                 .set("group.id", &spec.group_id)
                 .set(
                     "partition.assignment.strategy",
@@ -1055,6 +1106,47 @@ impl RecordSink for KafkaSink {
             )),
         }
     }
+}
+
+/// The partitions of a consumer-protocol assignment (`version: i16`, then per topic a
+/// `string` (i16 length) and an `[i32]` (i32 count) of partitions, then user data); what
+/// cannot be read ends the list.
+fn parse_assignment(bytes: &[u8]) -> Vec<TopicPartition> {
+    fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if bytes.len() < n {
+            return None;
+        }
+        let (head, rest) = bytes.split_at(n);
+        *bytes = rest;
+        Some(head)
+    }
+    fn int16(bytes: &mut &[u8]) -> Option<i16> {
+        take(bytes, 2)
+            .and_then(|b| b.try_into().ok())
+            .map(i16::from_be_bytes)
+    }
+    fn int32(bytes: &mut &[u8]) -> Option<i32> {
+        take(bytes, 4)
+            .and_then(|b| b.try_into().ok())
+            .map(i32::from_be_bytes)
+    }
+    let mut out = Vec::new();
+    let mut cursor = bytes;
+    let parse = |cursor: &mut &[u8], out: &mut Vec<TopicPartition>| -> Option<()> {
+        let _version = int16(cursor)?;
+        let topics = int32(cursor)?;
+        for _ in 0..topics.max(0) {
+            let len = int16(cursor)?;
+            let topic = std::str::from_utf8(take(cursor, usize::try_from(len).ok()?)?).ok()?;
+            let partitions = int32(cursor)?;
+            for _ in 0..partitions.max(0) {
+                out.push(TopicPartition::new(topic, int32(cursor)?));
+            }
+        }
+        Some(())
+    };
+    let _ = parse(&mut cursor, &mut out);
+    out
 }
 
 #[cfg(test)]

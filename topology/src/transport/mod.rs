@@ -145,6 +145,10 @@ pub struct ConnectSpec {
     pub listener: Arc<dyn RebalanceListener>,
     /// Called once per assignment or revocation (for metrics).
     pub on_rebalance: Arc<dyn Fn() + Send + Sync>,
+    /// The `host:port` this instance answers interactive queries on, announced to the
+    /// group's other members ([`Transport::group_members`]); Kafka Streams'
+    /// `application.server`.
+    pub application_server: Option<String>,
 }
 
 impl std::fmt::Debug for ConnectSpec {
@@ -262,6 +266,26 @@ pub trait Transport: Send + Sync {
     /// What task stores need of the log: topic layout, and reading a changelog partition
     /// back. Blocking calls: the runtime makes them on blocking threads.
     fn state_log(&self) -> Result<Arc<dyn StateLog>, TransportError>;
+
+    /// The partition this transport's producer writes a record with key bytes `key` to,
+    /// among `partitions` (for "which instance owns this key").
+    fn partition_for_key(&self, key: &[u8], partitions: i32) -> i32;
+
+    /// The members of consumer group `group_id` now: what each announced
+    /// ([`ConnectSpec::application_server`]) and the partitions assigned to it.
+    fn group_members(
+        &self,
+        group_id: &str,
+    ) -> BoxFuture<'static, Result<Vec<GroupMember>, TransportError>>;
+}
+
+/// A member of a consumer group, as [`Transport::group_members`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    /// The `host:port` it announced, if any.
+    pub application_server: Option<String>,
+    /// The partitions assigned to it.
+    pub partitions: Vec<TopicPartition>,
 }
 
 /// What [`StateLog::read_range`] hands each changelog record to: its key and value (`None`: a
