@@ -295,6 +295,9 @@ impl TopologyTestDriver {
         let state_dir = tempfile::tempdir().map_err(DriverError::StateDir)?;
         let config = RuntimeConfig {
             state_dir: Some(state_dir.path().to_owned()),
+            wall_clock: crate::runtime::WallClock::manual(
+                crate::runtime::WallClock::system().now_ms(),
+            ),
             ..config
         };
         let instance = Instance::start(&topology, &log, config.clone())?;
@@ -431,6 +434,16 @@ impl TopologyTestDriver {
             timestamp: None,
         })?;
         Ok(())
+    }
+
+    /// Moves the runtime's wall clock forward by `by` (the driver's runtimes run on a manual
+    /// clock, starting at the real time the driver started) and waits until the
+    /// wall-clock punctuations that came due ran and their outputs settled.
+    pub async fn advance_wall_clock(&self, by: Duration) -> Result<(), DriverError> {
+        self.config.wall_clock.advance(by);
+        // The loop looks for due punctuations every 100 ms.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        self.settle().await
     }
 
     /// Waits (up to 10 s) until every input record piped so far is processed and committed

@@ -871,3 +871,80 @@ async fn interactive_queries_read_tables_aggregates_and_windows_and_say_where_a_
     ));
     driver.close().await.expect("close");
 }
+
+/// Every minute of wall-clock time, forwards how many records arrived since the last time.
+struct ReportEveryMinute;
+
+impl StatefulOperator for ReportEveryMinute {
+    fn process(&self, _record: Record, ctx: &mut OperatorContext) -> Result<(), ProcessError> {
+        let seen = ctx.store::<String, i64>("seen")?;
+        seen.update("records", |n| Some(n.copied().unwrap_or(0) + 1))
+            .map_err(ProcessError::from_state)?;
+        Ok(())
+    }
+
+    fn punctuation(&self) -> Option<Punctuation> {
+        Some(Punctuation {
+            interval: Duration::from_secs(60),
+            kind: PunctuationType::WallClockTime,
+        })
+    }
+
+    fn punctuate(&self, timestamp: i64, ctx: &mut OperatorContext) -> Result<(), ProcessError> {
+        let seen = ctx.store::<String, i64>("seen")?;
+        let n = seen
+            .get("records")
+            .map_err(ProcessError::from_state)?
+            .unwrap_or(0);
+        seen.delete("records").map_err(ProcessError::from_state)?;
+        let mut out = Record::new(Some(Value::from("records")), Some(Value::Json(n.into())));
+        out.timestamp = Some(timestamp);
+        ctx.forward(out);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_wall_clock_punctuator_runs_when_the_clock_moves_whether_records_arrive_or_not() {
+    let b = TopologyBuilder::new();
+    b.store(StoreSpec::new("seen"));
+    b.source("in", "events", string(), string())
+        .stateful("report", Arc::new(ReportEveryMinute), &["seen"])
+        .to("out", "reports", string(), Arc::new(JsonSerde));
+    let driver = TopologyTestDriver::new(b.build().expect("valid")).expect("driver");
+    for i in 0..3 {
+        driver
+            .pipe("events", s(&format!("k{i}")), s("x"))
+            .await
+            .expect("pipe");
+    }
+    driver.settle().await.expect("settle");
+    driver
+        .advance_wall_clock(Duration::from_secs(30))
+        .await
+        .expect("advance");
+    assert!(
+        driver
+            .read_output("reports")
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    driver
+        .advance_wall_clock(Duration::from_secs(31))
+        .await
+        .expect("advance");
+    driver
+        .advance_wall_clock(Duration::from_secs(61))
+        .await
+        .expect("advance");
+    let reports: Vec<String> = driver
+        .read_output("reports")
+        .await
+        .expect("read")
+        .iter()
+        .map(|r| text(r.value.as_ref().expect("value")))
+        .collect();
+    assert_eq!(reports, ["3", "0"]);
+    driver.close().await.expect("close");
+}

@@ -382,6 +382,97 @@ impl Engine {
         }
     }
 
+    /// Whether any operator punctuates on the wall clock.
+    pub(crate) fn punctuates_on_wall_clock(&self) -> bool {
+        self.steps.iter().any(|step| {
+            matches!(&step.action, Action::Stateful(op)
+                if op.operator.punctuation().is_some_and(|p| p.kind == PunctuationType::WallClockTime))
+        })
+    }
+
+    /// Runs the wall-clock punctuations that are due, per running task: each in the scope
+    /// of an ack that holds the task's partition (so its store writes reach the changelog and
+    /// its outputs are acknowledged before the offset moves on).
+    pub(crate) async fn punctuate_wall_clock(
+        self: &Arc<Self>,
+        tracker: &Arc<super::offsets::OffsetTracker>,
+        now_ms: i64,
+    ) {
+        for (node, step) in self.steps.iter().enumerate() {
+            let Action::Stateful(op) = &step.action else {
+                continue;
+            };
+            let Some(p) = op.operator.punctuation() else {
+                continue;
+            };
+            let Some(subtopology) = op.stateful_subtopology else {
+                continue;
+            };
+            if p.kind != PunctuationType::WallClockTime {
+                continue;
+            }
+            let interval = i64::try_from(p.interval.as_millis()).unwrap_or(i64::MAX);
+            let topics = self
+                .topology
+                .subtopologies()
+                .get(subtopology)
+                .map(|s| s.source_topics.clone())
+                .unwrap_or_default();
+            for task in self.tasks.running_tasks() {
+                if task.subtopology != subtopology {
+                    continue;
+                }
+                let due = {
+                    let mut next = op
+                        .next_punctuation
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let at = next.entry(task).or_insert(now_ms.saturating_add(interval));
+                    if now_ms >= *at {
+                        *at = now_ms.saturating_add(interval);
+                        true
+                    } else {
+                        false
+                    }
+                };
+                if !due {
+                    continue;
+                }
+                let Some(ack) = topics.iter().find_map(|t| {
+                    tracker.begin_punctuation(&crate::transport::TopicPartition::new(
+                        t,
+                        task.partition,
+                    ))
+                }) else {
+                    continue;
+                };
+                let stores = self.tasks.get(task);
+                let mut ctx = OperatorContext::new(
+                    ProcessorContext::new(op.node_name.clone(), op.stores.clone(), stores),
+                    Some(now_ms),
+                );
+                let result = CURRENT_RECORD
+                    .sync_scope(ack.clone(), || op.operator.punctuate(now_ms, &mut ctx));
+                match result {
+                    Ok(()) => {
+                        let mut later = Vec::new();
+                        for out in ctx.take_outputs() {
+                            self.emit(node, out, &ack, &mut later);
+                        }
+                        self.run_deferred(later, &ack).await;
+                    }
+                    Err(e) => {
+                        step.metrics.failed();
+                        tracing::error!(node = step.metrics.name(), %task, error = %e, "wall-clock punctuation failed");
+                        if e.is_transient() {
+                            ack.fail();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Awaits the work [`run`](Self::run) deferred, in order.
     async fn run_deferred(&self, later: Vec<Deferred>, ack: &Ack) {
         for deferred in later {

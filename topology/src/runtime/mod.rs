@@ -76,6 +76,58 @@ pub struct RuntimeConfig {
     /// instances of the application (Kafka Streams' `application.server`); see
     /// [`StoreReader::owner_of`].
     pub application_server: Option<String>,
+    /// The wall clock wall-clock punctuations run on: the system's, or a manual one a test
+    /// advances ([`TopologyTestDriver::advance_wall_clock`](crate::TopologyTestDriver::advance_wall_clock)).
+    pub wall_clock: WallClock,
+}
+
+/// The wall clock of a runtime (milliseconds since the epoch).
+///
+/// # Example
+/// ```
+/// use std::time::Duration;
+/// use topology::runtime::WallClock;
+/// let clock = WallClock::manual(1_000);
+/// clock.advance(Duration::from_secs(2));
+/// assert_eq!(clock.now_ms(), 3_000);
+/// assert!(WallClock::system().now_ms() > 1_600_000_000_000);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct WallClock {
+    manual: Option<Arc<std::sync::atomic::AtomicI64>>,
+}
+
+impl WallClock {
+    /// The system clock.
+    pub fn system() -> Self {
+        WallClock::default()
+    }
+
+    /// A clock that stands at `start_ms` until [`advance`](Self::advance)d.
+    pub fn manual(start_ms: i64) -> Self {
+        WallClock {
+            manual: Some(Arc::new(start_ms.into())),
+        }
+    }
+
+    /// Moves a manual clock forward (a system clock ignores it).
+    pub fn advance(&self, by: Duration) {
+        if let Some(t) = &self.manual {
+            let by = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+            t.fetch_add(by, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Now, in milliseconds since the epoch.
+    pub fn now_ms(&self) -> i64 {
+        match &self.manual {
+            Some(t) => t.load(std::sync::atomic::Ordering::SeqCst),
+            None => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                .unwrap_or_default(),
+        }
+    }
 }
 
 impl RuntimeConfig {
@@ -94,6 +146,7 @@ impl RuntimeConfig {
             changelogs: true,
             store_page_cache_bytes: 4 * 1024 * 1024,
             application_server: None,
+            wall_clock: WallClock::system(),
         }
     }
 

@@ -345,6 +345,25 @@ impl OffsetTracker {
         }))
     }
 
+    /// An ack for work that is not a record's: a wall-clock punctuation of the task reading
+    /// `tp`. It holds the partition's last record read (begun again), so the offset is not
+    /// committed past it before the punctuation's outputs are acknowledged. `None` when the
+    /// partition is not assigned or nothing was read from it yet (there is no offset to
+    /// hold without rewinding the group).
+    pub fn begin_punctuation(self: &Arc<Self>, tp: &TopicPartition) -> Option<Ack> {
+        let last = {
+            let g = self.lock();
+            let a = g.partitions.get(tp)?;
+            a.live.offsets().next? - 1
+        };
+        self.begin(RawRecord {
+            topic: tp.topic.clone(),
+            partition: tp.partition,
+            offset: last,
+            ..Default::default()
+        })
+    }
+
     /// Offsets to commit now: partitions whose commit offset moved since the last commit.
     pub fn pending_commits(&self) -> Vec<(TopicPartition, i64)> {
         let g = self.lock();

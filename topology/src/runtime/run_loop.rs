@@ -20,6 +20,9 @@ use super::{PAUSED_POLL_TIMEOUT, RunSummary, RuntimeConfig, RuntimeError, failur
 use crate::transport::{CommittedOffsets, SourceConsumer, TopicPartition, TransportError};
 use crate::{Metrics, RawRecord};
 
+/// How often the loop looks for due wall-clock punctuations: their resolution.
+const WALL_CLOCK_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// One run of a runtime: its connections and the loop's state.
 pub(super) struct RunLoop {
     cfg: RuntimeConfig,
@@ -39,6 +42,9 @@ pub(super) struct RunLoop {
     /// were rewound (an aborted transaction).
     resets: u64,
     last_commit: Instant,
+    /// Whether an operator punctuates on the wall clock, and when the loop last looked.
+    wall_clock_punctuation: bool,
+    last_punctuation: Instant,
     lag_update: Option<tokio::task::JoinHandle<()>>,
     summary: RunSummary,
 }
@@ -80,6 +86,8 @@ impl RunLoop {
         durable: Durable,
     ) -> Self {
         RunLoop {
+            wall_clock_punctuation: engine.punctuates_on_wall_clock(),
+            last_punctuation: Instant::now(),
             resets: tracker.resets(),
             cfg,
             tracker,
@@ -116,9 +124,23 @@ impl RunLoop {
                     }
                 }
             }
+            self.punctuate_when_due().await;
             self.commit_when_due().await?;
             self.finish_drain().await?;
         }
+    }
+
+    /// Runs the wall-clock punctuations that are due (checked at most every
+    /// [`WALL_CLOCK_TICK`]; the loop comes round at least every poll timeout).
+    async fn punctuate_when_due(&mut self) {
+        if !self.wall_clock_punctuation || self.last_punctuation.elapsed() < WALL_CLOCK_TICK {
+            return;
+        }
+        self.last_punctuation = Instant::now();
+        let now_ms = self.cfg.wall_clock.now_ms();
+        self.engine
+            .punctuate_wall_clock(&self.tracker, now_ms)
+            .await;
     }
 
     /// Applies the assignment changes the rebalance callbacks recorded, and resumes the tasks

@@ -63,6 +63,10 @@ impl TaskRegistry {
             .remove(&task);
     }
 
+    pub(crate) fn running_tasks(&self) -> Vec<TaskId> {
+        self.tasks()
+    }
+
     fn tasks(&self) -> Vec<TaskId> {
         let mut tasks: Vec<TaskId> = self
             .running
