@@ -948,3 +948,130 @@ async fn a_wall_clock_punctuator_runs_when_the_clock_moves_whether_records_arriv
     assert_eq!(reports, ["3", "0"]);
     driver.close().await.expect("close");
 }
+
+const STATEFUL_FILE: &str = r#"
+application_id: shop-analytics
+nodes:
+  - name: products
+    type: table
+    topic: mongo.products
+    key: string
+    value: json
+    cdc: true
+  - name: orders
+    type: source
+    topic: orders
+    key: string
+    value: json
+  - name: enriched
+    type: join
+    from: orders
+    table: products
+    kind: left
+    into: product
+  - name: enriched-out
+    type: sink
+    from: enriched
+    topic: enriched-orders
+    key: string
+    value: json
+  - name: orders-per-region
+    type: count
+    from: orders
+    group_by: {field: region}
+    window: {size_ms: 60000, grace_ms: 5000, late: drop}
+    suppress: true
+  - name: counts-out
+    type: sink
+    from: orders-per-region
+    topic: region-counts
+    key: json
+    value: long
+"#;
+
+#[tokio::test]
+async fn the_stateful_kinds_of_the_configuration_file_run_like_the_builder_dsl() {
+    let config = topology::config::TopologyConfig::from_yaml(STATEFUL_FILE).expect("parses");
+    let topology = config
+        .build(&topology::config::Registry::new())
+        .expect("valid");
+    assert_eq!(
+        topology.internal_topics(),
+        ["orders-per-region-by-repartition"]
+    );
+    let driver = TopologyTestDriver::new(topology).expect("driver");
+    let product = |name: &str| {
+        Some(Value::Json(serde_json::json!({
+            "op": "c", "after": format!("{{\"name\": \"{name}\"}}")
+        })))
+    };
+    driver
+        .pipe("mongo.products", s("p1"), product("mug"))
+        .await
+        .expect("pipe");
+    driver.settle().await.expect("settle");
+    for (id, region, t) in [
+        ("p1", "eu", 1_000),
+        ("p2", "eu", 2_000),
+        ("p1", "us", 3_000),
+        ("p1", "eu", 70_000),
+    ] {
+        let order = Value::Json(serde_json::json!({"region": region}));
+        driver
+            .pipe_at("orders", s(id), Some(order), t)
+            .await
+            .expect("pipe");
+    }
+    driver.settle().await.expect("settle");
+    let enriched: Vec<serde_json::Value> = driver
+        .read_output("enriched-orders")
+        .await
+        .expect("read")
+        .iter()
+        .map(|r| r.value.as_ref().expect("value").to_json())
+        .collect();
+    assert_eq!(enriched[0]["product"]["name"], "mug");
+    assert_eq!(enriched[1]["product"], serde_json::Value::Null);
+    let finals = windowed(&driver, "region-counts").await;
+    assert_eq!(
+        finals,
+        [
+            ("eu@0".to_owned(), "2".to_owned()),
+            ("us@0".to_owned(), "1".to_owned())
+        ]
+    );
+    driver.close().await.expect("close");
+}
+
+#[test]
+fn the_configuration_file_says_what_is_wrong_with_a_stateful_node() {
+    let bad = r#"
+nodes:
+  - name: in
+    type: source
+    topic: t
+  - name: c
+    type: count
+    from: in
+    suppress: true
+    window: {size_ms: 1000, advance_ms: 2000, late: sometimes}
+  - name: j
+    type: join
+    from: in
+    table: nowhere
+    kind: outer
+"#;
+    let errors = topology::config::TopologyConfig::from_yaml(bad)
+        .expect("parses")
+        .build(&topology::config::Registry::new())
+        .expect_err("invalid")
+        .to_string();
+    for expected in [
+        "nodes[1].window.advance_ms",
+        "nodes[1].window.late: unknown late policy `sometimes`",
+        "nodes[2].table: unknown table node `nowhere`",
+        "nodes[2].kind: a stream–table join is `inner` or `left`, not `outer`",
+    ] {
+        assert!(errors.contains(expected), "{expected} in {errors}");
+    }
+}

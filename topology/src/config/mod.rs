@@ -79,6 +79,7 @@ mod registry;
 mod sink;
 mod source;
 mod spec;
+mod stateful;
 mod store;
 mod yaml;
 
@@ -94,6 +95,7 @@ pub use registry::{ProcessorFactory, Registry};
 pub use sink::SinkConfig;
 pub use source::SourceConfig;
 pub use spec::{FieldPredicate, NameRef, OneOrMany, SchemaSpec, SerdeSpec, TopicSpec};
+pub use stateful::{CountConfig, GroupByConfig, JoinConfig, TableConfig, WindowConfig};
 pub use store::StoreConfig;
 
 #[cfg(test)]

@@ -5,11 +5,12 @@ use marked_yaml::Node;
 use serde::Deserialize;
 
 use super::context::NodeContext;
+use super::stateful::{CountConfig, JoinConfig, TableConfig};
 use super::{
     BranchNodeConfig, ConfigError, FilterConfig, FlatMapConfig, MapConfig, OneOrMany,
     ProcessConfig, SinkConfig, SourceConfig,
 };
-use super::{branch, filter, map, process, sink, source, yaml};
+use super::{branch, filter, map, process, sink, source, stateful, yaml};
 use crate::graph::TopologyBuilder;
 
 /// One node as written in the file, by its `type`.
@@ -35,8 +36,12 @@ pub enum NodeConfig {
     Process(ProcessConfig),
     /// Writes a topic.
     Sink(SinkConfig),
-    // The stateful kinds (table, group_by, aggregate, window, join) join here, each with its
-    // module, its arm in `KINDS`, `from_yaml_node`, the accessors, `validate` and `PlannedNode`.
+    /// A table of a topic (or of a Debezium topic).
+    Table(TableConfig),
+    /// Counts per key, or per key and window.
+    Count(CountConfig),
+    /// Joins a stream to a table.
+    Join(JoinConfig),
 }
 
 /// A node that passed validation, ready to add itself to the builder.
@@ -48,6 +53,9 @@ pub(super) enum PlannedNode {
     Branch(branch::Planned),
     Process(process::Planned),
     Sink(sink::Planned),
+    Table(stateful::PlannedTable),
+    Count(stateful::PlannedCount),
+    Join(stateful::PlannedJoin),
 }
 
 impl PlannedNode {
@@ -60,14 +68,18 @@ impl PlannedNode {
             PlannedNode::Branch(p) => p.build(b),
             PlannedNode::Process(p) => p.build(b),
             PlannedNode::Sink(p) => p.build(b),
+            PlannedNode::Table(p) => p.build(b),
+            PlannedNode::Count(p) => p.build(b),
+            PlannedNode::Join(p) => p.build(b),
         }
     }
 }
 
 impl NodeConfig {
     /// The values of `type`, in the order the docs list them.
-    pub const KINDS: [&'static str; 7] = [
-        "source", "filter", "map", "flat_map", "branch", "process", "sink",
+    pub const KINDS: [&'static str; 10] = [
+        "source", "filter", "map", "flat_map", "branch", "process", "sink", "table", "count",
+        "join",
     ];
 
     /// The node's `type`.
@@ -80,6 +92,9 @@ impl NodeConfig {
             NodeConfig::Branch(_) => "branch",
             NodeConfig::Process(_) => "process",
             NodeConfig::Sink(_) => "sink",
+            NodeConfig::Table(_) => "table",
+            NodeConfig::Count(_) => "count",
+            NodeConfig::Join(_) => "join",
         }
     }
 
@@ -93,19 +108,24 @@ impl NodeConfig {
             NodeConfig::Branch(n) => &n.name,
             NodeConfig::Process(n) => &n.name,
             NodeConfig::Sink(n) => &n.name,
+            NodeConfig::Table(n) => &n.name,
+            NodeConfig::Count(n) => &n.name,
+            NodeConfig::Join(n) => &n.name,
         }
     }
 
     /// The upstream node names (none for a source).
     pub fn from(&self) -> Vec<String> {
         let from = match self {
-            NodeConfig::Source(_) => None,
+            NodeConfig::Source(_) | NodeConfig::Table(_) => None,
             NodeConfig::Filter(n) => n.from.as_ref(),
             NodeConfig::Map(n) => n.from.as_ref(),
             NodeConfig::FlatMap(n) => n.from.as_ref(),
             NodeConfig::Branch(n) => n.from.as_ref(),
             NodeConfig::Process(n) => n.from.as_ref(),
             NodeConfig::Sink(n) => n.from.as_ref(),
+            NodeConfig::Count(n) => n.from.as_ref(),
+            NodeConfig::Join(n) => n.from.as_ref(),
         };
         from.map(OneOrMany::to_vec).unwrap_or_default()
     }
@@ -143,7 +163,9 @@ impl NodeConfig {
                     .map(|p: ProcessConfig| NodeConfig::Process(ProcessConfig { config, ..p }))
             }
             "sink" => yaml::deserialize(&fields, &prefix).map(NodeConfig::Sink),
-            // The stateful kinds (table, group_by, aggregate, window, join) join here.
+            "table" => yaml::deserialize(&fields, &prefix).map(NodeConfig::Table),
+            "count" => yaml::deserialize(&fields, &prefix).map(NodeConfig::Count),
+            "join" => yaml::deserialize(&fields, &prefix).map(NodeConfig::Join),
             other => {
                 return Err(ConfigError {
                     path: format!("{prefix}.type"),
@@ -166,7 +188,7 @@ impl NodeConfig {
                     kind.as_str()
                 );
             } else if unknown("from") {
-                e.message = "a source has no upstream".into();
+                e.message = format!("a {} node has no upstream", kind.as_str());
             }
             e
         })
@@ -181,6 +203,9 @@ impl NodeConfig {
             NodeConfig::Branch(n) => n.validate(cx).map(PlannedNode::Branch),
             NodeConfig::Process(n) => n.validate(cx).map(PlannedNode::Process),
             NodeConfig::Sink(n) => n.validate(cx).map(PlannedNode::Sink),
+            NodeConfig::Table(n) => n.validate(cx).map(PlannedNode::Table),
+            NodeConfig::Count(n) => n.validate(cx).map(PlannedNode::Count),
+            NodeConfig::Join(n) => n.validate(cx).map(PlannedNode::Join),
         }
     }
 }

@@ -66,7 +66,7 @@ fn unknown_type_and_bad_values_have_lines() {
     let yaml = "\
 nodes:
   - name: a
-    type: table
+    type: tabel
   - name: b
     type: process
     from: a
@@ -75,7 +75,7 @@ nodes:
 ";
     let errs = TopologyConfig::from_yaml(yaml).expect_err("bad");
     let e = find(&errs, "nodes[0].type");
-    assert!(e.message.contains("unknown node type `table`"), "{errs}");
+    assert!(e.message.contains("unknown node type `tabel`"), "{errs}");
     assert_eq!(e.line, Some(3), "{errs}");
     assert_eq!(find(&errs, "nodes[1].concurrency").line, Some(8), "{errs}");
 }

@@ -99,6 +99,15 @@ impl Table {
         }
     }
 
+    /// The table materialized in store `store` of the builder `b` (whose node of the same
+    /// name upserts it): how the configuration file refers to a `type: table` node.
+    pub fn of_store(b: &TopologyBuilder, store: &str) -> Table {
+        Table {
+            stream: b.stream(store),
+            store: Some(store.to_owned()),
+        }
+    }
+
     /// The store holding its rows, when materialized.
     pub fn store_name(&self) -> Option<&str> {
         self.store.as_deref()
