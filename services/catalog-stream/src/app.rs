@@ -289,6 +289,7 @@ pub fn distributed_options(settings: &Settings, roles: Roles) -> anyhow::Result<
     runtime.exactly_once = settings.kafka.exactly_once;
     runtime.state_dir = Some(settings.state_dir.clone());
     runtime.changelogs = settings.state_changelog;
+    runtime.application_server = settings.advertised_address.clone();
     Ok(Options {
         roles,
         topics: settings.topics.clone(),

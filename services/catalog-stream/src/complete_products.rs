@@ -199,7 +199,7 @@ fn parse_limit(limit: Option<&str>) -> Result<usize, ApiError> {
     }
 }
 
-fn check_id(field: &str, value: &str) -> Result<(), ApiError> {
+pub(crate) fn check_id(field: &str, value: &str) -> Result<(), ApiError> {
     if value.is_empty() || value.len() > MAX_ID_BYTES || value.chars().any(char::is_control) {
         return Err(ApiError::invalid(
             Some(field.into()),

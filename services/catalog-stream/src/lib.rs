@@ -20,6 +20,7 @@ pub mod complete_products;
 pub mod http;
 pub mod openapi;
 pub mod pipeline;
+pub mod pipeline_state;
 pub mod product;
 pub mod product_collector;
 pub mod settings;

@@ -22,7 +22,9 @@ pub enum Api {
     ProductCollector,
     /// `complete-products`: the reads, the status and the delete.
     CompleteProducts,
-    /// `image-pipeline`, `cdc-source`: the operational routes only.
+    /// `image-pipeline`: the operational routes and the pipeline's per-product state.
+    ImagePipeline,
+    /// `cdc-source`: the operational routes only.
     OpsOnly,
 }
 
@@ -31,11 +33,13 @@ impl Api {
         let products = path == "/api/v1/products";
         let complete = path.starts_with("/api/v1/complete-products")
             || path == "/api/v1/products/{productId}/status";
+        let pipeline = path.starts_with("/api/v1/pipeline/");
         match self {
             Self::All => true,
-            Self::ProductCollector => !complete,
-            Self::CompleteProducts => !products,
-            Self::OpsOnly => !products && !complete,
+            Self::ProductCollector => !complete && !pipeline,
+            Self::CompleteProducts => !products && !pipeline,
+            Self::ImagePipeline => !products && !complete,
+            Self::OpsOnly => !products && !complete && !pipeline,
         }
     }
 }
@@ -221,6 +225,20 @@ pub fn document() -> Value {
                     "503": error_response("A store does not answer")
                 }
             }},
+            "/api/v1/pipeline/products/{productId}/state": {"get": {
+                "operationId": "getPipelineProductState",
+                "description": "The image pipeline's state of one product, read from the task store holding it in this instance (an interactive query). 404 when no task of this instance holds it: `details.instances` lists the group's members, their announced addresses and partitions.",
+                "parameters": [product_id_parameter(), {"name": "mallId", "in": "query", "required": true, "schema": id_schema()}],
+                "responses": {
+                    "200": success_response("The product's pipeline state", json!({"type": "object", "required": ["mallId", "productId", "task", "state"], "properties": {
+                        "mallId": {"type": "string"}, "productId": {"type": "string"},
+                        "task": {"type": "string"}, "instance": {"type": ["string", "null"]},
+                        "state": {"type": "object"}}})),
+                    "400": error_response("A bad or missing productId or mallId"),
+                    "404": error_response("No task of this instance holds the product: `details.instances`, `details.localTasks`"),
+                    "503": error_response("The store does not answer")
+                }
+            }},
             "/healthz": {"get": {"operationId": "healthz", "responses": {
                 "200": success_response("The process answers", json!({"type": "string"}))}}},
             "/readyz": {"get": {"operationId": "readyz", "responses": {
@@ -333,11 +351,23 @@ mod tests {
             .collect();
         expected.sort();
         assert_eq!(paths(Api::CompleteProducts), expected);
+        let mut expected: Vec<String> = OPS
+            .iter()
+            .chain(&["/api/v1/pipeline/products/{productId}/state"])
+            .map(|path| path.to_string())
+            .collect();
+        expected.sort();
+        assert_eq!(paths(Api::ImagePipeline), expected);
     }
 
     #[test]
     fn every_remaining_reference_resolves() {
-        for api in [Api::ProductCollector, Api::CompleteProducts, Api::OpsOnly] {
+        for api in [
+            Api::ProductCollector,
+            Api::CompleteProducts,
+            Api::ImagePipeline,
+            Api::OpsOnly,
+        ] {
             let document = document_for(api);
             let text = document.to_string();
             for (index, _) in text.match_indices("#/components/schemas/") {

@@ -58,6 +58,10 @@ pub struct Settings {
     pub topics: Topics,
     /// Where the image pipeline keeps its sled state.
     pub state_dir: PathBuf,
+    /// The `host:port` other instances reach this one's HTTP API on, announced to the image
+    /// pipeline's consumer group so `GET /api/v1/pipeline/products/{id}/state` can name the
+    /// instance holding a product (Kubernetes: the pod IP and the port).
+    pub advertised_address: Option<String>,
     /// The image pipeline's topology file; the built-in one when absent.
     pub topology_file: Option<PathBuf>,
     /// Back the image pipeline's state with a compacted changelog topic, so a pod that starts
@@ -158,6 +162,7 @@ impl std::fmt::Debug for Settings {
             .field("fetch_retry", &self.fetch_retry)
             .field("topics", &self.topics)
             .field("state_dir", &self.state_dir)
+            .field("advertised_address", &self.advertised_address)
             .field("topology_file", &self.topology_file)
             .field("api_token", &redact(&self.api_token))
             .finish()
@@ -180,6 +185,7 @@ impl Default for Settings {
             fetch_retry: images::RetryPolicy::default(),
             topics: Topics::default(),
             state_dir: PathBuf::from("data/state"),
+            advertised_address: None,
             topology_file: None,
             state_changelog: true,
             api_token: None,
@@ -333,6 +339,9 @@ impl Settings {
         }
         if let Some(value) = lookup("CATALOG_STATE_DIR") {
             self.state_dir = PathBuf::from(value);
+        }
+        if let Some(value) = lookup("CATALOG_ADVERTISED_ADDRESS") {
+            self.advertised_address = Some(value);
         }
         if let Some(value) = lookup("CATALOG_API_TOKEN") {
             self.api_token = Some(value);

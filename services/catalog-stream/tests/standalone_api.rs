@@ -1,7 +1,8 @@
 //! The README's curl session against the standalone binary (SPEC §2, §5; issue 5): post a
 //! product whose image is served locally, list, get one, status, update with another image
 //! (the new image is served at its `url` with its content type, the old file is gone), delete
-//! (404, file gone); SIGTERM exits 0 within 10 s; a restart on the same directory keeps the data.
+//! (404, file gone); the pipeline's per-product state (an interactive query of its task store);
+//! SIGTERM exits 0 within 10 s; a restart on the same directory keeps the data.
 
 mod support;
 
@@ -153,6 +154,49 @@ async fn readme_session_post_list_get_status_update_delete_restart() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(body["data"]["state"], "collected");
+
+    // The pipeline's own state of the product, read from the task store that holds it.
+    let (status, body) = get_json(
+        &client,
+        &server.url(&format!(
+            "/api/v1/pipeline/products/mug-1/state?mallId={MALL}"
+        )),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let state = &body["data"]["state"];
+    assert_eq!(state["deleted"], false, "{body}");
+    assert!(state["image"]["sha256"].is_string(), "{body}");
+    assert!(
+        body["data"]["task"]
+            .as_str()
+            .is_some_and(|t| t.contains('_')),
+        "{body}"
+    );
+    let (status, body) = get_json(
+        &client,
+        &server.url("/api/v1/pipeline/products/mug-1/state"),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["field"]),
+        (400, &serde_json::json!("mallId")),
+        "{body}"
+    );
+    let (status, body) = get_json(
+        &client,
+        &server.url(&format!(
+            "/api/v1/pipeline/products/nobody/state?mallId={MALL}"
+        )),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["details"]["localTasks"]
+            .as_array()
+            .is_some_and(|t| !t.is_empty()),
+        "{body}"
+    );
 
     // Update with another image: the new one is served, the old file is gone.
     let mug_v2 = product(MALL, "mug-1", "Mug v2", &images.url("/mug-v2.jpg"));

@@ -315,6 +315,11 @@ impl Runtime {
         self
     }
 
+    /// The topology it runs (its internal topics named for the application).
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
     /// The shared offset tracker (for inspection in tests).
     pub fn tracker(&self) -> Arc<OffsetTracker> {
         self.tracker.clone()

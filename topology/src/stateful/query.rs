@@ -157,6 +157,16 @@ impl StoreReader {
         Ok(found)
     }
 
+    /// The members of the application's consumer group: the `host:port` each announced
+    /// and the partitions each owns (empty on the embedded transport: one process owns it).
+    pub async fn instances(&self) -> Result<Vec<crate::transport::GroupMember>, QueryError> {
+        let context = self.context().ok_or(QueryError::Detached)?;
+        Ok(context
+            .transport
+            .group_members(&context.application_id)
+            .await?)
+    }
+
     /// Which partition, task and instance hold `key` of store `store`: the key is encoded
     /// with the key serde of the source feeding the store's sub-topology and placed with
     /// the transport's partitioner (as a record with that key is written), and the owner is

@@ -34,6 +34,7 @@ use crate::complete_products::{self, CompleteProducts};
 use crate::http::{ApiToken, ReadinessCheck};
 use crate::openapi::Api;
 use crate::pipeline::{self, ImageWork};
+use crate::pipeline_state::{self, PipelineState};
 use crate::product_collector::{self, ProductCollector};
 use crate::settings::Topics;
 use crate::store::{ProductStore, ViewStore};
@@ -88,11 +89,16 @@ impl Roles {
 
     /// The part of the API these roles serve (what `/openapi.json` documents).
     fn api(self) -> Api {
-        match (self.product_api, self.complete_products) {
-            (true, true) => Api::All,
-            (true, false) => Api::ProductCollector,
-            (false, true) => Api::CompleteProducts,
-            (false, false) => Api::OpsOnly,
+        match (
+            self.product_api,
+            self.complete_products,
+            self.image_pipeline,
+        ) {
+            (true, true, _) => Api::All,
+            (true, false, _) => Api::ProductCollector,
+            (false, true, _) => Api::CompleteProducts,
+            (false, false, true) => Api::ImagePipeline,
+            (false, false, false) => Api::OpsOnly,
         }
     }
 }
@@ -267,13 +273,28 @@ impl Streams {
         transport: Arc<dyn Transport>,
         metrics: prometheus::Registry,
     ) {
-        for topic in topology.source_topics() {
-            self.consumers.push((topic, config.application_id.clone()));
+        let group = config.application_id.clone();
+        self.add_runtime(
+            name,
+            Runtime::new(topology, transport, config),
+            &group,
+            metrics,
+        );
+    }
+
+    /// Adds a runtime made already (to take its [`StoreReader`](topology::StoreReader) first).
+    fn add_runtime(
+        &mut self,
+        name: &'static str,
+        runtime: Runtime,
+        group: &str,
+        metrics: prometheus::Registry,
+    ) {
+        for topic in runtime.topology().source_topics() {
+            self.consumers.push((topic, group.to_owned()));
         }
         self.add(name, move |shutdown| {
-            Box::pin(
-                async move { run_topology(topology, config, transport, &metrics, shutdown).await },
-            )
+            Box::pin(async move { run_runtime(runtime, &metrics, shutdown).await })
         });
     }
 }
@@ -287,8 +308,23 @@ pub async fn run_topology(
     registry: &prometheus::Registry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<usize> {
+    run_runtime(
+        Runtime::new(topology, transport, config),
+        registry,
+        shutdown,
+    )
+    .await
+}
+
+/// Runs `runtime` until `shutdown`, with its engine metrics in `registry`; returns the records
+/// abandoned at shutdown.
+pub async fn run_runtime(
+    runtime: Runtime,
+    registry: &prometheus::Registry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<usize> {
     let metrics = Metrics::new(registry).context("cannot register the engine metrics")?;
-    let summary = Runtime::new(topology, transport, config)
+    let summary = runtime
         .with_metrics(metrics)
         .run(shutdown)
         .await
@@ -381,11 +417,17 @@ pub fn assemble(backends: Backends, options: Options) -> anyhow::Result<System> 
                     .unwrap_or_else(|| "catalog-stream-image-pipeline".to_owned()),
                 ..runtime.clone()
             };
-            streams.add_topology(
+            let advertised = config.application_server.clone();
+            let runtime = Runtime::new(topology, transport.clone(), config.clone());
+            // Interactive queries of the pipeline's per-product state, from its running tasks.
+            api = api.merge(pipeline_state::routes(PipelineState::new(
+                runtime.stores(),
+                advertised,
+            )));
+            streams.add_runtime(
                 "the image pipeline",
-                topology,
-                config,
-                transport.clone(),
+                runtime,
+                &config.application_id,
                 metrics.clone(),
             );
         }

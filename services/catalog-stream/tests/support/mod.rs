@@ -260,9 +260,25 @@ pub fn api_router(
     use catalog_stream::product_collector::{self, ProductCollector};
     let registry = prometheus::Registry::new();
     let collector = ProductCollector::new(products.clone(), &registry).expect("collector");
-    let api = product_collector::routes(collector).merge(complete_products::routes(
-        CompleteProducts::new(products, view),
-    ));
+    // The pipeline-state route over a runtime that never runs: no task holds anything.
+    let b = topology::TopologyBuilder::new();
+    let text: topology::serdes::SerdeRef = Arc::new(topology::serdes::StringSerde);
+    b.source("in", "in", text.clone(), text.clone())
+        .to("out", "out", text.clone(), text);
+    let runtime = topology::Runtime::new(
+        b.build().expect("topology"),
+        Arc::new(topology::transport::EmbeddedTransport::new(Arc::new(
+            topology::transport::EmbeddedLog::temporary().expect("log"),
+        ))),
+        topology::RuntimeConfig::new("api-router"),
+    );
+    let api = product_collector::routes(collector)
+        .merge(complete_products::routes(CompleteProducts::new(
+            products, view,
+        )))
+        .merge(catalog_stream::pipeline_state::routes(
+            catalog_stream::pipeline_state::PipelineState::new(runtime.stores(), None),
+        ));
     catalog_stream::system::service_router(
         api,
         catalog_stream::openapi::Api::All,
