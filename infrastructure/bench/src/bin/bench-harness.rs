@@ -14,10 +14,12 @@
 //! - `bench-harness produce-keyed --topic T --partitions P --records N --keys K --span-ms S`: the
 //!   stateful benchmark's input: creates the topic and fills it with N records of String key
 //!   `k<j>` (j pseudo-random in 0..K, the same for the same record index on every run) and a
-//!   20-byte String value, unless it already holds exactly N records. Timestamps are spread evenly
-//!   over the S ms that end now; 3 % of the records are out of order, up to 5 s earlier than their
-//!   place, but never earlier than the start of their epoch-aligned `--disorder-within-ms` slot
-//!   (default 60,000: a 1-minute tumbling window without grace drops none of them; 0: no limit).
+//!   20-byte String value, unless it already holds exactly N records (the topic is created with
+//!   `retention.ms=-1`, so the broker keeps them whatever their timestamps). Timestamps are
+//!   spread evenly over the S ms that end now; 3 % of the records are out of order, up to 5 s
+//!   earlier than their place, but never earlier than the start of their epoch-aligned
+//!   `--disorder-within-ms` slot (default 60,000: a 1-minute tumbling window without grace drops
+//!   none of them; 0: no limit).
 //! - `bench-harness measure … --until-count-sum N [--scenario S] -- CMD…` (instead of `--expect`):
 //!   the stateful completion mode; `--scenario S` adds `scenario=S` to the MEASURE line. Instead
 //!   of watching high watermarks, it reads the output topic from the beginning, keeps the last
@@ -126,14 +128,41 @@ fn high_watermarks(c: &BaseConsumer, topic: &str, partitions: i32) -> anyhow::Re
     Ok(sum)
 }
 
+/// Records held now (high minus low watermark, summed over the partitions): unlike the high
+/// watermarks, this drops when the broker's retention has deleted records.
+fn records_held(c: &BaseConsumer, topic: &str, partitions: i32) -> anyhow::Result<i64> {
+    let mut sum = 0;
+    for p in 0..partitions {
+        let (low, high) = c
+            .fetch_watermarks(topic, p, Duration::from_secs(5))
+            .with_context(|| format!("watermarks of {topic}-{p}"))?;
+        sum += high - low;
+    }
+    Ok(sum)
+}
+
 async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<bool> {
+    create_topic_with(bootstrap, topic, partitions, &[]).await
+}
+
+/// Creates `topic` with the given topic configs; false when it already exists.
+async fn create_topic_with(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+) -> anyhow::Result<bool> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
         .context("admin client")?;
+    let mut new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        new_topic = new_topic.set(k, v);
+    }
     let res = admin
         .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &[new_topic],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
         )
         .await
@@ -274,15 +303,18 @@ async fn produce_keyed(
     if n == 0 || keys == 0 {
         bail!("--records and --keys must be positive");
     }
-    let created = create_topic(bootstrap, topic, partitions).await?;
+    // The records carry their own timestamps: without retention.ms=-1 the broker would delete
+    // them once the newest is older than its retention (24 h here), even from a reused topic.
+    let created =
+        create_topic_with(bootstrap, topic, partitions, &[("retention.ms", "-1")]).await?;
     let w = watcher(bootstrap)?;
     if !created {
-        let have = high_watermarks(&w, topic, partitions)?;
+        let have = records_held(&w, topic, partitions)?;
         if have == n as i64 {
             eprintln!("bench-harness: {topic} already holds {n} records");
             return Ok(());
         }
-        if have != 0 {
+        if high_watermarks(&w, topic, partitions)? != 0 {
             bail!("{topic} exists with {have} records, not {n}: delete it or pick another name");
         }
     }
@@ -320,7 +352,7 @@ async fn produce_keyed(
         producer.poll(Duration::ZERO);
     }
     producer.flush(Duration::from_secs(60)).context("flush")?;
-    let have = high_watermarks(&w, topic, partitions)?;
+    let have = records_held(&w, topic, partitions)?;
     if have != n as i64 {
         bail!("{topic} holds {have} records after producing {n}");
     }
