@@ -10,10 +10,14 @@
 // - Every topic must exist before the start (the tests create them): a missing input topic fails
 //   the run (exit 1). The input topics that a scenario joins must have the same partition count
 //   and a key must be in the same partition of both: Kafka Streams 4.1.1 does not check this for
-//   these joins (with 2 and 3 partitions it runs, and joins partition i with partition i only).
+//   these joins (given 2 and 3 partitions, it starts and runs without an error or a warning).
 // - Keys and values are UTF-8 strings (Serdes.String) in every input and output topic. Record
 //   timestamps are the producer's (default timestamp extractor); outputs carry Kafka Streams'
-//   result timestamps.
+//   result timestamps. Timestamps far in the past need topics created with retention.ms=-1 (or
+//   timestamps near the wall clock): the broker deletes a segment, the active one included, once
+//   its newest record is older than the retention (log.retention.hours=24 here), at its next
+//   retention check (every 5 minutes), so inputs or outputs stamped e.g. in 2023 can vanish
+//   between producing and reading.
 // - Configuration: processing.guarantee=at_least_once, commit.interval.ms=100,
 //   statestore.cache.max.bytes=0 (no record cache: every update of a KTable is emitted, except
 //   where suppress holds it back), auto.offset.reset=earliest, num.stream.threads=1,
