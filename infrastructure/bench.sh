@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The side-by-side benchmarks of SPEC §8 (issue 7).
 #
-#   infrastructure/bench.sh [engine|state|async|e2e|ingest|all]   (default: all, every one in
-#   that order; async runs infrastructure/bench-async.sh; e2e and ingest run the standalone part of
-#   infrastructure/bench-standalone.sh, then infrastructure/bench_distributed.py against the four
-#   distributed services)
+#   infrastructure/bench.sh [engine|stateful|state|async|e2e|ingest|all]   (default: all, every
+#   one in that order; async runs infrastructure/bench-async.sh; e2e and ingest run the standalone
+#   part of infrastructure/bench-standalone.sh, then infrastructure/bench_distributed.py against
+#   the four distributed services)
 #
 # engine: builds the catalog-bench binaries (release), the Kafka Streams contender
 # (infrastructure/bench/kafka-streams, jars from Maven Central, compiled with javac) and the Quix
@@ -15,6 +15,20 @@
 # Prints a markdown table of medians and `RESULT …` lines. Raw lines go to $BENCH_OUT
 # (default infrastructure/.run/bench-engine.txt). BENCH_ENV=/path/to/.env uses servers already
 # running instead of starting them with up.sh.
+# stateful: the stateful operators against Kafka Streams. Starts Kafka through up.sh (or uses
+# BENCH_ENV), builds catalog-bench (release) and the Kafka Streams programs
+# (infrastructure/kafka-streams/build.sh), fills `bench.stateful.v1.in.<p>p.<N>` once per partition
+# count with `bench-harness produce-keyed` (BENCH_RECORDS records, default 200k, over BENCH_KEYS
+# keys, default 10k, timestamps over the last BENCH_SPAN_MS, default 20 minutes), then for
+# BENCH_RUNS runs and each scenario of BENCH_SCENARIOS (default `count windowed-count`) runs every
+# contender of BENCH_STATEFUL_CONTENDERS (default `ours kafka_streams`) alternately, each with a
+# fresh group and output topic, measured by `bench-harness measure --until-count-sum N` (complete
+# when the last count per output key sums to N; records/s from the contender's start). `ours` is
+# `$BIN/stateful-bench --scenario S --input I --output O --group G`, skipped (with a log line)
+# while that binary does not exist; `kafka_streams` is StatefulBench (1 stream thread for 1
+# partition, 2 for more). Raw lines go to $BENCH_STATEFUL_OUT (default
+# infrastructure/.run/bench-stateful.txt), then a markdown table of medians and `RESULT stateful_…`
+# lines.
 # state: `cargo bench -p state`.
 set -euo pipefail
 
@@ -119,6 +133,87 @@ engine() {
     python3 "$BENCH_DIR/summarise.py" "$OUT"
 }
 
+STATEFUL_OUT="${BENCH_STATEFUL_OUT:-$INFRA_DIR/.run/bench-stateful.txt}"
+STATEFUL_CONTENDERS="${BENCH_STATEFUL_CONTENDERS:-ours kafka_streams}"
+SCENARIOS="${BENCH_SCENARIOS:-count windowed-count}"
+KEYS="${BENCH_KEYS:-10000}"
+SPAN_MS="${BENCH_SPAN_MS:-1200000}"
+
+# run_stateful SCENARIO CONTENDER PARTITIONS: one measured run; appends its MEASURE line to
+# $STATEFUL_OUT.
+run_stateful() {
+    local scenario="$1" who="$2" p="$3" id="$RANDOM$RANDOM"
+    local input="bench.stateful.v1.in.${p}p.$N" output="bench.out.stateful.$who.${p}p.$id"
+    local group="bench-stateful-$who-$id" threads=1 cmd
+    case "$who" in
+        ours) cmd=("$BIN/stateful-bench" --scenario "$scenario" --input "$input" --output "$output"
+            --group "$group") ;;
+        kafka_streams)
+            ((p > 1)) && threads=2
+            cmd=(java -Xmx1g -cp "$KS_CLASSPATH" StatefulBench "$scenario" "$input" "$output" "$group" "$threads") ;;
+        *) log "unknown stateful contender $who"; exit 2 ;;
+    esac
+    local line log="$INFRA_DIR/.run/bench-stateful-$who.log"
+    line=$("$BIN/bench-harness" measure --label "$who" --scenario "$scenario" --output "$output" \
+        --partitions "$p" --records "$N" --until-count-sum "$N" -- "${cmd[@]}" \
+        2>>"$log" | grep '^MEASURE' || true)
+    if [[ -z "$line" ]]; then
+        line="MEASURE label=$who scenario=$scenario partitions=$p records=$N failed=1"
+        log "$who $scenario ($p partitions) failed; see $log"
+    fi
+    # The contender's internal topics (Kafka Streams: <application id>-…-changelog).
+    "$BIN/bench-harness" cleanup --prefix "$group-" 2>>"$log" || true
+    log "$line"
+    echo "$line" >>"$STATEFUL_OUT"
+}
+
+stateful() {
+    if [[ -n "${BENCH_ENV:-}" ]]; then
+        log "using the servers in $BENCH_ENV (up.sh not run)"
+    else
+        "$INFRA_DIR/up.sh" kafka
+    fi
+    set -a
+    # shellcheck disable=SC1090,SC1091
+    source "${BENCH_ENV:-$INFRA_DIR/.env}"
+    set +a
+    log "building catalog-bench (release)"
+    (cd "$REPO_DIR" && cargo build -q --release -p catalog-bench)
+    local contenders=()
+    for who in $STATEFUL_CONTENDERS; do
+        if [[ "$who" == ours && ! -x "$BIN/stateful-bench" ]]; then
+            log "skipping contender ours: $BIN/stateful-bench does not exist (not built by catalog-bench yet)"
+            continue
+        fi
+        contenders+=("$who")
+    done
+    if [[ " ${contenders[*]} " == *" kafka_streams "* ]]; then
+        log "building the Kafka Streams programs (infrastructure/kafka-streams/build.sh)"
+        KS_CLASSPATH="$("$INFRA_DIR/kafka-streams/build.sh")"
+    fi
+    mkdir -p "$(dirname "$STATEFUL_OUT")" "$INFRA_DIR/.run"
+    : >"$STATEFUL_OUT"
+    for p in $PARTITIONS; do
+        "$BIN/bench-harness" produce-keyed --topic "bench.stateful.v1.in.${p}p.$N" --partitions "$p" \
+            --records "$N" --keys "$KEYS" --span-ms "$SPAN_MS"
+    done
+    for run in $(seq 1 "$RUNS"); do
+        for scenario in $SCENARIOS; do
+            for p in $PARTITIONS; do
+                for who in "${contenders[@]}"; do
+                    log "run $run/$RUNS: $who, $scenario, $p partition(s)"
+                    run_stateful "$scenario" "$who" "$p"
+                done
+            done
+        done
+    done
+    {
+        echo "machine: $(nproc) cores, $(free -m | awk '/^Mem:/{print $2}') MiB RAM, load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+        echo "records: $N per run over $KEYS keys, timestamps over $SPAN_MS ms, runs: $RUNS, contenders: ${contenders[*]}"
+    } | tee -a "$STATEFUL_OUT"
+    python3 "$BENCH_DIR/summarise.py" "$STATEFUL_OUT"
+}
+
 # e2e | ingest, for the distributed services (the standalone ones come from bench-standalone.sh).
 distributed() {
     [[ -n "${BENCH_ENV:-}" ]] || "$INFRA_DIR/up.sh" kafka mongo registry >/dev/null
@@ -141,11 +236,12 @@ end_to_end() {
 
 case "${1:-all}" in
     engine) engine ;;
+    stateful) stateful ;;
     state) state ;;
-    all) engine; state; "$INFRA_DIR/bench-async.sh"; end_to_end e2e; end_to_end ingest ;;
+    all) engine; stateful; state; "$INFRA_DIR/bench-async.sh"; end_to_end e2e; end_to_end ingest ;;
     async)
         shift
         exec "$INFRA_DIR/bench-async.sh" "$@" ;;
     e2e | ingest) end_to_end "$1" ;;
-    *) log "usage: $0 [engine|state|async|e2e|ingest|all]"; exit 2 ;;
+    *) log "usage: $0 [engine|stateful|state|async|e2e|ingest|all]"; exit 2 ;;
 esac

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages building and testing catalog-stream needs, when they are missing:
-# a C toolchain, cmake and zlib for rdkafka's vendored librdkafka, Java 17 and Maven for the
-# Kafka broker, Python for SecantusDB and moto, Prometheus, curl.
+# a C toolchain, cmake and zlib for rdkafka's vendored librdkafka, a Java 17 JDK and Maven for the
+# Kafka broker and the Kafka Streams oracle (javac), Python for SecantusDB and moto, Prometheus, curl.
 set -euo pipefail
 
 PACKAGES=(build-essential pkg-config cmake zlib1g-dev libssl-dev curl
-    python3 python3-venv openjdk-17-jre-headless maven prometheus)
+    python3 python3-venv openjdk-17-jdk-headless maven prometheus)
 
 missing=()
 for package in "${PACKAGES[@]}"; do
@@ -13,8 +13,8 @@ for package in "${PACKAGES[@]}"; do
         missing+=("$package")
 done
 # A JDK or Maven installed outside Debian (as on the development images) counts too.
-if command -v java >/dev/null; then
-    missing=("${missing[@]/openjdk-17-jre-headless/}")
+if command -v java >/dev/null && command -v javac >/dev/null; then
+    missing=("${missing[@]/openjdk-17-jdk-headless/}")
 fi
 if command -v mvn >/dev/null; then missing=("${missing[@]/maven/}"); fi
 if command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null; then
