@@ -34,6 +34,11 @@ use topology::{Runtime, RuntimeConfig, Topology, TopologyBuilder, Value};
 
 const PARTITIONS: i32 = 3;
 
+/// Keyed records with their timestamps (`None`: a tombstone).
+type Records = Vec<(String, Option<String>, i64)>;
+/// One phase of input: records per topic.
+type Phase<'a> = Vec<(&'a str, Records)>;
+
 /// One oracle at a time: each is a JVM, and the machines running the tests are small.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -290,7 +295,7 @@ async fn run_both(
     ours: impl Fn() -> Topology,
     oracle: (&str, &[&str]),
     inputs: &[&str],
-    phases: Vec<Vec<(&str, Vec<(String, Option<String>, i64)>)>>,
+    phases: Vec<Phase<'_>>,
 ) {
     let ks_app = common::unique("ks-oracle");
     let our_app = common::unique("ours-oracle");
@@ -510,7 +515,7 @@ async fn a_table_aggregation_with_a_subtractor_gives_kafka_streams_counts() {
     let base = base_time();
     let mut rng = Lcg(11);
     let regions = ["eu", "us", "asia", "africa"];
-    let phases: Vec<Vec<(&str, Vec<(String, Option<String>, i64)>)>> = (0..3)
+    let phases: Vec<Phase<'_>> = (0..3)
         .map(|phase| {
             let records = (0..60)
                 .map(|i| {
@@ -579,9 +584,9 @@ async fn table_table_joins_give_kafka_streams_rows() {
     create_topics(&bootstrap, &topics).await;
     let base = base_time();
     let mut rng = Lcg(23);
-    let phases: Vec<Vec<(&str, Vec<(String, Option<String>, i64)>)>> = (0..3)
+    let phases: Vec<Phase<'_>> = (0..3)
         .map(|phase| {
-            let mut side = |name: &str, tag: &str| -> Vec<(String, Option<String>, i64)> {
+            let mut side = |name: &str, tag: &str| -> Records {
                 (0..25)
                     .map(|i| {
                         let key = format!("k{}", rng.next(12));
