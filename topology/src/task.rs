@@ -98,6 +98,21 @@ pub(crate) struct TaskStores {
     pub(crate) specs: Vec<StoreSpec>,
     /// Whether stores with a changelog write it here.
     pub(crate) changelogs: bool,
+    /// The windowed operators' stream times in this task, by store: kept here so that a
+    /// record does not read and write its store's stream-time slot each time (see
+    /// [`crate::stateful`]); gone with the task, so a task opened again reads its store.
+    pub(crate) clocks: std::sync::Mutex<std::collections::HashMap<String, StreamClock>>,
+}
+
+/// One windowed operator's stream time in one task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StreamClock {
+    /// The largest timestamp seen.
+    pub(crate) time: i64,
+    /// The stream time last written to the store.
+    pub(crate) persisted: i64,
+    /// The expiry horizon of the last scan for expired windows.
+    pub(crate) expired_to: i64,
 }
 
 impl TaskStores {
@@ -282,8 +297,16 @@ impl ProcessorContext {
                 dir,
                 specs: stores.to_vec(),
                 changelogs: false,
+                clocks: Default::default(),
             })),
         )
+    }
+
+    /// The task's stream clocks (`None` when detached).
+    pub(crate) fn clocks(
+        &self,
+    ) -> Option<&std::sync::Mutex<std::collections::HashMap<String, StreamClock>>> {
+        self.task.as_ref().map(|t| &t.clocks)
     }
 
     /// The task this record is processed in (`None` when detached).

@@ -975,6 +975,7 @@ impl RestorePlan {
                 dir,
                 specs: self.stores.clone(),
                 changelogs: self.settings.changelogs,
+                clocks: Default::default(),
             }),
             changelog,
             path,
@@ -1066,6 +1067,7 @@ mod tests {
             dir,
             specs: vec![StoreSpec::new("counts")],
             changelogs: true,
+            clocks: Default::default(),
         });
         let snapshot = Snapshot {
             stores: stores.clone(),

@@ -11,7 +11,7 @@ use crate::{Record, Value};
 
 use super::stored::{StoredValue, key_bytes, time_bytes, time_from_bytes};
 use super::table::lookup;
-use super::window::JoinWindows;
+use super::window::{JoinWindows, StreamTimeSlot, advance_stream_time};
 use super::{OperatorContext, StatefulOperator, require_key, require_timestamp, state};
 
 /// Combines a left and a right value into the join's value; a side is `None` where a left or
@@ -193,7 +193,7 @@ impl StatefulOperator for StreamStreamJoin {
         let ts = require_timestamp(&record, "stream join")?;
         let this = ctx.store::<BufferKey, JoinSlot>(&self.this_store)?;
         let other = ctx.store::<BufferKey, JoinSlot>(&self.other_store)?;
-        let stream_time = join_stream_time(&this, ts)?;
+        let stream_time = advance_stream_time(ctx, &self.this_store, &this, &buffer_meta(), ts)?;
         let (before, after) = self.reach();
         let grace = self.windows.grace_ms();
         // Too late to pair with anything the other side still buffers.
@@ -239,19 +239,15 @@ impl StatefulOperator for StreamStreamJoin {
     }
 }
 
-fn join_stream_time(
-    store: &state::KvStore<BufferKey, JoinSlot>,
-    ts: i64,
-) -> Result<i64, ProcessError> {
-    let current = match state(store.get(&buffer_meta()))? {
-        Some(JoinSlot::StreamTime(t)) => t,
-        _ => i64::MIN,
-    };
-    if ts > current {
-        state(store.put(&buffer_meta(), &JoinSlot::StreamTime(ts)))?;
-        Ok(ts)
-    } else {
-        Ok(current)
+impl StreamTimeSlot for JoinSlot {
+    fn stream_time(&self) -> Option<i64> {
+        match self {
+            JoinSlot::StreamTime(t) => Some(*t),
+            JoinSlot::Record(_) => None,
+        }
+    }
+    fn of_stream_time(time: i64) -> Self {
+        JoinSlot::StreamTime(time)
     }
 }
 

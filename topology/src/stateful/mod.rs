@@ -213,6 +213,14 @@ impl OperatorContext {
         std::mem::take(&mut self.late)
     }
 
+    /// The task's windowed operators' stream clocks (`None` without a task).
+    pub(crate) fn clocks(
+        &self,
+    ) -> Option<&std::sync::Mutex<std::collections::HashMap<String, crate::task::StreamClock>>>
+    {
+        self.inner.clocks()
+    }
+
     /// The records forwarded so far, taken out.
     pub fn take_outputs(&mut self) -> Vec<Record> {
         std::mem::take(&mut self.outputs)

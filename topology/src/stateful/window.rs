@@ -247,25 +247,100 @@ fn time_meta() -> TimeKey {
     (time_bytes(i64::MIN), Vec::new())
 }
 
-/// Reads the stream time in `store` at `meta`, advances it to `timestamp` when later, and
-/// returns it.
-pub(crate) fn advance_stream_time<K>(
-    store: &state::KvStore<K, Slot>,
+/// How far a task's stream time may run ahead of the copy in its store. Kafka Streams keeps
+/// stream time in the committed offsets' metadata, as of the last commit; here it is written
+/// to the operator's store (and so its changelog) at most once per second of stream time, so
+/// a task restored elsewhere starts at most that far behind instead of paying a write per
+/// record.
+const PERSIST_STREAM_TIME_EVERY_MS: i64 = 1_000;
+
+/// A store slot that can hold an operator's stream time.
+pub(crate) trait StreamTimeSlot: Serialize + serde::de::DeserializeOwned {
+    fn stream_time(&self) -> Option<i64>;
+    fn of_stream_time(time: i64) -> Self;
+}
+
+impl StreamTimeSlot for Slot {
+    fn stream_time(&self) -> Option<i64> {
+        match self {
+            Slot::StreamTime(t) => Some(*t),
+            Slot::Entry { .. } => None,
+        }
+    }
+    fn of_stream_time(time: i64) -> Self {
+        Slot::StreamTime(time)
+    }
+}
+
+/// Advances the stream time of the operator owning `store` (named `name`, its slot at
+/// `meta`) to `timestamp` when later, and returns it: from the task's clock, read from the
+/// store the first time the task sees it.
+pub(crate) fn advance_stream_time<K, S>(
+    ctx: &OperatorContext,
+    name: &str,
+    store: &state::KvStore<K, S>,
     meta: &K,
     timestamp: i64,
 ) -> Result<i64, ProcessError>
 where
     K: Serialize + serde::de::DeserializeOwned,
+    S: StreamTimeSlot,
 {
-    let current = match state(store.get(meta))? {
-        Some(Slot::StreamTime(t)) => t,
-        _ => i64::MIN,
+    let stored = || -> Result<i64, ProcessError> {
+        Ok(state(store.get(meta))?
+            .and_then(|s| s.stream_time())
+            .unwrap_or(i64::MIN))
     };
-    if timestamp > current {
-        state(store.put(meta, &Slot::StreamTime(timestamp)))?;
-        Ok(timestamp)
-    } else {
-        Ok(current)
+    let Some(clocks) = ctx.clocks() else {
+        // No task (an operator called directly): the store is the clock.
+        let current = stored()?;
+        if timestamp > current {
+            state(store.put(meta, &S::of_stream_time(timestamp)))?;
+        }
+        return Ok(current.max(timestamp));
+    };
+    let mut clocks = clocks
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let clock = match clocks.get_mut(name) {
+        Some(clock) => clock,
+        None => {
+            let time = stored()?;
+            clocks
+                .entry(name.to_owned())
+                .or_insert(crate::task::StreamClock {
+                    time,
+                    persisted: time,
+                    expired_to: i64::MIN,
+                })
+        }
+    };
+    clock.time = clock.time.max(timestamp);
+    if clock.time.saturating_sub(clock.persisted) >= PERSIST_STREAM_TIME_EVERY_MS
+        || (clock.persisted == i64::MIN && clock.time > i64::MIN)
+    {
+        state(store.put(meta, &S::of_stream_time(clock.time)))?;
+        clock.persisted = clock.time;
+    }
+    Ok(clock.time)
+}
+
+/// Whether the expiry horizon moved past `horizon` since the last scan of `name`'s store
+/// (and records that it did): windows start on a grid, so a scan is due once per step of it.
+fn expiry_due(ctx: &OperatorContext, name: &str, horizon: i64) -> bool {
+    let Some(clocks) = ctx.clocks() else {
+        return true;
+    };
+    let mut clocks = clocks
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match clocks.get_mut(name) {
+        Some(clock) if clock.expired_to >= horizon => false,
+        Some(clock) => {
+            clock.expired_to = horizon;
+            true
+        }
+        None => true,
     }
 }
 
@@ -304,7 +379,7 @@ impl StatefulOperator for WindowAggregate {
         };
         let ts = require_timestamp(&record, "windowed aggregate")?;
         let store = ctx.store::<TimeKey, Slot>(&self.store)?;
-        let stream_time = advance_stream_time(&store, &time_meta(), ts)?;
+        let stream_time = advance_stream_time(ctx, &self.store, &store, &time_meta(), ts)?;
         let close = stream_time.saturating_sub(millis(self.windows.grace));
         let kb = key_bytes(&key);
         let open: Vec<Window> = self
@@ -337,8 +412,13 @@ impl StatefulOperator for WindowAggregate {
             out.value = Some(next);
             ctx.forward(out);
         }
-        // Expire windows whose start is `retention` behind stream time.
+        // Expire windows whose start is `retention` behind stream time: once per step of the
+        // windows' grid (their starts are multiples of the advance).
         let horizon = stream_time.saturating_sub(self.windows.retention_ms());
+        let advance = millis(self.windows.advance).max(1);
+        if !expiry_due(ctx, &self.store, horizon - horizon.rem_euclid(advance)) {
+            return Ok(());
+        }
         let mut expired = Vec::new();
         for entry in state(store.iter_from(&time_meta()))? {
             let (slot_key, slot) = state(entry)?;
@@ -385,7 +465,7 @@ impl StatefulOperator for SessionAggregate {
         };
         let ts = require_timestamp(&record, "session aggregate")?;
         let store = ctx.store::<SessionKey, Slot>(&self.store)?;
-        let stream_time = advance_stream_time(&store, &session_meta(), ts)?;
+        let stream_time = advance_stream_time(ctx, &self.store, &store, &session_meta(), ts)?;
         let (gap, grace) = (millis(self.windows.gap), millis(self.windows.grace));
         let close = stream_time.saturating_sub(grace);
         let kb = key_bytes(&key);
@@ -499,7 +579,7 @@ impl StatefulOperator for SuppressUntilClosed {
         })?;
         let ts = require_timestamp(&record, "suppress")?;
         let store = ctx.store::<BufferKey, Slot>(&self.store)?;
-        let stream_time = advance_stream_time(&store, &buffer_meta(), ts)?;
+        let stream_time = advance_stream_time(ctx, &self.store, &store, &buffer_meta(), ts)?;
         let slot_key = (
             time_bytes(window.end),
             key_bytes(&key),

@@ -34,6 +34,9 @@ struct Args {
     /// Where task stores live (default: a temporary directory).
     #[arg(long)]
     state_dir: Option<std::path::PathBuf>,
+    /// Keep stores local (no changelog topics): what the changelog costs.
+    #[arg(long)]
+    no_changelog: bool,
 }
 
 #[tokio::main]
@@ -94,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
     let mut config = RuntimeConfig::new(&args.group);
     config.drain_timeout = Duration::from_secs(5);
     config.state_dir = Some(state.clone());
+    config.changelogs = !args.no_changelog;
     let transport = KafkaTransport::new(&setting("KAFKA_BOOTSTRAP", "127.0.0.1:9092"));
     let summary = Runtime::new(topology, Arc::new(transport), config)
         .run(shutdown)
