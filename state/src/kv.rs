@@ -78,6 +78,15 @@ where
         &self.raw.name
     }
 
+    /// `key` as the store encodes it (the bytes it is stored and changelogged under).
+    pub fn encode_key<Q>(&self, key: &Q) -> Result<Vec<u8>>
+    where
+        K: Borrow<Q>,
+        Q: Serialize + ?Sized,
+    {
+        self.key_bytes(key)
+    }
+
     pub(crate) fn key_bytes<Q>(&self, key: &Q) -> Result<Vec<u8>>
     where
         K: Borrow<Q>,

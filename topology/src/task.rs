@@ -89,6 +89,9 @@ pub enum StoreAccessError {
     /// The store could not be opened.
     #[error(transparent)]
     State(#[from] state::StateError),
+    /// Two operators of a task write one store with different key or value types.
+    #[error("store `{0}` is written with two different key or value types")]
+    Mistyped(String),
 }
 
 /// One task's open stores.
@@ -102,6 +105,155 @@ pub(crate) struct TaskStores {
     /// record does not read and write its store's stream-time slot each time (see
     /// [`crate::stateful`]); gone with the task, so a task opened again reads its store.
     pub(crate) clocks: std::sync::Mutex<std::collections::HashMap<String, StreamClock>>,
+    /// Store writes the stateful operators keep back until the next commit (or until there
+    /// are [`WRITE_BACK_LIMIT`] of them), with the records they hold back.
+    pub(crate) write_back: std::sync::Mutex<WriteBack>,
+}
+
+/// How many kept-back writes a task holds before it writes them out.
+pub(crate) const WRITE_BACK_LIMIT: usize = 20_000;
+
+/// A task's kept-back store writes: the latest value per key of each store, and per source
+/// partition the earliest record whose write is kept back. That record's ack holds the
+/// partition's offset, so nothing past it is committed before the writes reach the store
+/// and its changelog (see [`flush_write_back`](crate::runtime::flush_write_back)).
+#[derive(Default)]
+pub(crate) struct WriteBack {
+    stores: std::collections::HashMap<String, Box<dyn DirtyStore>>,
+    entries: usize,
+    holds: Vec<crate::runtime::Ack>,
+}
+
+/// One store's kept-back writes, behind a type-erased face so one task keeps them for stores
+/// of different key and value types.
+pub(crate) trait DirtyStore: Send {
+    /// Writes every kept-back entry to the store.
+    fn flush(&mut self) -> Result<(), StateError>;
+    /// For the typed views.
+    fn as_any(&mut self) -> &mut dyn std::any::Any;
+}
+
+/// The kept-back writes of a store with keys `K` and values `V`, by encoded key.
+pub(crate) struct DirtyMap<K, V> {
+    store: KvStore<K, V>,
+    entries: std::collections::HashMap<Vec<u8>, (K, Option<V>)>,
+}
+
+impl<K, V> DirtyStore for DirtyMap<K, V>
+where
+    K: Serialize + DeserializeOwned + Send + 'static,
+    V: Serialize + DeserializeOwned + Send + 'static,
+{
+    fn flush(&mut self) -> Result<(), StateError> {
+        for (_, (key, value)) in self.entries.drain() {
+            match value {
+                Some(value) => {
+                    self.store.put(&key, &value)?;
+                }
+                None => {
+                    self.store.delete(&key)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn as_any(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+impl TaskStores {
+    /// The kept-back writes and the records they hold, taken out.
+    pub(crate) fn take_write_back(
+        &self,
+    ) -> (
+        std::collections::HashMap<String, Box<dyn DirtyStore>>,
+        Vec<crate::runtime::Ack>,
+    ) {
+        let mut wb = self
+            .write_back
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        wb.entries = 0;
+        (
+            std::mem::take(&mut wb.stores),
+            std::mem::take(&mut wb.holds),
+        )
+    }
+
+    /// The kept-back value of `key` in store `store` (`Some(None)`: kept-back deletion;
+    /// `None`: nothing kept back).
+    pub(crate) fn kept_back<K, V>(
+        &self,
+        store: &str,
+        key: &[u8],
+    ) -> Result<Option<Option<V>>, StoreAccessError>
+    where
+        K: 'static,
+        V: Clone + 'static,
+    {
+        let mut wb = self
+            .write_back
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(dirty) = wb.stores.get_mut(store) else {
+            return Ok(None);
+        };
+        let map = dirty
+            .as_any()
+            .downcast_mut::<DirtyMap<K, V>>()
+            .ok_or_else(|| mistyped(store))?;
+        Ok(map.entries.get(key).map(|(_, v)| v.clone()))
+    }
+
+    /// Keeps back a write of `value` (`None`: a deletion) at `key` of `store`, held by the
+    /// record being processed (`hold`); returns whether the task holds so many writes now
+    /// that it should write them out.
+    pub(crate) fn keep_back<K, V>(
+        &self,
+        store: KvStore<K, V>,
+        key_bytes: Vec<u8>,
+        key: K,
+        value: Option<V>,
+        hold: Option<crate::runtime::Ack>,
+    ) -> Result<bool, StoreAccessError>
+    where
+        K: Serialize + DeserializeOwned + Send + 'static,
+        V: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let mut wb = self
+            .write_back
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(ack) = hold
+            && !wb.holds.iter().any(|h| {
+                h.origin.partition == ack.origin.partition && h.origin.topic == ack.origin.topic
+            })
+        {
+            wb.holds.push(ack);
+        }
+        let name = store.name().to_owned();
+        let dirty = wb.stores.entry(name.clone()).or_insert_with(|| {
+            Box::new(DirtyMap {
+                store,
+                entries: std::collections::HashMap::new(),
+            })
+        });
+        let map = dirty
+            .as_any()
+            .downcast_mut::<DirtyMap<K, V>>()
+            .ok_or_else(|| mistyped(&name))?;
+        let added = map.entries.insert(key_bytes, (key, value)).is_none();
+        if added {
+            wb.entries += 1;
+        }
+        Ok(wb.entries >= WRITE_BACK_LIMIT)
+    }
+}
+
+fn mistyped(store: &str) -> StoreAccessError {
+    StoreAccessError::Mistyped(store.to_owned())
 }
 
 /// One windowed operator's stream time in one task.
@@ -298,8 +450,14 @@ impl ProcessorContext {
                 specs: stores.to_vec(),
                 changelogs: false,
                 clocks: Default::default(),
+                write_back: Default::default(),
             })),
         )
+    }
+
+    /// The record's task (`None` when detached).
+    pub(crate) fn task(&self) -> Option<&Arc<TaskStores>> {
+        self.task.as_ref()
     }
 
     /// The task's stream clocks (`None` when detached).

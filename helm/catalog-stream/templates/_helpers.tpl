@@ -207,6 +207,16 @@ spec:
               valueFrom:
                 fieldRef:
                   fieldPath: metadata.name
+            {{- if .state }}
+            # Announced to the image pipeline's consumer group: the instance holding a
+            # product's state is reachable there (GET /api/v1/pipeline/products/{id}/state).
+            - name: POD_IP
+              valueFrom:
+                fieldRef:
+                  fieldPath: status.podIP
+            - name: CATALOG_ADVERTISED_ADDRESS
+              value: "$(POD_IP):8080"
+            {{- end }}
             {{- with (include "catalog-stream.credentialEnv" (prepend .credentials $root) | trim) }}
             {{- . | nindent 12 }}
             {{- end }}

@@ -382,6 +382,19 @@ impl Engine {
         }
     }
 
+    /// Writes every running task's kept-back store writes out (before a commit; see
+    /// [`crate::stateful`]'s write-back view). A store that fails marks the records it held
+    /// failed: the runtime then stops without committing past them.
+    pub(crate) fn flush_write_backs(&self) {
+        for task in self.tasks.running_tasks() {
+            if let Some(stores) = self.tasks.get(task)
+                && let Err(error) = super::flush_write_back(&stores)
+            {
+                tracing::error!(%task, %error, "writing kept-back store writes failed");
+            }
+        }
+    }
+
     /// Whether any operator punctuates on the wall clock.
     pub(crate) fn punctuates_on_wall_clock(&self) -> bool {
         self.steps.iter().any(|step| {

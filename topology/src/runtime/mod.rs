@@ -34,6 +34,7 @@ use crate::transport::{ConnectSpec, TopicPartition, Transport, TransportError};
 use engine::Engine;
 use run_loop::{Durable, RunLoop};
 pub use tasks::StoreReader;
+pub(crate) use tasks::{CURRENT_RECORD, flush_write_back};
 use tasks::{TaskManager, TaskRegistry, TaskSettings};
 
 /// Runtime settings.

@@ -317,6 +317,9 @@ impl RunLoop {
         if self.draining.is_some() || self.last_commit.elapsed() < self.cfg.commit_interval {
             return Ok(());
         }
+        // Kept-back store writes go out now: their changelog records are acknowledged (and,
+        // exactly-once, in this transaction) before the offsets they hold are committed.
+        self.engine.flush_write_backs();
         if let Some(error) = failure(&self.tracker) {
             return Err(error);
         }
@@ -425,6 +428,9 @@ impl RunLoop {
         mut self,
         result: Result<(), RuntimeError>,
     ) -> Result<RunSummary, RuntimeError> {
+        if result.is_ok() {
+            self.engine.flush_write_backs();
+        }
         self.summary.abandoned = wait_drained(&self.tracker, self.cfg.drain_timeout).await;
         if self.summary.abandoned > 0 {
             tracing::warn!(

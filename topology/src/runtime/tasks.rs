@@ -32,6 +32,40 @@ tokio::task_local! {
     /// The source record whose processing is running: store writes made in its future tie
     /// their changelog records to its offset.
     pub(crate) static CURRENT_RECORD: Ack;
+    /// More records a store write's changelog record must hold until it is acknowledged: a
+    /// write-back flush writes for every partition whose records it holds back.
+    pub(crate) static ALSO_HOLD: Arc<[Ack]>;
+}
+
+/// Writes the entries a task's stateful operators kept back ([`crate::task::WriteBack`]) to
+/// their stores, and so to their changelogs, tied to the records held back with them: each
+/// partition's earliest record whose write was kept back, which held its offset until now.
+/// Held records of a revoked (cancelled) partition mean the task is gone: nothing is written.
+/// A store that fails marks the held records failed, so nothing past them is committed.
+pub(crate) fn flush_write_back(stores: &crate::task::TaskStores) -> Result<(), StateError> {
+    let (mut dirty, holds) = stores.take_write_back();
+    if dirty.is_empty() || holds.iter().any(|ack| ack.cancel.is_cancelled()) {
+        return Ok(());
+    }
+    let mut write = || -> Result<(), StateError> {
+        for store in dirty.values_mut() {
+            store.flush()?;
+        }
+        Ok(())
+    };
+    let result = match holds.first() {
+        Some(first) => {
+            let also: Arc<[Ack]> = holds[1..].to_vec().into();
+            CURRENT_RECORD.sync_scope(first.clone(), || ALSO_HOLD.sync_scope(also, write))
+        }
+        None => write(),
+    };
+    if result.is_err() {
+        for ack in &holds {
+            ack.fail();
+        }
+    }
+    result
 }
 
 /// The running tasks' stores, shared with the engine (which hands them to processors).
@@ -149,6 +183,24 @@ impl StoreReader {
             .unwrap_or_default()
     }
 
+    /// The write of `key` (encoded) in `task`'s store `store` kept back until the next commit,
+    /// if any (`Some(None)`: a deletion).
+    pub(crate) fn kept_back<K, V>(
+        &self,
+        task: TaskId,
+        store: &str,
+        key: &[u8],
+    ) -> Result<Option<Option<V>>, crate::task::StoreAccessError>
+    where
+        K: 'static,
+        V: Clone + 'static,
+    {
+        match self.registry.get(task) {
+            Some(stores) => stores.kept_back::<K, V>(store, key),
+            None => Ok(None),
+        }
+    }
+
     /// `task`'s store `name`, read-only, with keys `K` and values `V` (as its processors
     /// type it). `None` when the task is not running here or has no such store.
     ///
@@ -224,6 +276,7 @@ impl ChangelogSink for TaskChangelog {
             timestamp: None,
         };
         let record = CURRENT_RECORD.try_with(Ack::clone).ok();
+        let also = ALSO_HOLD.try_with(Arc::clone).ok();
         let (delivered, failure, name) = (
             self.delivered.clone(),
             self.failure.clone(),
@@ -238,6 +291,7 @@ impl ChangelogSink for TaskChangelog {
                 let max = g.entry(name).or_insert(d.offset);
                 *max = (*max).max(d.offset);
                 drop(held);
+                drop(also);
             }
             Err(e) => {
                 tracing::error!(error = %e, "changelog write failed for good");
@@ -248,6 +302,9 @@ impl ChangelogSink for TaskChangelog {
                 // The record's offset must not be committed: its state change is not in
                 // the changelog.
                 if let Some(ack) = held {
+                    ack.fail();
+                }
+                for ack in also.iter().flat_map(|a| a.iter()) {
                     ack.fail();
                 }
             }
@@ -976,6 +1033,7 @@ impl RestorePlan {
                 specs: self.stores.clone(),
                 changelogs: self.settings.changelogs,
                 clocks: Default::default(),
+                write_back: Default::default(),
             }),
             changelog,
             path,
@@ -1068,6 +1126,7 @@ mod tests {
             specs: vec![StoreSpec::new("counts")],
             changelogs: true,
             clocks: Default::default(),
+            write_back: Default::default(),
         });
         let snapshot = Snapshot {
             stores: stores.clone(),

@@ -6,7 +6,7 @@ use crate::processor::ProcessError;
 use crate::{Record, Value};
 
 use super::stored::{StoredValue, key_bytes};
-use super::{OperatorContext, StatefulOperator, require_key, state};
+use super::{OperatorContext, StatefulOperator, require_key};
 
 /// The first aggregate of a key (or a window, or a session).
 pub type Initializer = Arc<dyn Fn() -> Value + Send + Sync>;
@@ -73,11 +73,11 @@ impl StatefulOperator for StreamAggregate {
         let Some(value) = &record.value else {
             return Ok(());
         };
-        let store = ctx.store::<Vec<u8>, StoredValue>(&self.store)?;
+        let store = ctx.cached::<Vec<u8>, StoredValue>(&self.store)?;
         let k = key_bytes(&key);
-        let current = state(store.get(&k))?.map(Value::from);
+        let current = store.get(&k)?.map(Value::from);
         let next = self.combine.apply(&key, value, current);
-        state(store.put(&k, &StoredValue::from(&next)))?;
+        store.set(k, Some(StoredValue::from(&next)))?;
         ctx.forward(record.with_value(Some(next)));
         Ok(())
     }
@@ -85,7 +85,7 @@ impl StatefulOperator for StreamAggregate {
 
 /// What a grouped table remembers per source key: the group it last sent the key's value to,
 /// and that value (to take it out again when the row changes).
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct Sent {
     group: StoredValue,
     value: StoredValue,
@@ -104,9 +104,9 @@ pub(crate) struct Regroup {
 impl StatefulOperator for Regroup {
     fn process(&self, record: Record, ctx: &mut OperatorContext) -> Result<(), ProcessError> {
         let key = require_key(&record, "group_by on a table")?.clone();
-        let store = ctx.store::<Vec<u8>, Sent>(&self.store)?;
+        let store = ctx.cached::<Vec<u8>, Sent>(&self.store)?;
         let k = key_bytes(&key);
-        if let Some(old) = state(store.get(&k))? {
+        if let Some(old) = store.get(&k)? {
             let mut out = record.clone();
             out.key = Some(Value::from(old.group));
             out.value = Some(Value::from(old.value));
@@ -120,15 +120,13 @@ impl StatefulOperator for Regroup {
                     group: StoredValue::from(&group),
                     value: StoredValue::from(value),
                 };
-                state(store.put(&k, &sent))?;
+                store.set(k, Some(sent))?;
                 let mut out = record.clone();
                 out.key = Some(group);
                 out.headers.insert(CHANGE_HEADER, "add");
                 ctx.forward(out);
             }
-            None => {
-                state(store.delete(&k))?;
-            }
+            None => store.set(k, None)?,
         }
         Ok(())
     }
@@ -151,9 +149,10 @@ impl StatefulOperator for TableAggregate {
             return Ok(());
         };
         let subtract = record.headers.get_str(CHANGE_HEADER) == Some("subtract");
-        let store = ctx.store::<Vec<u8>, StoredValue>(&self.store)?;
+        let store = ctx.cached::<Vec<u8>, StoredValue>(&self.store)?;
         let k = key_bytes(&key);
-        let current = state(store.get(&k))?
+        let current = store
+            .get(&k)?
             .map(Value::from)
             .unwrap_or_else(|| (self.init)());
         let next = if subtract {
@@ -161,7 +160,7 @@ impl StatefulOperator for TableAggregate {
         } else {
             (self.add)(&key, value, current)
         };
-        state(store.put(&k, &StoredValue::from(&next)))?;
+        store.set(k, Some(StoredValue::from(&next)))?;
         record.headers.0.retain(|h| h.key != CHANGE_HEADER);
         ctx.forward(record.with_value(Some(next)));
         Ok(())

@@ -26,6 +26,7 @@
 //! through [`StatefulOperator`].
 
 mod aggregate;
+mod cache;
 mod dsl;
 mod join;
 mod query;
@@ -211,6 +212,11 @@ impl OperatorContext {
     /// The late records counted so far, taken out.
     pub(crate) fn take_late(&mut self) -> u64 {
         std::mem::take(&mut self.late)
+    }
+
+    /// The record's task (`None` without one).
+    pub(crate) fn task(&self) -> Option<&std::sync::Arc<crate::task::TaskStores>> {
+        self.inner.task()
     }
 
     /// The task's windowed operators' stream clocks (`None` without a task).

@@ -27,6 +27,9 @@ pub enum QueryError {
     /// The store could not be read.
     #[error(transparent)]
     State(#[from] state::StateError),
+    /// The store is read with other types than its operator writes it with.
+    #[error(transparent)]
+    Access(#[from] crate::task::StoreAccessError),
     /// The reader was not taken from a runtime ([`Runtime::stores`](crate::Runtime::stores)).
     #[error("this reader does not know the runtime's topology and transport")]
     Detached,
@@ -87,7 +90,21 @@ impl StoreReader {
     /// ```
     pub fn table_get(&self, store: &str, key: &Value) -> Result<Option<Value>, QueryError> {
         let k = key_bytes(key);
+        let encoded = postcard::to_allocvec(&k).map_err(|e| {
+            QueryError::State(state::StateError::Encode {
+                store: store.to_owned(),
+                what: "key",
+                source: e,
+            })
+        })?;
         for task in self.tasks_with(store) {
+            // A write kept back until the next commit is the newest value.
+            if let Some(kept) = self.kept_back::<Vec<u8>, StoredValue>(task, store, &encoded)? {
+                match kept {
+                    Some(v) => return Ok(Some(Value::from(v))),
+                    None => continue,
+                }
+            }
             if let Some(s) = self.store::<Vec<u8>, StoredValue>(task, store)?
                 && let Some(v) = s.get(&k)?
             {

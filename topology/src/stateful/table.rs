@@ -4,7 +4,7 @@ use crate::processor::ProcessError;
 use crate::{Record, Value};
 
 use super::stored::{StoredValue, key_bytes};
-use super::{OperatorContext, StatefulOperator, require_key, state};
+use super::{OperatorContext, StatefulOperator, require_key};
 
 /// Upserts each record into the table's store (a tombstone deletes its key) and forwards it:
 /// what [`TopologyBuilder::table`](crate::TopologyBuilder::table) and
@@ -16,15 +16,8 @@ pub(crate) struct Materialize {
 impl StatefulOperator for Materialize {
     fn process(&self, record: Record, ctx: &mut OperatorContext) -> Result<(), ProcessError> {
         let key = key_bytes(require_key(&record, "table")?);
-        let table = ctx.store::<Vec<u8>, StoredValue>(&self.store)?;
-        match &record.value {
-            Some(v) => {
-                state(table.put(&key, &StoredValue::from(v)))?;
-            }
-            None => {
-                state(table.delete(&key))?;
-            }
-        }
+        let table = ctx.cached::<Vec<u8>, StoredValue>(&self.store)?;
+        table.set(key, record.value.as_ref().map(StoredValue::from))?;
         ctx.forward(record);
         Ok(())
     }
@@ -36,8 +29,8 @@ pub(crate) fn lookup(
     store: &str,
     key: &Value,
 ) -> Result<Option<Value>, ProcessError> {
-    let table = ctx.store::<Vec<u8>, StoredValue>(store)?;
-    Ok(state(table.get(&key_bytes(key)))?.map(Value::from))
+    let table = ctx.cached::<Vec<u8>, StoredValue>(store)?;
+    Ok(table.get(&key_bytes(key))?.map(Value::from))
 }
 
 /// The row a Debezium change event describes: its `after` image (parsed when the connector

@@ -378,8 +378,9 @@ impl StatefulOperator for WindowAggregate {
             return Ok(());
         };
         let ts = require_timestamp(&record, "windowed aggregate")?;
-        let store = ctx.store::<TimeKey, Slot>(&self.store)?;
-        let stream_time = advance_stream_time(ctx, &self.store, &store, &time_meta(), ts)?;
+        let windows = ctx.cached::<TimeKey, Slot>(&self.store)?;
+        let store = windows.store();
+        let stream_time = advance_stream_time(ctx, &self.store, store, &time_meta(), ts)?;
         let close = stream_time.saturating_sub(millis(self.windows.grace));
         let kb = key_bytes(&key);
         let open: Vec<Window> = self
@@ -393,20 +394,20 @@ impl StatefulOperator for WindowAggregate {
         }
         for window in open {
             let slot_key = (time_bytes(window.start), kb.clone());
-            let current = match state(store.get(&slot_key))? {
+            let current = match windows.get(&slot_key)? {
                 Some(Slot::Entry { value, .. }) => Some(Value::from(value)),
                 _ => None,
             };
             let next = self.combine.apply(&key, &value, current);
-            state(store.put(
-                &slot_key,
-                &Slot::Entry {
+            windows.set(
+                slot_key,
+                Some(Slot::Entry {
                     key: StoredValue::from(&key),
                     value: StoredValue::from(&next),
                     end: window.end,
                     timestamp: ts,
-                },
-            ))?;
+                }),
+            )?;
             let mut out = record.clone();
             out.key = Some(window.key_for(&key));
             out.value = Some(next);
@@ -431,7 +432,7 @@ impl StatefulOperator for WindowAggregate {
             expired.push(slot_key);
         }
         for slot_key in expired {
-            state(store.delete(&slot_key))?;
+            windows.set(slot_key, None)?;
         }
         Ok(())
     }
