@@ -63,7 +63,14 @@ impl Window {
 /// assert_eq!(windowed_key(&key), Some((Value::Json("sensor-1".into()), w)));
 /// ```
 pub fn windowed_key(key: &Value) -> Option<(Value, Window)> {
-    let json = key.to_json();
+    let owned;
+    let json = match key {
+        Value::Json(json) => json,
+        other => {
+            owned = other.to_json();
+            &owned
+        }
+    };
     let start = json.get("start")?.as_i64()?;
     let end = json.get("end")?.as_i64()?;
     Some((Value::Json(json.get("key")?.clone()), Window { start, end }))
@@ -392,7 +399,9 @@ impl StatefulOperator for WindowAggregate {
         if open.is_empty() {
             return late(self.windows.late, ctx, &record, ts, stream_time);
         }
-        for window in open {
+        let last = open.len() - 1;
+        let mut record = Some(record);
+        for (i, window) in open.into_iter().enumerate() {
             let slot_key = (time_bytes(window.start), kb.clone());
             let current = match windows.get(&slot_key)? {
                 Some(Slot::Entry { value, .. }) => Some(Value::from(value)),
@@ -408,7 +417,13 @@ impl StatefulOperator for WindowAggregate {
                     timestamp: ts,
                 }),
             )?;
-            let mut out = record.clone();
+            // The record itself goes out for its last window, a copy for the others.
+            let mut out = if i == last {
+                record.take()
+            } else {
+                record.clone()
+            }
+            .ok_or_else(|| ProcessError::permanent("windowed aggregate: no record"))?;
             out.key = Some(window.key_for(&key));
             out.value = Some(next);
             ctx.forward(out);
