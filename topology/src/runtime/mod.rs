@@ -420,7 +420,7 @@ async fn create_internal_topics(
         .into_iter()
         .filter(|t| !internal.contains(t))
         .collect();
-    tokio::task::spawn_blocking(move || {
+    on_blocking_thread("creating internal topics", move || {
         let mut partitions = 1;
         for topic in &external {
             partitions = partitions.max(log.partitions(topic)?.unwrap_or(1));
@@ -431,13 +431,23 @@ async fn create_internal_topics(
         Ok(())
     })
     .await
-    .map_err(|e| RuntimeError::Restore {
-        task: TaskId {
-            subtopology: 0,
-            partition: -1,
-        },
-        message: format!("creating internal topics: {e}"),
-    })?
+}
+
+/// Runs `work` (blocking calls to the log) on a blocking thread; a thread that panicked is
+/// reported as `what` failing.
+async fn on_blocking_thread(
+    what: &str,
+    work: impl FnOnce() -> Result<(), RuntimeError> + Send + 'static,
+) -> Result<(), RuntimeError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| RuntimeError::Restore {
+            task: TaskId {
+                subtopology: 0,
+                partition: -1,
+            },
+            message: format!("{what}: {e}"),
+        })?
 }
 
 /// Checks, before joining the group, that every sub-topology with stores reads co-partitioned
@@ -455,7 +465,7 @@ async fn check_layout(
     if subtopologies.is_empty() {
         return Ok(());
     }
-    tokio::task::spawn_blocking(move || {
+    on_blocking_thread("layout check task", move || {
         for (id, topics) in subtopologies {
             let mut counts = Vec::new();
             for topic in topics {
@@ -468,13 +478,6 @@ async fn check_layout(
         Ok(())
     })
     .await
-    .map_err(|e| RuntimeError::Restore {
-        task: TaskId {
-            subtopology: 0,
-            partition: -1,
-        },
-        message: format!("layout check task: {e}"),
-    })?
 }
 
 fn unreachable_metrics() -> Arc<Metrics> {

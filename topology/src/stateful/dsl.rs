@@ -31,6 +31,15 @@ fn internal() -> SerdeRef {
     Arc::new(InternalSerde)
 }
 
+/// Adds the operator node `name` after `stream`, with a store of its own named `name`.
+fn own_store_node(stream: &Stream, name: &str, operator: super::OperatorRef) -> Table {
+    builder_of(stream).store(StoreSpec::new(name));
+    Table {
+        stream: stream.stateful(name, operator, &[name]),
+        store: Some(name.to_owned()),
+    }
+}
+
 /// A table: the latest value per key, as a stream of its changes (tombstones delete).
 /// Materialized tables keep their rows in a task store of their own name; joins and
 /// queries need one ([`materialize`](Self::materialize)).
@@ -85,18 +94,8 @@ impl TopologyBuilder {
 
 impl Table {
     fn materialized(stream: &Stream, name: &str) -> Table {
-        builder_of(stream).store(StoreSpec::new(name));
-        let node = stream.stateful(
-            name,
-            Arc::new(Materialize {
-                store: name.to_owned(),
-            }),
-            &[name],
-        );
-        Table {
-            stream: node,
-            store: Some(name.to_owned()),
-        }
+        let store = name.to_owned();
+        own_store_node(stream, name, Arc::new(Materialize { store }))
     }
 
     /// The table materialized in store `store` of the builder `b` (whose node of the same
@@ -376,19 +375,12 @@ pub struct GroupedStream {
 
 impl GroupedStream {
     fn aggregated(&self, name: &str, combine: Combine) -> Table {
-        builder_of(&self.stream).store(StoreSpec::new(name));
-        let node = self.stream.stateful(
+        let store = name.to_owned();
+        own_store_node(
+            &self.stream,
             name,
-            Arc::new(StreamAggregate {
-                store: name.to_owned(),
-                combine,
-            }),
-            &[name],
-        );
-        Table {
-            stream: node,
-            store: Some(name.to_owned()),
-        }
+            Arc::new(StreamAggregate { store, combine }),
+        )
     }
 
     /// Records per key (a JSON number), in store `name`.
@@ -457,18 +449,15 @@ impl WindowedTable {
     /// `name`) and forwarded once stream time passes the window's end plus the grace period
     /// (Kafka Streams' `suppress(untilWindowCloses(unbounded()))`).
     pub fn suppress_until_window_closes(&self, name: &str) -> WindowedTable {
-        builder_of(&self.table.stream).store(StoreSpec::new(name));
-        let node = self.table.stream.stateful(
-            name,
-            Arc::new(SuppressUntilClosed {
-                store: name.to_owned(),
-                grace: self.grace,
-            }),
-            &[name],
-        );
+        let operator = SuppressUntilClosed {
+            store: name.to_owned(),
+            grace: self.grace,
+        };
+        let buffer = own_store_node(&self.table.stream, name, Arc::new(operator));
         WindowedTable {
+            // The buffer holds windows not closed yet: not the table's rows.
             table: Table {
-                stream: node,
+                stream: buffer.stream,
                 store: None,
             },
             grace: self.grace,
@@ -485,21 +474,13 @@ pub struct WindowedStream {
 
 impl WindowedStream {
     fn aggregated(&self, name: &str, combine: Combine) -> WindowedTable {
-        builder_of(&self.stream).store(StoreSpec::new(name));
-        let node = self.stream.stateful(
-            name,
-            Arc::new(WindowAggregate {
-                store: name.to_owned(),
-                windows: self.windows,
-                combine,
-            }),
-            &[name],
-        );
+        let operator = WindowAggregate {
+            store: name.to_owned(),
+            windows: self.windows,
+            combine,
+        };
         WindowedTable {
-            table: Table {
-                stream: node,
-                store: Some(name.to_owned()),
-            },
+            table: own_store_node(&self.stream, name, Arc::new(operator)),
             grace: self.windows.grace,
         }
     }
@@ -562,25 +543,17 @@ impl SessionWindowedStream {
         add: impl Fn(&Value, &Value, Value) -> Value + Send + Sync + 'static,
         merge: impl Fn(&Value, Value, Value) -> Value + Send + Sync + 'static,
     ) -> WindowedTable {
-        builder_of(&self.stream).store(StoreSpec::new(name));
         let merge: Merger = Arc::new(merge);
-        let node = self.stream.stateful(
-            name,
-            Arc::new(SessionAggregate {
-                store: name.to_owned(),
-                windows: self.windows,
-                init: Arc::new(init),
-                add: Arc::new(add),
-                merge,
-                expired_at: Mutex::default(),
-            }),
-            &[name],
-        );
+        let operator = SessionAggregate {
+            store: name.to_owned(),
+            windows: self.windows,
+            init: Arc::new(init),
+            add: Arc::new(add),
+            merge,
+            expired_at: Mutex::default(),
+        };
         WindowedTable {
-            table: Table {
-                stream: node,
-                store: Some(name.to_owned()),
-            },
+            table: own_store_node(&self.stream, name, Arc::new(operator)),
             grace: self.windows.grace,
         }
     }
@@ -628,21 +601,13 @@ impl GroupedTable {
             &[&prior],
         );
         let grouped = repartition(&regrouped, &self.name);
-        b.store(StoreSpec::new(name));
         let (add, subtract): (Aggregator, Subtractor) = (Arc::new(add), Arc::new(subtract));
-        let node = grouped.stateful(
-            name,
-            Arc::new(TableAggregate {
-                store: name.to_owned(),
-                init: Arc::new(init),
-                add,
-                subtract,
-            }),
-            &[name],
-        );
-        Table {
-            stream: node,
-            store: Some(name.to_owned()),
-        }
+        let operator = TableAggregate {
+            store: name.to_owned(),
+            init: Arc::new(init),
+            add,
+            subtract,
+        };
+        own_store_node(&grouped, name, Arc::new(operator))
     }
 }
