@@ -228,14 +228,15 @@ pub fn document() -> Value {
             "/api/v1/pipeline/products/{productId}/state": {"get": {
                 "operationId": "getPipelineProductState",
                 "description": "The image pipeline's state of one product, read from the task store holding it in this instance (an interactive query). 404 when no task of this instance holds it: `details.instances` lists the group's members, their announced addresses and partitions.",
-                "parameters": [product_id_parameter(), {"name": "mallId", "in": "query", "required": true, "schema": id_schema()}],
+                "parameters": [product_id_parameter(), mall_parameter()],
                 "responses": {
                     "200": success_response("The product's pipeline state", json!({"type": "object", "required": ["mallId", "productId", "task", "state"], "properties": {
                         "mallId": {"type": "string"}, "productId": {"type": "string"},
                         "task": {"type": "string"}, "instance": {"type": ["string", "null"]},
                         "state": {"type": "object"}}})),
-                    "400": error_response("A bad or missing productId or mallId"),
+                    "400": error_response("A bad productId or mallId"),
                     "404": error_response("No task of this instance holds the product: `details.instances`, `details.localTasks`"),
+                    "409": error_response("The product id exists in several malls: `details.mallIds`"),
                     "503": error_response("The store does not answer")
                 }
             }},

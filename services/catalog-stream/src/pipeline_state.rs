@@ -1,7 +1,9 @@
-//! `GET /api/v1/pipeline/products/{productId}/state?mallId=…`: the image pipeline's state of
+//! `GET /api/v1/pipeline/products/{productId}/state[?mallId=…]`: the image pipeline's state of
 //! one product, read from the task store that holds it in this instance (an interactive query
 //! of the engine's `product-images` store): the version applied, the image recorded, the last
-//! failure. Served by the processes that run the image pipeline.
+//! failure. Served by the processes that run the image pipeline. Without `mallId` the local
+//! tasks' stores are scanned for the product id (409 with `details.mallIds` when several malls
+//! have it), as the other routes resolve an id.
 //!
 //! A product's state lives in the task of its partition, on one instance. When no task of
 //! this instance holds it, the answer is 404 with `details.instances`: the group's members,
@@ -75,16 +77,17 @@ async fn product_state(
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|rejection| ApiError::invalid(None, rejection.body_text()))?;
     check_id("productId", &product_id)?;
-    let Some(mall_id) = query.mall_id else {
-        return Err(ApiError::invalid(
-            Some("mallId".into()),
-            "`mallId` is required: the pipeline keys its state by mall and product",
-        ));
-    };
-    check_id("mallId", &mall_id)?;
-    let key = event_key(&ProductKey::new(&mall_id, &product_id));
+    if let Some(mall_id) = &query.mall_id {
+        check_id("mallId", mall_id)?;
+    }
+    let wanted = query
+        .mall_id
+        .as_ref()
+        .map(|mall_id| event_key(&ProductKey::new(mall_id, &product_id)));
     let unavailable = |e: &dyn std::fmt::Display| ApiError::unavailable("the pipeline state", e);
     let mut local_tasks = Vec::new();
+    // (mall, task, state) of every local entry of the product.
+    let mut found: Vec<(String, String, ProductImageState)> = Vec::new();
     for task in service.stores.tasks() {
         let Some(store) = service
             .stores
@@ -94,20 +97,59 @@ async fn product_state(
             continue;
         };
         local_tasks.push(task.to_string());
-        if let Some(state) = store.get(key.as_str()).map_err(|e| unavailable(&e))? {
-            let data = StateBody {
-                mall_id: &mall_id,
-                product_id: &product_id,
-                task: task.to_string(),
-                instance: service.advertised_address.as_deref(),
-                state: &state,
-            };
-            return Ok(json_response(
-                StatusCode::OK,
-                &serde_json::json!({"message": "success", "data": data}),
-            ));
+        match (&wanted, &query.mall_id) {
+            (Some(key), Some(mall_id)) => {
+                if let Some(state) = store.get(key.as_str()).map_err(|e| unavailable(&e))? {
+                    found.push((mall_id.clone(), task.to_string(), state));
+                }
+            }
+            // No mall given: the product's entries in this instance's tasks (a scan).
+            _ => {
+                for entry in store.iter() {
+                    let (key, state) = entry.map_err(|e| unavailable(&e))?;
+                    if let Ok(key) = serde_json::from_str::<ProductKey>(&key)
+                        && key.product_id == product_id
+                    {
+                        found.push((key.mall_id, task.to_string(), state));
+                    }
+                }
+            }
         }
     }
+    match found.as_slice() {
+        [(mall_id, task, state)] => {
+            let data = StateBody {
+                mall_id,
+                product_id: &product_id,
+                task: task.clone(),
+                instance: service.advertised_address.as_deref(),
+                state,
+            };
+            Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({"message": "success", "data": data}),
+            ))
+        }
+        [] => Err(not_held(&service, &product_id, query.mall_id.as_deref(), local_tasks).await),
+        several => {
+            let malls: Vec<&str> = several.iter().map(|(mall, _, _)| mall.as_str()).collect();
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "ambiguous_product",
+                format!("product `{product_id}` exists in several malls; give `mallId`"),
+            )
+            .with_details(serde_json::json!({ "mallIds": malls })))
+        }
+    }
+}
+
+/// 404: no running task of this instance holds the product; names the group's instances.
+async fn not_held(
+    service: &PipelineState,
+    product_id: &str,
+    mall_id: Option<&str>,
+    local_tasks: Vec<String>,
+) -> ApiError {
     let instances: Vec<serde_json::Value> = match service.stores.instances().await {
         Ok(members) => members
             .into_iter()
@@ -123,12 +165,15 @@ async fn product_state(
             Vec::new()
         }
     };
-    Err(ApiError::not_found(format!(
-        "no running task of this instance holds product `{product_id}` of mall `{mall_id}`: \
-         it is unknown, or held by another instance"
+    let which = match mall_id {
+        Some(mall_id) => format!("product `{product_id}` of mall `{mall_id}`"),
+        None => format!("product `{product_id}`"),
+    };
+    ApiError::not_found(format!(
+        "no running task of this instance holds {which}: it is unknown, or held by another instance"
     ))
     .with_details(serde_json::json!({
         "instances": instances,
         "localTasks": local_tasks,
-    })))
+    }))
 }

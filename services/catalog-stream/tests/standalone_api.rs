@@ -173,9 +173,20 @@ async fn readme_session_post_list_get_status_update_delete_restart() {
             .is_some_and(|t| t.contains('_')),
         "{body}"
     );
+    // Without the mall: found by scanning this instance's tasks (one mall has it).
     let (status, body) = get_json(
         &client,
         &server.url("/api/v1/pipeline/products/mug-1/state"),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["data"]["mallId"]),
+        (200, &serde_json::json!(MALL)),
+        "{body}"
+    );
+    let (status, body) = get_json(
+        &client,
+        &server.url("/api/v1/pipeline/products/mug-1/state?mallId=%01"),
     )
     .await;
     assert_eq!(
