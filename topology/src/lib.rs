@@ -1,8 +1,9 @@
 //! `topology`: a Kafka Streams-style engine.
 //!
-//! A topology is a graph of sources, stateless operators, asynchronous processors and sinks,
-//! declared in Rust ([`TopologyBuilder`]) or in a configuration file ([`config`]), described in
-//! Kafka Streams' text shape and as Mermaid ([`Topology::describe`]), and run by the
+//! A topology is a graph of sources, stateless operators, asynchronous processors, stateful
+//! operators (tables, aggregations, windows, joins: [`stateful`]) and sinks, declared in Rust
+//! ([`TopologyBuilder`]) or in a configuration file ([`config`]), described in Kafka Streams'
+//! text shape and as Mermaid ([`Topology::describe`]), and run by the
 //! [`Runtime`] over Kafka ([`transport::KafkaTransport`]) or an embedded sled-backed log
 //! ([`transport::EmbeddedTransport`]). [`TopologyTestDriver`] runs a topology in-process for
 //! tests. State belongs to tasks (a sub-topology on one partition): stores declared in the
