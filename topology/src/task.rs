@@ -164,22 +164,25 @@ where
 }
 
 impl TaskStores {
-    /// The kept-back writes and the records they hold, taken out.
-    pub(crate) fn take_write_back(
+    /// Writes the kept-back writes out with `write`, which is handed them and the records they
+    /// hold. The task's write-back stays locked meanwhile: an operator running on another
+    /// thread (after an async stage) neither reads a value that left the write-back but has
+    /// not reached the store yet, nor keeps a write back that this flush would miss.
+    pub(crate) fn flush_write_back_with(
         &self,
-    ) -> (
-        std::collections::HashMap<String, Box<dyn DirtyStore>>,
-        Vec<crate::runtime::Ack>,
-    ) {
+        write: impl FnOnce(
+            &mut std::collections::HashMap<String, Box<dyn DirtyStore>>,
+            &[crate::runtime::Ack],
+        ) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
         let mut wb = self
             .write_back
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         wb.entries = 0;
-        (
-            std::mem::take(&mut wb.stores),
-            std::mem::take(&mut wb.holds),
-        )
+        let mut stores = std::mem::take(&mut wb.stores);
+        let holds = std::mem::take(&mut wb.holds);
+        write(&mut stores, &holds)
     }
 
     /// The kept-back value of `key` in store `store` (`Some(None)`: kept-back deletion;

@@ -43,29 +43,30 @@ tokio::task_local! {
 /// Held records of a revoked (cancelled) partition mean the task is gone: nothing is written.
 /// A store that fails marks the held records failed, so nothing past them is committed.
 pub(crate) fn flush_write_back(stores: &crate::task::TaskStores) -> Result<(), StateError> {
-    let (mut dirty, holds) = stores.take_write_back();
-    if dirty.is_empty() || holds.iter().any(|ack| ack.cancel.is_cancelled()) {
-        return Ok(());
-    }
-    let mut write = || -> Result<(), StateError> {
-        for store in dirty.values_mut() {
-            store.flush()?;
+    stores.flush_write_back_with(|dirty, holds| {
+        if dirty.is_empty() || holds.iter().any(|ack| ack.cancel.is_cancelled()) {
+            return Ok(());
         }
-        Ok(())
-    };
-    let result = match holds.first() {
-        Some(first) => {
-            let also: Arc<[Ack]> = holds[1..].to_vec().into();
-            CURRENT_RECORD.sync_scope(first.clone(), || ALSO_HOLD.sync_scope(also, write))
+        let mut write = || -> Result<(), StateError> {
+            for store in dirty.values_mut() {
+                store.flush()?;
+            }
+            Ok(())
+        };
+        let result = match holds.first() {
+            Some(first) => {
+                let also: Arc<[Ack]> = holds[1..].to_vec().into();
+                CURRENT_RECORD.sync_scope(first.clone(), || ALSO_HOLD.sync_scope(also, write))
+            }
+            None => write(),
+        };
+        if result.is_err() {
+            for ack in holds {
+                ack.fail();
+            }
         }
-        None => write(),
-    };
-    if result.is_err() {
-        for ack in &holds {
-            ack.fail();
-        }
-    }
-    result
+        result
+    })
 }
 
 /// The running tasks' stores, shared with the engine (which hands them to processors).
