@@ -205,6 +205,13 @@ pub(super) fn compile(topology: &Topology, metrics: &Arc<Metrics>) -> Vec<Step> 
         .enumerate()
         .map(|(index, node)| {
             let name: Arc<str> = node.name.as_str().into();
+            // The sub-topology whose task stores a node using `stores` reaches, if any.
+            let store_owner = |stores: &[String]| {
+                topology
+                    .subtopology_of_node(index)
+                    .filter(|s| s.is_stateful() && !stores.is_empty())
+                    .map(|s| s.id)
+            };
             let action = match &node.kind {
                 NodeKind::Source {
                     key_serde,
@@ -223,10 +230,7 @@ pub(super) fn compile(topology: &Topology, metrics: &Arc<Metrics>) -> Vec<Step> 
                     operator: operator.clone(),
                     node_name: name.clone(),
                     stores: stores.clone().into(),
-                    stateful_subtopology: topology
-                        .subtopology_of_node(index)
-                        .filter(|s| s.is_stateful() && !stores.is_empty())
-                        .map(|s| s.id),
+                    stateful_subtopology: store_owner(stores),
                     next_punctuation: Mutex::new(HashMap::new()),
                     late: OnceLock::new(),
                 }),
@@ -239,10 +243,7 @@ pub(super) fn compile(topology: &Topology, metrics: &Arc<Metrics>) -> Vec<Step> 
                     options: options.clone(),
                     node_name: name.clone(),
                     stores: stores.clone().into(),
-                    stateful_subtopology: topology
-                        .subtopology_of_node(index)
-                        .filter(|s| s.is_stateful() && !stores.is_empty())
-                        .map(|s| s.id),
+                    stateful_subtopology: store_owner(stores),
                     semaphore: Arc::new(Semaphore::new(options.concurrency.max(1))),
                     chains: Mutex::new(HashMap::new()),
                     seq: Default::default(),
