@@ -177,6 +177,52 @@ async fn create_topic_with(
     Ok(true)
 }
 
+/// The schema id in the first record of `topic`'s partition 0 (Confluent wire format).
+fn first_schema_id(bootstrap: &str, topic: &str) -> anyhow::Result<Option<u32>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "bench-harness-probe")
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("probe consumer")?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .context("probe partition")?;
+    consumer.assign(&tpl).context("assign probe")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some(got) = consumer.poll(Duration::from_millis(200)) {
+            let message = got.context("probe read")?;
+            return Ok(message
+                .payload()
+                .and_then(|v| v.get(1..5))
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(u32::from_be_bytes));
+        }
+    }
+    Ok(None)
+}
+
+async fn delete_topic(bootstrap: &str, topic: &str) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .context("admin client")?;
+    for r in admin
+        .delete_topics(
+            &[topic],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .context("delete topic")?
+    {
+        if let Err((t, e)) = r {
+            bail!("deleting {t}: {e}");
+        }
+    }
+    Ok(())
+}
+
 fn watcher(bootstrap: &str) -> anyhow::Result<BaseConsumer> {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -191,24 +237,43 @@ async fn produce(
     partitions: i32,
     n: u64,
 ) -> anyhow::Result<()> {
-    let created = create_topic(bootstrap, topic, partitions).await?;
-    let w = watcher(bootstrap)?;
-    if !created {
-        let have = high_watermarks(&w, topic, partitions)?;
-        if have == n as i64 {
-            eprintln!("bench-harness: {topic} already holds {n} records");
-            return Ok(());
-        }
-        if have != 0 {
-            bail!("{topic} exists with {have} records, not {n}: delete it or pick another name");
-        }
-    }
     let schema = apache_avro::Schema::parse_str(ENVELOPE_SCHEMA).context("envelope schema")?;
     let sr = HttpSchemaRegistry::new(registry);
     let id = sr
         .register(&format!("{topic}-value"), &schema)
         .await
         .context("register the envelope schema")?;
+    let mut created = create_topic(bootstrap, topic, partitions).await?;
+    let w = watcher(bootstrap)?;
+    if !created && high_watermarks(&w, topic, partitions)? == n as i64 {
+        // A registry started afresh since the topic was filled hands out other ids: the old
+        // records would name a schema it does not have (or another one).
+        let first = first_schema_id(bootstrap, topic)?;
+        if first == Some(id) {
+            eprintln!("bench-harness: {topic} already holds {n} records");
+            return Ok(());
+        }
+        eprintln!(
+            "bench-harness: {topic} holds records of schema id {first:?}, the registry now has {id}: filling it again"
+        );
+        delete_topic(bootstrap, topic).await?;
+        for _ in 0..50 {
+            created = create_topic(bootstrap, topic, partitions).await?;
+            if created {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if !created {
+            bail!("{topic} could not be created again after deleting it");
+        }
+    }
+    if !created {
+        let have = high_watermarks(&w, topic, partitions)?;
+        if have != 0 {
+            bail!("{topic} exists with {have} records, not {n}: delete it or pick another name");
+        }
+    }
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "20")
