@@ -57,6 +57,11 @@ pub struct RuntimeConfig {
     /// producer's acknowledgement, before it is paused (resumed at half). Never below
     /// `max_in_flight_per_partition`.
     pub max_unacked_per_partition: usize,
+    /// The most records one poll hands the loop (Kafka's `max.poll.records`). The loop's own
+    /// checks (assignment changes, commit and punctuation times, shutdown) run once per poll,
+    /// so a batch spreads them over its records; back-pressure may overshoot its limits by
+    /// up to one batch.
+    pub max_poll_records: usize,
     /// How long one poll waits (while a partition is paused, at most
     /// [`PAUSED_POLL_TIMEOUT`], so it resumes promptly).
     pub poll_timeout: Duration,
@@ -140,6 +145,7 @@ impl RuntimeConfig {
             commit_interval: Duration::from_secs(1),
             max_in_flight_per_partition: 1000,
             max_unacked_per_partition: 20_000,
+            max_poll_records: 500,
             poll_timeout: Duration::from_millis(50),
             drain_timeout: Duration::from_secs(30),
             exactly_once: false,

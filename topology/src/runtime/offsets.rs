@@ -422,6 +422,16 @@ impl OffsetTracker {
             .sum()
     }
 
+    /// The token cancelled when `tp`'s current assignment ends (revoked, lost or reset);
+    /// `None` when it is not assigned. Records kept for later compare against it: work of an
+    /// earlier assignment is read again from the log, not carried over.
+    pub fn assignment_token(&self, tp: &TopicPartition) -> Option<CancellationToken> {
+        self.lock()
+            .partitions
+            .get(tp)
+            .map(|a| a.live.cancel.clone())
+    }
+
     /// Assigned partitions, sorted.
     pub fn assigned(&self) -> Vec<TopicPartition> {
         let mut v: Vec<_> = self.lock().partitions.keys().cloned().collect();

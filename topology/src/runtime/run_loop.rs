@@ -20,6 +20,9 @@ use super::{PAUSED_POLL_TIMEOUT, RunSummary, RuntimeConfig, RuntimeError, failur
 use crate::transport::{CommittedOffsets, SourceConsumer, TopicPartition, TransportError};
 use crate::{Metrics, RawRecord};
 
+/// How often the loop looks again while it waits for the producer to acknowledge outputs.
+const ACK_WAIT_STEP: Duration = Duration::from_millis(1);
+
 /// How often the loop looks for due wall-clock punctuations: their resolution.
 const WALL_CLOCK_TICK: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -38,6 +41,13 @@ pub(super) struct RunLoop {
     draining: Option<Drain>,
     /// Exactly-once: records polled while draining, ingested once the commit is made.
     held: VecDeque<RawRecord>,
+    /// The records of the last poll (kept to reuse its allocation).
+    batch: Vec<RawRecord>,
+    /// Records a batch brought for partitions paused for back-pressure meanwhile: ingested
+    /// when their partition resumes, before it fetches again (the consumer's position is
+    /// already past them), unless the assignment they were polled under ended (the token
+    /// beside each is cancelled): then the log gives them again to whoever owns them.
+    backlog: VecDeque<(RawRecord, CancellationToken)>,
     /// The tracker's reset count when the loop last looked: a change means the partitions
     /// were rewound (an aborted transaction).
     resets: u64,
@@ -67,10 +77,8 @@ struct Drain {
 enum Polled {
     /// Shutdown was requested.
     Shutdown,
-    /// Nothing within the poll timeout.
-    Nothing,
-    /// The record polled.
-    Record(RawRecord),
+    /// Records (none when nothing came within the poll timeout), in `RunLoop::batch`.
+    Batch,
 }
 
 impl RunLoop {
@@ -99,6 +107,8 @@ impl RunLoop {
             paused: HashSet::new(),
             draining: None,
             held: VecDeque::new(),
+            batch: Vec::new(),
+            backlog: VecDeque::new(),
             last_commit: Instant::now(),
             lag_update: None,
             summary: RunSummary::default(),
@@ -109,21 +119,35 @@ impl RunLoop {
     pub(super) async fn run(&mut self, shutdown: &CancellationToken) -> Result<(), RuntimeError> {
         loop {
             self.apply_assignment().await?;
-            self.resume_below_low_water()?;
-            match self.poll(shutdown).await? {
-                Polled::Shutdown => return Ok(()),
-                Polled::Nothing => {}
-                Polled::Record(raw) => {
-                    self.summary.consumed += 1;
-                    // Ingested from here, not through an async helper that also holds: the
-                    // engine's future is large and nests in every async layer around it.
-                    if self.draining.is_some() {
-                        self.hold(raw)?;
-                    } else {
-                        self.ingest(raw).await?;
+            self.resume_below_low_water().await?;
+            if let Polled::Shutdown = self.poll(shutdown).await? {
+                return Ok(());
+            }
+            let mut batch = std::mem::take(&mut self.batch);
+            let mut ingested = Ok(());
+            for raw in batch.drain(..) {
+                self.summary.consumed += 1;
+                // Ingested from here, not through an async helper that also holds: the
+                // engine's future is large and nests in every async layer around it.
+                ingested = if self.draining.is_some() {
+                    self.hold(raw)
+                } else if !self.paused.is_empty()
+                    && let tp = TopicPartition::new(&raw.topic, raw.partition)
+                    && self.paused.contains(&tp)
+                {
+                    if let Some(token) = self.tracker.assignment_token(&tp) {
+                        self.backlog.push_back((raw, token));
                     }
+                    Ok(())
+                } else {
+                    self.ingest(raw).await
+                };
+                if ingested.is_err() {
+                    break;
                 }
             }
+            self.batch = batch;
+            ingested?;
             self.punctuate_when_due().await;
             self.commit_when_due().await?;
             self.finish_drain().await?;
@@ -173,8 +197,9 @@ impl RunLoop {
     }
 
     /// Resumes the partitions paused for back-pressure whose in-flight work dropped to the
-    /// low-water mark. Runs before blocking in poll, so they are fetched again at once.
-    fn resume_below_low_water(&mut self) -> Result<(), RuntimeError> {
+    /// low-water mark: first their backlog, then their fetching (unless the backlog paused
+    /// them again). Runs before blocking in poll, so they are fetched again at once.
+    async fn resume_below_low_water(&mut self) -> Result<(), RuntimeError> {
         if self.paused.is_empty() {
             return Ok(());
         }
@@ -198,9 +223,28 @@ impl RunLoop {
         for tp in &ready {
             self.paused.remove(tp);
         }
+        if !self.backlog.is_empty() {
+            let backlog = std::mem::take(&mut self.backlog);
+            for (raw, token) in backlog {
+                let tp = TopicPartition::new(&raw.topic, raw.partition);
+                if token.is_cancelled() || !assigned.contains(&tp) {
+                    // Revoked or rewound meanwhile: read again by its (next) owner.
+                    continue;
+                }
+                if self.paused.contains(&tp) || self.draining.is_some() {
+                    // Stays paused until its backlog is in: fetching first would reorder it.
+                    self.paused.insert(tp);
+                    self.backlog.push_back((raw, token));
+                } else {
+                    self.ingest(raw).await?;
+                }
+            }
+        }
         let live: Vec<_> = ready
             .into_iter()
-            .filter(|tp| assigned.contains(tp) && !self.tasks.is_waiting(tp))
+            .filter(|tp| {
+                assigned.contains(tp) && !self.paused.contains(tp) && !self.tasks.is_waiting(tp)
+            })
             .collect();
         if !live.is_empty() {
             tracing::debug!(partitions = ?live, "resuming after back-pressure");
@@ -209,32 +253,35 @@ impl RunLoop {
         Ok(())
     }
 
-    /// Polls one record (or nothing within the timeout, or the shutdown), then catches up
-    /// with what the rebalance callbacks did inside the poll.
+    /// Polls a batch of records into `self.batch` (none within the timeout, or the
+    /// shutdown), then catches up with what the rebalance callbacks did inside the poll. A
+    /// batch ends at the first record polled across a rebalance, so what follows is applied
+    /// here before any of it is ingested.
     async fn poll(&mut self, shutdown: &CancellationToken) -> Result<Polled, RuntimeError> {
         let timeout = if self.paused.is_empty() {
             self.cfg.poll_timeout
         } else {
             self.cfg.poll_timeout.min(PAUSED_POLL_TIMEOUT)
         };
-        let polled = tokio::select! {
+        let max = self.cfg.max_poll_records.max(1);
+        tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ok(Polled::Shutdown),
-            r = self.consumer.poll(timeout) => r?,
+            r = self.consumer.poll_batch(timeout, max, &mut self.batch) => r?,
         };
         // A rebalance threw uncommitted work away and rewound the kept partitions: held
         // records will be delivered again.
         self.follow_rewind().await?;
-        let Some(raw) = polled else {
-            return Ok(Polled::Nothing);
-        };
-        // The record may be of a partition this very poll assigned: its task must be
-        // restoring before the record is ingested, or `hold` would take it for a record of
-        // a partition that is not ours and drop it (and the offsets after it would commit).
+        if self.batch.is_empty() {
+            return Ok(Polled::Batch);
+        }
+        // The records may be of a partition this very poll assigned: its task must be
+        // restoring before they are ingested, or `hold` would take them for records of a
+        // partition that is not ours and drop them (and the offsets after them would commit).
         self.tasks
             .follow_assignment(&self.tracker, &mut *self.consumer)
             .await?;
-        Ok(Polled::Record(raw))
+        Ok(Polled::Batch)
     }
 
     /// After the tracker was reset (an aborted transaction rewound the partitions), drops the
@@ -245,6 +292,7 @@ impl RunLoop {
         }
         self.resets = self.tracker.resets();
         self.held.clear();
+        self.backlog.clear();
         self.tasks.restore_after_abort(&mut *self.consumer).await
     }
 
@@ -300,7 +348,22 @@ impl RunLoop {
         // lookup (or allocation) per record unless the partition must pause.
         let probe = ack.clone();
         self.engine.ingest(ack).await;
-        let (in_flight, processing) = probe.partition_in_flight_and_processing();
+        let (mut in_flight, mut processing) = probe.partition_in_flight_and_processing();
+        if self.cfg.over_limit(in_flight, processing)
+            && processing < self.cfg.max_in_flight_per_partition.max(1)
+        {
+            // Only outputs awaiting the producer's acknowledgement: they come without the
+            // loop's help, so wait for them (as a Kafka producer blocks a full `send`) rather
+            // than pause, which would throw the partition's fetched records away and cost a
+            // fetch round trip. A producer that stays stuck gets the pause after all.
+            let started = Instant::now();
+            while self.cfg.over_limit(in_flight, processing)
+                && started.elapsed() < self.cfg.poll_timeout
+            {
+                tokio::time::sleep(ACK_WAIT_STEP).await;
+                (in_flight, processing) = probe.partition_in_flight_and_processing();
+            }
+        }
         if self.cfg.over_limit(in_flight, processing) {
             let tp = TopicPartition::new(&probe.origin.topic, partition);
             if self.paused.insert(tp.clone()) {

@@ -213,6 +213,11 @@ pub struct StreamsContext {
     listener: Arc<dyn RebalanceListener>,
     exactly_once: bool,
     on_rebalance: Arc<dyn Fn() + Send + Sync>,
+    /// Counts rebalance callbacks: a batch poll stops at the first record polled across one.
+    rebalances: AtomicU64,
+    /// Counts rewinds (exactly-once aborts): records a batch poll took before one are read
+    /// again after it, so the batch drops them.
+    rewinds: AtomicU64,
     producer: OnceLock<Arc<KafkaProducer>>,
     txn_error: Mutex<Option<KafkaError>>,
 }
@@ -256,6 +261,7 @@ impl StreamsContext {
     /// Seeks each partition back to where its uncommitted records start; a failure is kept
     /// for the next commit, like every transaction error of a rebalance.
     fn rewind<C: Consumer<StreamsContext>>(&self, consumer: &C, rewinds: Vec<Rewind>) {
+        self.rewinds.fetch_add(1, AtomicOrdering::Relaxed);
         for r in rewinds {
             if let Err(e) = consumer.seek(
                 &r.tp.topic,
@@ -286,6 +292,7 @@ impl ConsumerContext for StreamsContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             tracing::info!(partitions = ?tps_of(tpl), "rebalance: partitions revoked");
+            self.rebalances.fetch_add(1, AtomicOrdering::Relaxed);
             (self.on_rebalance)();
             if self.exactly_once {
                 self.revoke_transactional(consumer, &tps_of(tpl));
@@ -308,6 +315,7 @@ impl ConsumerContext for StreamsContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             tracing::info!(partitions = ?tps_of(tpl), "rebalance: partitions assigned");
+            self.rebalances.fetch_add(1, AtomicOrdering::Relaxed);
             (self.on_rebalance)();
             self.listener.on_assigned(&tps_of(tpl));
         } else if let Rebalance::Error(error) = rebalance {
@@ -649,6 +657,8 @@ impl Transport for KafkaTransport {
                 listener: spec.listener.clone(),
                 exactly_once: spec.exactly_once,
                 on_rebalance: spec.on_rebalance.clone(),
+                rebalances: AtomicU64::new(0),
+                rewinds: AtomicU64::new(0),
                 producer: OnceLock::new(),
                 txn_error: Mutex::new(None),
             };
@@ -878,6 +888,49 @@ impl SourceConsumer for KafkaConsumer {
                 Err(_) => Ok(None),
                 Ok(got) => raw_record(got, &mut self.topics),
             }
+        })
+    }
+
+    fn poll_batch<'a>(
+        &'a mut self,
+        timeout: Duration,
+        max: usize,
+        out: &'a mut Vec<RawRecord>,
+    ) -> BoxFuture<'a, Result<(), TransportError>> {
+        Box::pin(async move {
+            let start = out.len();
+            let mut waited = false;
+            while out.len() - start < max {
+                let context = self.consumer.context();
+                let (rebalances, rewinds) = (
+                    context.rebalances.load(AtomicOrdering::Relaxed),
+                    context.rewinds.load(AtomicOrdering::Relaxed),
+                );
+                // A record already fetched is taken without arming a timer; only the first
+                // poll of an empty queue waits, up to `timeout`.
+                let got = match futures::FutureExt::now_or_never(self.consumer.recv()) {
+                    Some(got) => got,
+                    None if waited || out.len() > start => break,
+                    None => {
+                        waited = true;
+                        match tokio::time::timeout(timeout, self.consumer.recv()).await {
+                            Err(_) => break,
+                            Ok(got) => got,
+                        }
+                    }
+                };
+                let context = self.consumer.context();
+                if context.rewinds.load(AtomicOrdering::Relaxed) != rewinds {
+                    // The partitions were sought back to their last commit inside this poll:
+                    // what the batch took before is read again.
+                    out.truncate(start);
+                }
+                out.extend(raw_record(got, &mut self.topics)?);
+                if context.rebalances.load(AtomicOrdering::Relaxed) != rebalances {
+                    break;
+                }
+            }
+            Ok(())
         })
     }
 

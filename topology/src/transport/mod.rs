@@ -168,6 +168,25 @@ pub trait SourceConsumer: Send + Sync {
         &mut self,
         timeout: Duration,
     ) -> BoxFuture<'_, Result<Option<RawRecord>, TransportError>>;
+    /// Appends up to `max` records to `out`: waits up to `timeout` for the first, then takes
+    /// only what is already fetched. Stops right after a record polled across a rebalance, so
+    /// the caller applies the new assignment before the records that follow it. The runtime
+    /// polls this way: its per-poll work (assignment, commit and punctuation checks, the
+    /// shutdown race) is paid once per batch. The default polls one record.
+    fn poll_batch<'a>(
+        &'a mut self,
+        timeout: Duration,
+        max: usize,
+        out: &'a mut Vec<RawRecord>,
+    ) -> BoxFuture<'a, Result<(), TransportError>> {
+        let _ = max;
+        Box::pin(async move {
+            if let Some(raw) = self.poll(timeout).await? {
+                out.push(raw);
+            }
+            Ok(())
+        })
+    }
     /// Commits the given next-offsets (in exactly-once mode, commits the open transaction with
     /// them and begins the next).
     fn commit(

@@ -15,7 +15,9 @@ use catalog_bench::{PRODUCT_SCHEMA, op_of_compact, setting, to_product_compact};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use topology::avro::RecordShape;
-use topology::serdes::{AvroSerde, HttpSchemaRegistry, RegistryError, SchemaRegistry, StringSerde};
+use topology::serdes::{
+    AvroSerde, BytesSerde, HttpSchemaRegistry, RegistryError, SchemaRegistry, StringSerde,
+};
 use topology::transport::KafkaTransport;
 use topology::{Runtime, RuntimeConfig, TopologyBuilder, Value};
 
@@ -46,6 +48,11 @@ struct Args {
     /// Runs on tokio's current-thread runtime instead of the multi-thread one.
     #[arg(long)]
     current_thread: bool,
+    /// Runs a pass-through topology instead (source → sink, key and value as bytes): the
+    /// raw pipe's work on the engine, to separate the engine's own cost per record from the
+    /// Avro work of the benchmark's topology.
+    #[arg(long)]
+    passthrough: bool,
     /// A librdkafka property for the transport, `NAME=VALUE` (repeatable; experiments only:
     /// bench.sh runs the defaults).
     #[arg(long = "kafka", value_name = "NAME=VALUE")]
@@ -83,6 +90,9 @@ impl SchemaRegistry for SubjectIdCache {
     }
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let rt = if args.current_thread {
@@ -106,36 +116,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
         });
     }
     let product = apache_avro::Schema::parse_str(PRODUCT_SCHEMA).context("product schema")?;
-    let product_shape = RecordShape::of(&product).context("product is a record")?;
 
     let b = TopologyBuilder::new();
-    b.source(
-        "cdc",
-        &args.input,
-        Arc::new(StringSerde),
-        // Compact values: field names shared per schema, strings sliced from the message
-        // (the apache_avro value tree was most of the engine's decoding and freeing work).
-        Arc::new(AvroSerde::new(sr.clone()).compact()),
-    )
-    .filter(
-        "upserts",
-        |r| matches!(&r.value, Some(Value::AvroCompact(v)) if matches!(op_of_compact(v), Some("c" | "r" | "u"))),
-    )
-    .map("to-product", move |mut r| {
-        r.value = match r.value.take() {
-            Some(Value::AvroCompact(v)) => {
-                to_product_compact(&product_shape, v).map(Value::AvroCompact)
-            }
-            other => other,
-        };
-        r
-    })
-    .to(
-        "products",
-        &args.output,
-        Arc::new(StringSerde),
-        Arc::new(AvroSerde::new(sr).with_schema(product)),
-    );
+    if args.passthrough {
+        b.source(
+            "cdc",
+            &args.input,
+            Arc::new(BytesSerde),
+            Arc::new(BytesSerde),
+        )
+        .to(
+            "copy",
+            &args.output,
+            Arc::new(BytesSerde),
+            Arc::new(BytesSerde),
+        );
+    } else {
+        stateless_avro(&b, &args, sr, product)?;
+    }
     let topology = b
         .build()
         .map_err(|e| anyhow::anyhow!("invalid topology: {e:?}"))?;
@@ -183,6 +181,45 @@ async fn run(args: Args) -> anyhow::Result<()> {
         catalog_bench::peak_rss_kib("self").unwrap_or(0),
         catalog_bench::cpu_seconds().unwrap_or_default().0,
         catalog_bench::cpu_seconds().unwrap_or_default().1,
+    );
+    Ok(())
+}
+
+/// The SPEC §8 stateless topology: Avro envelope → filter `op` in c/r/u → map to the product →
+/// Avro sink.
+fn stateless_avro(
+    b: &TopologyBuilder,
+    args: &Args,
+    sr: Arc<dyn SchemaRegistry>,
+    product: Schema,
+) -> anyhow::Result<()> {
+    let product_shape = RecordShape::of(&product).context("product is a record")?;
+    b.source(
+        "cdc",
+        &args.input,
+        Arc::new(StringSerde),
+        // Compact values: field names shared per schema, strings sliced from the message
+        // (the apache_avro value tree was most of the engine's decoding and freeing work).
+        Arc::new(AvroSerde::new(sr.clone()).compact()),
+    )
+    .filter(
+        "upserts",
+        |r| matches!(&r.value, Some(Value::AvroCompact(v)) if matches!(op_of_compact(v), Some("c" | "r" | "u"))),
+    )
+    .map("to-product", move |mut r| {
+        r.value = match r.value.take() {
+            Some(Value::AvroCompact(v)) => {
+                to_product_compact(&product_shape, v).map(Value::AvroCompact)
+            }
+            other => other,
+        };
+        r
+    })
+    .to(
+        "products",
+        &args.output,
+        Arc::new(StringSerde),
+        Arc::new(AvroSerde::new(sr).with_schema(product)),
     );
     Ok(())
 }

@@ -30,6 +30,9 @@ struct Args {
     group: String,
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let bootstrap = setting("KAFKA_BOOTSTRAP", "127.0.0.1:9092");
