@@ -42,7 +42,7 @@ BIN="$TARGET_DIR/release"
 RUNS="${BENCH_RUNS:-3}"
 N="${BENCH_RECORDS:-200000}"
 PARTITIONS="${BENCH_PARTITIONS:-1 4}"
-CONTENDERS="${BENCH_CONTENDERS:-ours rdkafka kafka_streams quix ours_tuned}"
+CONTENDERS="${BENCH_CONTENDERS:-ours rdkafka kafka_streams quix ours_tuned ours_passthrough}"
 OUT="${BENCH_OUT:-$INFRA_DIR/.run/bench-engine.txt}"
 export RUST_BACKTRACE=0
 
@@ -89,6 +89,10 @@ run_one() {
         ours) cmd=("$BIN/engine-bench" --input "$input" --output "$output" --group "$group") ;;
         ours_tuned) cmd=("$BIN/engine-bench" --input "$input" --output "$output" --group "$group"
             --max-in-flight 50000 --cache-register --current-thread) ;;
+        ours_passthrough)
+            # The pipe's work (key and value bytes copied) on the engine.
+            expect=$N fields="op,after,source"
+            cmd=("$BIN/engine-bench" --input "$input" --output "$output" --group "$group" --passthrough) ;;
         rdkafka)
             expect=$N fields="op,after,source"
             cmd=("$BIN/rdkafka-pipe" --input "$input" --output "$output" --group "$group") ;;
