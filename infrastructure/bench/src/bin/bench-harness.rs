@@ -643,10 +643,16 @@ async fn measure(
                 l.drain()?;
                 (l.outputs as i64, l.sum == completion.target() as i64)
             }
-            None => {
-                let have = high_watermarks(&w, output, partitions)?;
-                (have, have >= completion.target() as i64)
-            }
+            None => match high_watermarks(&w, output, partitions) {
+                Ok(have) => (have, have >= completion.target() as i64),
+                // A topic just created may be unknown to the broker's metadata for a moment;
+                // leaving here would also leave the contender running.
+                Err(_) if spawned.elapsed() < Duration::from_secs(30) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(e) => break Err(e),
+            },
         };
         let now = Instant::now();
         if have > 0 && first.is_none() {
