@@ -147,7 +147,7 @@ async fn run(
         .collect()
         .iter()
         .flat_map(|f| f.get_metric())
-        .map(|m| m.get_counter().value() as u64)
+        .map(|m| m.get_counter().get_value() as u64)
         .sum();
     Run { seconds, restored }
 }

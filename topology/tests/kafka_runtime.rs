@@ -509,7 +509,7 @@ fn lag_series(registry: &prometheus::Registry, topic: &str) -> Vec<(i32, i64)> {
             if label("topic").as_deref() == Some(topic)
                 && let Some(p) = label("partition").and_then(|p| p.parse().ok())
             {
-                out.push((p, metric.get_gauge().value() as i64));
+                out.push((p, metric.get_gauge().get_value() as i64));
             }
         }
     }

@@ -681,7 +681,7 @@ impl InProcess {
                     .find(|l| l.name() == "task")
                     .map(|l| l.value().to_owned())
                     .expect("task label");
-                *per_task.entry(task).or_insert(0) += m.get_counter().value() as u64;
+                *per_task.entry(task).or_insert(0) += m.get_counter().get_value() as u64;
             }
         }
         per_task

@@ -13,7 +13,7 @@ use mongodb::bson::{Document, doc};
 use mongodb::change_stream::event::{ChangeStreamEvent, ResumeToken};
 use mongodb::options::FullDocumentType;
 use mongodb::{Client, Collection};
-use rand::Rng;
+use rand::RngExt;
 use state::StateDir;
 
 use super::config::{MongoSourceConfig, redact};

@@ -167,6 +167,8 @@ enum TopologyCommand {
 
 fn main() -> ExitCode {
     allocator::keep_memory_near_use();
+    // rustls on ring for every HTTPS client in the process (reqwest has no provider of its own).
+    images::install_tls_provider();
     let cli = Cli::parse();
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -589,7 +589,12 @@ async fn run_case(label: &str, bus: Bus, registry: Arc<dyn SchemaRegistry>, topi
         .gather()
         .iter()
         .filter(|family| family.name() == "topology_dead_letter_total")
-        .flat_map(|family| family.get_metric().iter().map(|m| m.get_counter().value()))
+        .flat_map(|family| {
+            family
+                .get_metric()
+                .iter()
+                .map(|m| m.get_counter().get_value())
+        })
         .sum();
     println!(
         "{label}: valid={} processed_events={} stored_images={} dead_lettered={dead_lettered} lag={lag:?}",
@@ -619,7 +624,7 @@ fn lag_by_topic(registry: &prometheus::Registry) -> BTreeMap<String, i64> {
                 .find(|label| label.name() == "topic")
                 .map(|label| label.value().to_owned())
                 .unwrap_or_default();
-            *lags.entry(topic).or_insert(0) += metric.get_gauge().value() as i64;
+            *lags.entry(topic).or_insert(0) += metric.get_gauge().get_value() as i64;
         }
     }
     lags

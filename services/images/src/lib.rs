@@ -11,6 +11,8 @@
 //! - [`ObjectStore`] stores the bytes: [`S3ObjectStore`] for the distributed mode and
 //!   [`LocalDirObjectStore`] for the standalone mode, under the content-addressed keys made by
 //!   [`image_key`].
+//! - [`install_tls_provider`] and [`s3_https_client`]: the workspace's one TLS stack (rustls on
+//!   ring) for `reqwest` and the AWS SDK.
 //!
 //! # Example
 //!
@@ -33,6 +35,7 @@
 
 mod fetch;
 mod store;
+mod tls;
 
 pub use fetch::{
     AddressGuard, FetchConfig, FetchConfigError, FetchError, FetchFailure, Fetched, FetchedImage,
@@ -42,3 +45,4 @@ pub use store::{
     KeyError, LocalDirObjectStore, ObjectData, ObjectStore, S3Config, S3ObjectStore, StoreError,
     StoredObject, image_key,
 };
+pub use tls::{install_tls_provider, s3_https_client};

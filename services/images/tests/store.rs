@@ -313,6 +313,7 @@ async fn s3_store_http_locations() {
         .expect("a presigned URL");
     assert!(url.contains("X-Amz-Signature="), "{url}");
     // The presigned URL serves the object (moto is on loopback).
+    images::install_tls_provider();
     let response = reqwest::get(&url).await.expect("GET presigned");
     assert!(response.status().is_success(), "{}", response.status());
     assert_eq!(response.bytes().await.expect("body").as_ref(), JPEG);

@@ -18,6 +18,18 @@ use schema_registry_converter::schema_registry_common::{
     RegisteredSchema, SchemaType, SuppliedSchema,
 };
 
+/// Installs ring as rustls' process-wide crypto provider unless one is installed already.
+///
+/// The workspace builds reqwest with "rustls-no-provider" (one crypto library, ring, instead of
+/// ring and aws-lc); a reqwest client built before a provider is installed panics, and
+/// `SrSettings::new` builds one.
+fn install_tls_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // An `Err` only says another thread installed a provider in between: that one is used.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
 /// Errors from a schema registry.
 #[derive(Debug, thiserror::Error, Clone)]
 pub enum RegistryError {
@@ -100,6 +112,7 @@ impl HttpSchemaRegistry {
     /// A client for the registry at `url` (e.g. `http://127.0.0.1:8081`).
     pub fn new(url: impl Into<String>) -> Self {
         let url = url.into();
+        install_tls_provider();
         HttpSchemaRegistry {
             settings: SrSettings::new(url.clone()),
             url,

@@ -439,6 +439,7 @@ pub fn s3_client(provider: &'static str) -> aws_sdk_s3::Client {
             provider,
         ))
         .force_path_style(true)
+        .http_client(images::s3_https_client())
         .build();
     aws_sdk_s3::Client::from_conf(config)
 }

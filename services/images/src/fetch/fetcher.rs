@@ -80,6 +80,7 @@ impl ImageFetcher {
                 .guard()
                 .map_err(|errors| FetchConfigError::Invalid { errors })?,
         );
+        crate::install_tls_provider();
         let client = reqwest::Client::builder()
             .dns_resolver(Arc::new(GuardedResolver::new(guard.clone())))
             .no_proxy()

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rand::Rng;
+use rand::RngExt;
 use serde::Deserialize;
 
 use super::config::deserialize_duration;
