@@ -224,6 +224,8 @@ async fn s3_put_get_delete_path_style() {
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(server_env("S3_ENDPOINT"))
         .region(aws_config::Region::new(server_env("AWS_REGION")))
+        // The SDK is built without its default HTTPS client: the project's (rustls on ring).
+        .http_client(images::s3_https_client())
         .credentials_provider(aws_sdk_s3::config::Credentials::new(
             server_env("AWS_ACCESS_KEY_ID"),
             server_env("AWS_SECRET_ACCESS_KEY"),

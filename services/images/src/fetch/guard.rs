@@ -374,6 +374,8 @@ impl AddressGuard {
 /// use std::sync::Arc;
 /// use images::{FetchConfig, GuardedResolver};
 ///
+/// // reqwest takes the process's TLS provider (rustls on ring), installed once.
+/// images::install_tls_provider();
 /// let guard = FetchConfig::default().guard().unwrap();
 /// let client = reqwest::Client::builder()
 ///     .dns_resolver(Arc::new(GuardedResolver::new(Arc::new(guard))))
