@@ -132,7 +132,7 @@ impl RunLoop {
                 ingested = if self.draining.is_some() {
                     self.hold(raw)
                 } else if !self.paused.is_empty()
-                    && let tp = TopicPartition::new(&raw.topic, raw.partition)
+                    && let tp = partition_of(&raw)
                     && self.paused.contains(&tp)
                 {
                     if let Some(token) = self.tracker.assignment_token(&tp) {
@@ -226,7 +226,7 @@ impl RunLoop {
         if !self.backlog.is_empty() {
             let backlog = std::mem::take(&mut self.backlog);
             for (raw, token) in backlog {
-                let tp = TopicPartition::new(&raw.topic, raw.partition);
+                let tp = partition_of(&raw);
                 if token.is_cancelled() || !assigned.contains(&tp) {
                     // Revoked or rewound meanwhile: read again by its (next) owner.
                     continue;
@@ -554,6 +554,14 @@ impl RunLoop {
         self.lag_update = Some(tokio::spawn(async move {
             queries.apply(&tracker, &metrics, &group).await;
         }));
+    }
+}
+
+/// The partition `raw` was read from, sharing its topic name (no copy of it).
+fn partition_of(raw: &RawRecord) -> TopicPartition {
+    TopicPartition {
+        topic: raw.topic.clone(),
+        partition: raw.partition,
     }
 }
 
